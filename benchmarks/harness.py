@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""GPU harness: our kernels against the anchors, in one process, with the ceilings measured
+in the same run. Writes ``results.json`` and ``results.md`` under ``--out``.
+
+Each op family lives in ``benchmarks/harness_<family>.py`` and exposes
+``run(kernel, ceilings, quick) -> list[dict]``; every row has at least ``family``, ``case``,
+``impl`` and ``median_us``, and where a floor is known ``floor_us`` and ``pct_of_floor``.
+
+    python benchmarks/harness.py --out /tmp/out                  # every family
+    python benchmarks/harness.py --out /tmp/out --only rmsnorm   # a subset
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import importlib
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+FAMILIES = ("rmsnorm", "moe", "attention")
+
+
+# --- timing -----------------------------------------------------------------------------
+
+def median_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float = 100) -> float:
+    """Median of CUDA-event timings; the L2 cache is flushed before every run (do_bench)."""
+    import triton.testing
+
+    return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
+
+
+def median_us_graph(fn: Callable[[], object], *, reps: int = 50) -> float:
+    """For launch-bound small cases: capture `fn` in a CUDA graph and time the replays."""
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        fn()
+    return median_us(g.replay)
+
+
+# --- ceilings ---------------------------------------------------------------------------
+
+def measure_ceilings() -> dict:
+    """Device-to-device copy bandwidth (bytes read + written) and the bf16 matmul rate."""
+    n = 1 << 30
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    copy_us = median_us(lambda: dst.copy_(src))
+    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
+    mm_us = median_us(lambda: a @ b)
+    del src, dst, a, b
+    torch.cuda.empty_cache()
+    return {
+        "copy_bytes_per_us": 2 * n / copy_us,  # bytes/µs == MB/s
+        "copy_TBps": 2 * n / copy_us / 1e6,
+        "bf16_flops_per_us": 2 * 8192**3 / mm_us,
+        "bf16_TFLOPs": 2 * 8192**3 / mm_us / 1e6,
+    }
+
+
+def floor_us(ceilings: dict, *, bytes_moved: float = 0.0, flops: float = 0.0) -> float:
+    return max(bytes_moved / ceilings["copy_bytes_per_us"], flops / ceilings["bf16_flops_per_us"])
+
+
+def row(family: str, case: str, impl: str, us: float, floor: float | None = None, **extra) -> dict:
+    r = {"family": family, "case": case, "impl": impl, "median_us": round(us, 2)}
+    if floor:
+        r["floor_us"] = round(floor, 2)
+        r["pct_of_floor"] = round(100.0 * floor / us, 1)
+    r.update(extra)
+    return r
+
+
+# --- report -----------------------------------------------------------------------------
+
+def environment() -> dict:
+    import importlib.metadata as md
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "device": torch.cuda.get_device_name(),
+        "sms": torch.cuda.get_device_properties(0).multi_processor_count,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "triton": version("triton"),
+        "transformers": version("transformers"),
+        "kernels": version("kernels"),
+        "liger_kernel": version("liger_kernel"),
+    }
+
+
+def markdown(env: dict, ceilings: dict, rows: Sequence[dict]) -> str:
+    lines = [
+        f"Device: {env['device']} ({env['sms']} SMs), {env['date']}; torch {env['torch']} (CUDA {env['cuda']}), "
+        f"triton {env['triton']}, transformers {env['transformers']}, kernels {env['kernels']}, "
+        f"liger-kernel {env['liger_kernel']}.",
+        "",
+        f"Ceilings measured in this run: copy {ceilings['copy_TBps']:.2f} TB/s (read + write), "
+        f"bf16 matmul 8192³ {ceilings['bf16_TFLOPs']:.0f} TFLOP/s.",
+        "",
+    ]
+    family = None
+    for r in rows:
+        if r["family"] != family:
+            family = r["family"]
+            lines += ["", f"### {family}", "", "| case | impl | median µs | floor µs | % of floor | notes |",
+                      "|---|---|---|---|---|---|"]
+        notes = ", ".join(f"{k}={v}" for k, v in r.items()
+                          if k not in ("family", "case", "impl", "median_us", "floor_us", "pct_of_floor"))
+        lines.append(f"| {r['case']} | {r['impl']} | {r['median_us']} | {r.get('floor_us', '')} | "
+                     f"{r.get('pct_of_floor', '')} | {notes} |")
+    return "\n".join(lines) + "\n"
+
+
+def load_kernel():
+    import kernels
+
+    return kernels.get_local_kernel(ROOT / "build")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))
+    parser.add_argument("--only", nargs="*", choices=FAMILIES, default=list(FAMILIES))
+    parser.add_argument("--quick", action="store_true", help="fewer sizes")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    kernel = load_kernel()
+    env = environment()
+    ceilings = measure_ceilings()
+    print(f"ceilings: {ceilings}", flush=True)
+    rows: list[dict] = []
+    for family in args.only:
+        module_path = Path(__file__).parent / f"harness_{family}.py"
+        if not module_path.exists():
+            print(f"[{family}] no harness module yet, skipped", flush=True)
+            continue
+        module = importlib.import_module(f"harness_{family}")
+        try:
+            family_rows = module.run(kernel, ceilings, args.quick)
+        except Exception as e:  # one family failing must not hide the others' numbers
+            import traceback
+
+            traceback.print_exc()
+            family_rows = [row(family, "error", "ours", float("nan"), error=repr(e)[:200])]
+        rows += family_rows
+        (args.out / "results.json").write_text(json.dumps({"env": env, "ceilings": ceilings, "rows": rows}, indent=1))
+    md = markdown(env, ceilings, rows)
+    (args.out / "results.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

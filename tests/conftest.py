@@ -1,0 +1,105 @@
+"""Test fixtures: the kernel is always loaded from the local build (build/<variant>/),
+through the `kernels` package, exactly as users load it. Run `make build` first (the
+README's test command does).
+
+Tests take the `device` fixture: "cuda" when the loaded variant is the CUDA one, else "cpu".
+On a GPU machine every such test is also marked `gpu`, so `pytest -m gpu` runs the whole op
+suite on the GPU; tests that only make sense on CUDA carry `@pytest.mark.gpu` themselves
+and are skipped elsewhere.
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+REPO_ID = "kernels-community/gpt-oss-kernels"
+HAS_CUDA = torch.cuda.is_available()
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: needs a CUDA GPU (and the CUDA build)")
+    config.addinivalue_line("markers", "kernels_ci: cheap subset for the kernels CI")
+    config.addinivalue_line("markers", "slow: long-running")
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_CUDA:
+            item.add_marker(skip_gpu)
+        elif HAS_CUDA and "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.gpu)
+
+
+@pytest.fixture(scope="session")
+def kernel():
+    import kernels
+
+    build = ROOT / "build"
+    if not any(build.glob("torch*-*/metadata.json")):
+        pytest.exit("no local build: run `python scripts/build_kernel.py` (or `make build`) first", returncode=2)
+    return kernels.get_local_kernel(build)
+
+
+@pytest.fixture(scope="session")
+def device(kernel) -> str:
+    return "cuda" if HAS_CUDA else "cpu"
+
+
+@pytest.fixture(scope="session")
+def ref(kernel):
+    return kernel.reference
+
+
+@pytest.fixture(autouse=True)
+def _seed(request):
+    # Random inputs every run, but reproducible from the printed seed when a test fails.
+    seed = int.from_bytes(os.urandom(4), "little")
+    torch.manual_seed(seed)
+    request.node.user_properties.append(("seed", seed))
+    yield
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref|, in float64; NaN anywhere in `out` where `ref` is finite fails."""
+    out = out.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    assert out.shape == ref.shape, (out.shape, ref.shape)
+    if out.numel() == 0:
+        return 0.0
+    finite = torch.isfinite(ref)
+    assert torch.equal(torch.isfinite(out) | ~finite, torch.ones_like(finite)), "non-finite output where reference is finite"
+    denom = ref[finite].abs().max().clamp_min(1e-30)
+    return ((out - ref)[finite].abs().max() / denom).item()
+
+
+TOL = {torch.float32: 1e-5, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def poison(t: torch.Tensor) -> torch.Tensor:
+    """Fill with NaN so that an unwritten element shows up."""
+    return t.fill_(float("nan"))
+
+
+@contextmanager
+def record_ops():
+    """Records the names of every op dispatched inside the block (custom ops included)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    names: list[str] = []
+
+    class _Recorder(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            names.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with _Recorder():
+        yield names
