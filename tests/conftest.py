@@ -11,6 +11,7 @@ and are skipped elsewhere.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))  # tiny_gpt_oss: the tiny model built in code
 REPO_ID = "kernels-community/gpt-oss-kernels"
 HAS_CUDA = torch.cuda.is_available()
 
@@ -89,6 +91,17 @@ def poison(t: torch.Tensor) -> torch.Tensor:
     return t.fill_(float("nan"))
 
 
+def poison_allocator(device: str, nbytes: int, blocks: int = 4) -> None:
+    """Make the next allocations of up to `nbytes` on `device` come back full of NaN bits.
+
+    Ops allocate their own outputs; on CUDA the caching allocator hands freed blocks back, so
+    filling and freeing blocks first means an element the kernel fails to write reads NaN
+    (0xFF bytes are NaN in fp32, fp16 and bf16). On the CPU this is best effort.
+    """
+    keep = [torch.full((max(nbytes, 1),), 0xFF, dtype=torch.uint8, device=device) for _ in range(blocks)]
+    del keep
+
+
 @contextmanager
 def record_ops():
     """Records the names of every op dispatched inside the block (custom ops included)."""
@@ -103,3 +116,8 @@ def record_ops():
 
     with _Recorder():
         yield names
+
+
+def dispatched(names: list[str], kernel, op: str) -> bool:
+    """Whether `record_ops` saw this kernel's op `op` (names look like `<namespace>.<op>.default`)."""
+    return any(n.startswith(f"{kernel.__name__}.{op}.") for n in names)

@@ -1,0 +1,47 @@
+"""Our layers swapped into transformers' GPT-OSS through kernels' public route."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import dispatched, record_ops, rel_err
+from tiny_gpt_oss import BUILD_DIR, kernelize_model, tiny_model
+
+
+def _logits(model, ids):
+    with torch.inference_mode():
+        return model(ids).logits.float()
+
+
+@pytest.mark.kernels_ci
+def test_kernelized_rmsnorm_matches_and_runs(kernel, device):
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = tiny_model(seed=1, dtype=dtype, device=device)
+    ids = torch.randint(1, model.config.vocab_size, (2, 40), device=device)
+    expected = _logits(model, ids)
+    ours = kernelize_model(copy.deepcopy(model), device, layers=["RMSNorm"])
+    with record_ops() as names:
+        got = _logits(ours, ids)
+    assert dispatched(names, kernel, "rms_norm"), "our rms_norm op did not run"
+    assert rel_err(got, expected) <= (2e-2 if dtype == torch.bfloat16 else 1e-5)
+
+
+@pytest.mark.gpu
+def test_from_pretrained_use_kernels_local(kernel, tmp_path):
+    from transformers import AutoModelForCausalLM, KernelConfig
+
+    model = tiny_model(seed=2, dtype=torch.bfloat16)
+    model.save_pretrained(tmp_path / "tiny")
+    ids = torch.randint(1, model.config.vocab_size, (1, 32), device="cuda")
+    expected = _logits(model.cuda(), ids)
+
+    config = KernelConfig(kernel_mapping={"RMSNorm": f"{BUILD_DIR}:RMSNorm"}, use_local_kernel=True)
+    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.bfloat16, device_map="cuda",
+                                                  use_kernels=True, kernel_config=config)
+    with record_ops() as names:
+        got = _logits(loaded, ids)
+    assert dispatched(names, kernel, "rms_norm"), "use_kernels=True did not swap our RMSNorm in"
+    assert rel_err(got, expected) <= 2e-2
