@@ -37,18 +37,44 @@ def median_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float 
     return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
-def median_us_graph(fn: Callable[[], object], *, reps: int = 50) -> float:
-    """For launch-bound small cases: capture `fn` in a CUDA graph and time the replays."""
-    s = torch.cuda.Stream()
-    s.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(s):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(s)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        fn()
-    return median_us(g.replay)
+def median_us_graph(calls: Callable[[], object] | Sequence[Callable[[], object]], *, replays: int = 40) -> float:
+    """Device time per call, without host overhead: every call in `calls` (each bound to its own
+    inputs; rotate enough sets that together they exceed L2, see `rotation`) is captured once
+    in one CUDA graph, and the result is the median over replays of replay time / len(calls).
+
+    do_bench's eager timing includes the host's launch latency whenever the host is slower than
+    the kernel (small kernels, Python-heavy paths); this does not. Report both where it matters.
+    """
+    calls = [calls] if callable(calls) else list(calls)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(2):
+            for c in calls:
+                c()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for c in calls:
+            c()
+    graph.replay()
+    torch.cuda.synchronize()
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(replays)]
+    for start, end in zip(starts, ends):
+        start.record()
+        graph.replay()
+        end.record()
+    torch.cuda.synchronize()
+    times = sorted(1e3 * s.elapsed_time(e) / len(calls) for s, e in zip(starts, ends))
+    del graph
+    return times[len(times) // 2]
+
+
+def rotation(bytes_per_set: int, *, max_sets: int = 64) -> int:
+    """How many input sets to rotate through so that together they cover 3x the L2 cache."""
+    l2 = torch.cuda.get_device_properties(0).L2_cache_size
+    return int(min(max_sets, max(2, -(-3 * l2 // max(bytes_per_set, 1)))))
 
 
 # --- ceilings ---------------------------------------------------------------------------

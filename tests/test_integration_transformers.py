@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from conftest import dispatched, record_ops, rel_err
+from conftest import REPO_ID, ROOT, dispatched, record_ops, rel_err
 from tiny_gpt_oss import BUILD_DIR, kernelize_model, tiny_model
 
 
@@ -29,19 +29,42 @@ def test_kernelized_rmsnorm_matches_and_runs(kernel, device):
     assert rel_err(got, expected) <= (2e-2 if dtype == torch.bfloat16 else 1e-5)
 
 
-@pytest.mark.gpu
-def test_from_pretrained_use_kernels_local(kernel, tmp_path):
-    from transformers import AutoModelForCausalLM, KernelConfig
-
+def _save_tiny(tmp_path):
     model = tiny_model(seed=2, dtype=torch.bfloat16)
     model.save_pretrained(tmp_path / "tiny")
+    return model, tmp_path / "tiny"
+
+
+@pytest.mark.gpu
+def test_from_pretrained_use_kernels(kernel, tmp_path, monkeypatch):
+    """`use_kernels=True` with a KernelConfig naming our repo, resolved to the local build by LOCAL_KERNELS.
+
+    The pinned revision keeps `kernels` from asking the Hub for its version branches (offline);
+    `v1` is the branch kernel-builder publishes version 1 to.
+    """
+    from transformers import AutoModelForCausalLM, KernelConfig
+
+    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
+    model, path = _save_tiny(tmp_path)
     ids = torch.randint(1, model.config.vocab_size, (1, 32), device="cuda")
     expected = _logits(model.cuda(), ids)
-
-    config = KernelConfig(kernel_mapping={"RMSNorm": f"{BUILD_DIR}:RMSNorm"}, use_local_kernel=True)
-    loaded = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.bfloat16, device_map="cuda",
+    config = KernelConfig(kernel_mapping={"RMSNorm": (f"{REPO_ID}:RMSNorm", {"revision": "v1"})})
+    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda",
                                                   use_kernels=True, kernel_config=config)
     with record_ops() as names:
         got = _logits(loaded, ids)
     assert dispatched(names, kernel, "rms_norm"), "use_kernels=True did not swap our RMSNorm in"
     assert rel_err(got, expected) <= 2e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.xfail(strict=True, raises=AttributeError,
+                   reason="transformers 5.22.2: KernelConfig(use_local_kernel=True) passes a (repo, metadata) "
+                          "tuple to add_to_mapping_local, which calls .split on it")
+def test_from_pretrained_use_local_kernel_upstream_bug(kernel, tmp_path):
+    from transformers import AutoModelForCausalLM, KernelConfig
+
+    _, path = _save_tiny(tmp_path)
+    config = KernelConfig(kernel_mapping={"RMSNorm": f"{BUILD_DIR}:RMSNorm"}, use_local_kernel=True)
+    AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda", use_kernels=True,
+                                         kernel_config=config)
