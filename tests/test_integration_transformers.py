@@ -40,7 +40,8 @@ def test_from_pretrained_use_kernels(kernel, tmp_path, monkeypatch):
     """`use_kernels=True` with a KernelConfig naming our repo, resolved to the local build by LOCAL_KERNELS.
 
     The pinned revision keeps `kernels` from asking the Hub for its version branches (offline);
-    `v1` is the branch kernel-builder publishes version 1 to.
+    `v1` is the branch kernel-builder publishes version 1 to. `inherit_mapping=False` keeps
+    transformers' default Hub mapping (rotary, MegaBlocks) out of an offline load.
     """
     from transformers import AutoModelForCausalLM, KernelConfig
 
@@ -48,7 +49,8 @@ def test_from_pretrained_use_kernels(kernel, tmp_path, monkeypatch):
     model, path = _save_tiny(tmp_path)
     ids = torch.randint(1, model.config.vocab_size, (1, 32), device="cuda")
     expected = _logits(model.cuda(), ids)
-    config = KernelConfig(kernel_mapping={"RMSNorm": (f"{REPO_ID}:RMSNorm", {"revision": "v1"})})
+    config = KernelConfig(kernel_mapping={"RMSNorm": (f"{REPO_ID}:RMSNorm", {"revision": "v1"})},
+                          inherit_mapping=False)
     loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda",
                                                   use_kernels=True, kernel_config=config)
     with record_ops() as names:

@@ -4,13 +4,14 @@
 // x's dtype. The fused op first forms s = dtype(float(x) + float(residual)) -- rounded as an
 // unfused `x + residual` would be -- writes it as the new residual and normalises it.
 //
-// Layout: one warp per row. Fast path: a persistent grid (as many blocks as are resident at
-// once); each block stages the weight as fp32 in shared memory while its warps load their
-// first rows; each lane keeps its VPL 16-byte vectors of a row in registers (vector
-// v = lane + 32 * j), so every element is read once and written once (the fused op also
-// writes the new residual), and a warp issues its next row's loads right after its stores.
-// VPL is a template upper bound chosen at launch; lanes guard v < hidden / N. The fallback
-// path (rows not 16-byte aligned, or longer than 32 * 32 vectors) reads the row twice, scalar.
+// Layout, fast path: one block (32..256 threads, ~2 16-byte vectors per thread) per row at a
+// time, in a persistent grid (as many blocks as are resident at once). Thread t holds vectors
+// v = t + blockDim * j (j < VPL) of the row in registers, and its slice of the weight as fp32
+// for every row it handles, so each element is read once and written once (the fused op
+// also writes the new residual). The next row's loads are issued before this row's
+// reduction (warp shuffles, then one barrier over double-buffered partials). VPL is a
+// template upper bound; threads guard v < hidden / N. The fallback (rows not 16-byte
+// aligned, or longer than 256 * 32 vectors): one warp per row, reading the row twice, scalar.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -28,94 +29,98 @@ using gok::to_float;
 using gok::Vec16;
 
 constexpr int kWarp = 32;
-constexpr int kRowsPerBlock = 4;
-constexpr int kThreads = kWarp * kRowsPerBlock;
+constexpr int kMaxThreads = 256;      // fast path: one block of up to 256 threads per row
+constexpr int kRowsPerBlock = 4;      // fallback path: one warp per row
+constexpr int kFallbackThreads = kWarp * kRowsPerBlock;
 
 template <typename T, typename W, int VPL, bool ADD>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kMaxThreads)
 rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
                     const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
                     float eps) {
   constexpr int N = Vec16<T>::N;
-  // The weight, as fp32, staged once per block in shared memory: its loads overlap the first
-  // row's loads instead of following the reduction (one memory round trip per row, not two).
-  extern __shared__ float4 weight_smem[];
-  float* w_s = reinterpret_cast<float*>(weight_smem);
+  __shared__ float partial[2][kMaxThreads / kWarp];  // double-buffered: one barrier per row
   const int nvec = hidden / N;
-  const int lane = threadIdx.x % kWarp;
-  const int64_t row_stride = static_cast<int64_t>(gridDim.x) * kRowsPerBlock;
-  int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  const int tid = threadIdx.x;
+  const int nwarps = blockDim.x / kWarp;
+  const int64_t stride = gridDim.x;
+  int64_t row = blockIdx.x;
 
-  Vec16<T> buf[VPL];
-  Vec16<T> res[ADD ? VPL : 1];
-  auto load_row = [&](int64_t r) {
+  Vec16<T> cur[VPL], nxt[VPL];
+  Vec16<T> cur_r[ADD ? VPL : 1], nxt_r[ADD ? VPL : 1];
+  auto load_row = [&](int64_t r, Vec16<T>(&xs)[VPL], Vec16<T>(&rs)[ADD ? VPL : 1]) {
     if (r >= rows) return;
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
-      const int v = lane + j * kWarp;
+      const int v = tid + j * blockDim.x;
       if (v < nvec) {
-        buf[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + r * hidden) + v);
-        if constexpr (ADD) res[j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + r * hidden) + v);
+        xs[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + r * hidden) + v);
+        if constexpr (ADD) rs[j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + r * hidden) + v);
       }
     }
   };
-  load_row(row);
-  for (int v = threadIdx.x; v < nvec; v += kThreads) {
-    float w[N];
-    gok::load_float<W, N>(weight + v * N, w);
+  load_row(row, cur, cur_r);
+  // This thread's slice of the weight, as fp32, kept in registers for every row it handles.
+  float w[VPL][N];
 #pragma unroll
-    for (int i = 0; i < N; i += 4) weight_smem[(v * N + i) / 4] = make_float4(w[i], w[i + 1], w[i + 2], w[i + 3]);
+  for (int j = 0; j < VPL; ++j) {
+    const int v = tid + j * blockDim.x;
+    if (v < nvec) gok::load_float<W, N>(weight + v * N, w[j]);
   }
-  __syncthreads();
 
-  // Persistent warps: a warp takes rows row, row + row_stride, ...
-  for (; row < rows; row += row_stride) {
+  // Persistent blocks: rows blockIdx.x, + gridDim.x, ...; the next row's loads are issued
+  // before this row's reduction, so two rows per block are in flight.
+  for (int parity = 0; row < rows; row += stride, parity ^= 1) {
+    load_row(row + stride, nxt, nxt_r);
     const int64_t base = row * hidden;
     if constexpr (ADD) {
 #pragma unroll
       for (int j = 0; j < VPL; ++j) {
-        const int v = lane + j * kWarp;
+        const int v = tid + j * blockDim.x;
         if (v < nvec) {
 #pragma unroll
-          for (int i = 0; i < N; ++i) buf[j].v[i] = from_float<T>(to_float(buf[j].v[i]) + to_float(res[j].v[i]));
-          reinterpret_cast<uint4*>(residual_out + base)[v] = buf[j].raw;
+          for (int i = 0; i < N; ++i) cur[j].v[i] = from_float<T>(to_float(cur[j].v[i]) + to_float(cur_r[j].v[i]));
+          reinterpret_cast<uint4*>(residual_out + base)[v] = cur[j].raw;
         }
       }
     }
     float sum_sq = 0.f;
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
-      if (lane + j * kWarp < nvec) {
+      if (tid + j * blockDim.x < nvec) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          const float f = to_float(buf[j].v[i]);
-          sum_sq += f * f;
+          const float f = to_float(cur[j].v[i]);
+          sum_sq = fmaf(f, f, sum_sq);
         }
       }
     }
-    const float inv = rsqrtf(gok::warp_sum(sum_sq) / hidden + eps);
+    sum_sq = gok::warp_sum(sum_sq);
+    if (tid % kWarp == 0) partial[parity][tid / kWarp] = sum_sq;
+    __syncthreads();
+    float total = 0.f;
+    for (int i = 0; i < nwarps; ++i) total += partial[parity][i];
+    const float inv = rsqrtf(total / hidden + eps);
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
-      const int v = lane + j * kWarp;
+      const int v = tid + j * blockDim.x;
       if (v < nvec) {
         Vec16<T> o;
 #pragma unroll
-        for (int i = 0; i < N; i += 4) {
-          const float4 w = weight_smem[(v * N + i) / 4];
-          o.v[i] = from_float<T>((to_float(buf[j].v[i]) * inv) * w.x);
-          if constexpr (N > 1) o.v[i + 1] = from_float<T>((to_float(buf[j].v[i + 1]) * inv) * w.y);
-          if constexpr (N > 2) o.v[i + 2] = from_float<T>((to_float(buf[j].v[i + 2]) * inv) * w.z);
-          if constexpr (N > 3) o.v[i + 3] = from_float<T>((to_float(buf[j].v[i + 3]) * inv) * w.w);
-        }
+        for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(cur[j].v[i]) * inv) * w[j][i]);
         reinterpret_cast<uint4*>(out + base)[v] = o.raw;
       }
     }
-    load_row(row + row_stride);
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      cur[j] = nxt[j];
+      if constexpr (ADD) cur_r[j] = nxt_r[j];
+    }
   }
 }
 
 template <typename T, typename W, bool ADD>
-__global__ void __launch_bounds__(kThreads)
+__global__ void __launch_bounds__(kFallbackThreads)
 rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
                        const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
                        float eps) {
@@ -140,17 +145,18 @@ rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const 
     out[base + i] = from_float<T>((to_float(src[base + i]) * inv) * to_float(weight[i]));
 }
 
-// Blocks of `kernel` that fit on the whole device at once (cached per kernel and device).
+// Blocks of `Kernel` with `threads` threads that fit on the whole device at once (cached per
+// kernel, device and block size).
 template <auto Kernel>
-int64_t resident_blocks(size_t smem) {
-  static int cached[64] = {0};  // one table per kernel instantiation
+int64_t resident_blocks(int threads) {
+  static int cached[16][kMaxThreads / kWarp + 1] = {};
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
-  int& slot = cached[device % 64];
+  int& slot = cached[device % 16][threads / kWarp];
   if (slot == 0) {
     int sms = 0, per_sm = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, kThreads, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
     slot = std::max(1, sms * per_sm);
   }
   return slot;
@@ -160,29 +166,31 @@ template <typename T, typename W, bool ADD>
 void launch(T* out, T* residual_out, const T* x, const T* residual, const W* weight, int64_t rows, int hidden,
             float eps, cudaStream_t stream) {
   constexpr int N = Vec16<T>::N;
-  const int64_t row_blocks = (rows + kRowsPerBlock - 1) / kRowsPerBlock;
-  const dim3 grid(static_cast<unsigned>(row_blocks));
   const bool aligned = hidden % N == 0 && gok::is_aligned16(out) && gok::is_aligned16(x) &&
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
-  const int vpl = (hidden / N + kWarp - 1) / kWarp;
-  // Persistent grid: as many blocks as fit on the device at once (no more than there are rows).
-  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
-#define GOK_RMS_VEC(V)                                                                                         \
-  do {                                                                                                         \
-    constexpr auto kernel = rms_norm_vec_kernel<T, W, V, ADD>;                                                 \
-    const dim3 persistent(static_cast<unsigned>(std::min<int64_t>(row_blocks, resident_blocks<kernel>(smem))));  \
-    kernel<<<persistent, kThreads, smem, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);  \
+  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most 256.
+  const int nvec = hidden / N;
+  const int threads = std::min(kMaxThreads, std::max(kWarp, ((nvec + 1) / 2 + kWarp - 1) / kWarp * kWarp));
+  const int vpl = (nvec + threads - 1) / threads;
+  if (!aligned || vpl > 32) {
+    const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+    rms_norm_scalar_kernel<T, W, ADD><<<grid, kFallbackThreads, 0, stream>>>(out, residual_out, x, residual, weight,
+                                                                             rows, hidden, eps);
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
+#define GOK_RMS_VEC(V)                                                                                       \
+  do {                                                                                                       \
+    constexpr auto kernel = rms_norm_vec_kernel<T, W, V, ADD>;                                               \
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, resident_blocks<kernel>(threads))));       \
+    kernel<<<grid, threads, 0, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);         \
   } while (0)
-  if (!aligned || vpl > 32)
-    rms_norm_scalar_kernel<T, W, ADD><<<grid, kThreads, 0, stream>>>(out, residual_out, x, residual, weight, rows,
-                                                                     hidden, eps);
+  if (vpl <= 1) GOK_RMS_VEC(1);
   else if (vpl <= 2) GOK_RMS_VEC(2);
   else if (vpl <= 4) GOK_RMS_VEC(4);
   else if (vpl <= 8) GOK_RMS_VEC(8);
-  else if (vpl <= 12) GOK_RMS_VEC(12);
   else if (vpl <= 16) GOK_RMS_VEC(16);
-  else if (vpl <= 24) GOK_RMS_VEC(24);
   else GOK_RMS_VEC(32);
 #undef GOK_RMS_VEC
   C10_CUDA_KERNEL_LAUNCH_CHECK();
