@@ -48,11 +48,11 @@ def test_from_pretrained_use_kernels(kernel, tmp_path, monkeypatch):
     monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
     model, path = _save_tiny(tmp_path)
     ids = torch.randint(1, model.config.vocab_size, (1, 32), device="cuda")
-    expected = _logits(model.cuda(), ids)
+    load = dict(dtype=torch.bfloat16, device_map="cuda", attn_implementation="eager")
+    expected = _logits(AutoModelForCausalLM.from_pretrained(path, **load), ids)
     config = KernelConfig(kernel_mapping={"RMSNorm": (f"{REPO_ID}:RMSNorm", {"revision": "v1"})},
                           inherit_mapping=False)
-    loaded = AutoModelForCausalLM.from_pretrained(path, dtype=torch.bfloat16, device_map="cuda",
-                                                  use_kernels=True, kernel_config=config)
+    loaded = AutoModelForCausalLM.from_pretrained(path, use_kernels=True, kernel_config=config, **load)
     with record_ops() as names:
         got = _logits(loaded, ids)
     assert dispatched(names, kernel, "rms_norm"), "use_kernels=True did not swap our RMSNorm in"
