@@ -33,6 +33,20 @@ def test_rms_norm(kernel, ref, device, dtype, hidden, rows):
     assert rel_err(out, expected) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("hidden", [2880, 520])
+def test_many_rows(kernel, ref, device, dtype, hidden):
+    # Past 8192 rows the CUDA launch switches to fewer threads per row (more rows in flight).
+    x, w = _inputs((8193, hidden), dtype, device)
+    residual = torch.randn_like(x)
+    poison_allocator(device, x.numel() * x.element_size())
+    assert rel_err(kernel.rms_norm(x, w, EPS), ref.rms_norm(x.double(), w.double(), EPS)) <= TOL[dtype]
+    out, new_residual = kernel.fused_add_rms_norm(x, residual, w, EPS)
+    exp_out, _ = ref.fused_add_rms_norm(x.double(), residual.double(), w.double(), EPS, act_dtype=dtype)
+    assert torch.equal(new_residual, x + residual)
+    assert rel_err(out, exp_out) <= TOL[dtype]
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("w_dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_rms_norm_weight_dtypes_and_leading_shape(kernel, ref, device, dtype, w_dtype):

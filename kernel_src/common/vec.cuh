@@ -50,17 +50,3 @@ __host__ __device__ __forceinline__ bool is_aligned16(const void* p) {
 }
 
 }  // namespace gok
-
-namespace gok {
-
-// Ampere+ asynchronous 16-byte global -> shared copies (LDGSTS), tracked per thread in commit
-// groups: a thread that waits for its own group may read what it copied without a barrier.
-__device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
-  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-}  // namespace gok

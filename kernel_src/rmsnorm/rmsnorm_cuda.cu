@@ -4,15 +4,14 @@
 // x's dtype. The fused op first forms s = dtype(float(x) + float(residual)) -- rounded as an
 // unfused `x + residual` would be -- writes it as the new residual and normalises it.
 //
-// Layout, fast path: one block (32..256 threads, ~2 16-byte vectors per thread) per row at a
-// time, in a persistent grid (as many blocks as are resident at once). Thread t owns vectors
-// v = t + blockDim * j (j < VPL) of each row and its slice of the weight (fp32, registers).
-// Rows stream through a ring of shared-memory slots filled by cp.async, up to 4 rows ahead,
-// so the bytes in flight are not bounded by registers; each element is read once and written
-// once (the fused op also writes the new residual). Reduction: warp shuffles, then one
-// barrier over double-buffered partials. VPL is a template upper bound; threads guard
-// v < hidden / N. The fallback (rows not 16-byte aligned, or longer than 256 * 16 vectors):
-// one warp per row, reading the row twice, scalar.
+// Layout, fast path: one block (32..256 threads, 2 or 4 16-byte vectors per thread) per row at a
+// time, in a persistent grid (as many blocks as are resident at once). Thread t holds vectors
+// v = t + blockDim * j (j < VPL) of the row in registers; the weight is staged once per block
+// as fp32 in shared memory; each element is read once and written once (the fused op also
+// writes the new residual). The next row's loads are issued before this row's
+// reduction (warp shuffles, then one barrier over double-buffered partials). VPL is a
+// template upper bound; threads guard v < hidden / N. The fallback (rows not 16-byte
+// aligned, or longer than 256 * 32 vectors): one warp per row, reading the row twice, scalar.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,75 +33,59 @@ constexpr int kMaxThreads = 256;      // fast path: one block of up to 256 threa
 constexpr int kRowsPerBlock = 4;      // fallback path: one warp per row
 constexpr int kFallbackThreads = kWarp * kRowsPerBlock;
 
-// Rows in flight per block: a ring of kDepth row slots in shared memory, filled by cp.async
-// (the data never occupies registers while in flight, so many rows per SM can be).
-template <int VPL>
-constexpr int ring_depth() { return VPL <= 4 ? 4 : 1; }
-
 template <typename T, typename W, int VPL, bool ADD>
 __global__ void __launch_bounds__(kMaxThreads)
 rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
                     const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
                     float eps) {
   constexpr int N = Vec16<T>::N;
-  constexpr int kDepth = ring_depth<VPL>();
-  constexpr int kInputs = ADD ? 2 : 1;
   __shared__ float partial[2][kMaxThreads / kWarp];  // double-buffered: one barrier per row
-  extern __shared__ uint4 ring[];                     // [kDepth][kInputs][VPL][blockDim]
   const int nvec = hidden / N;
   const int tid = threadIdx.x;
   const int nwarps = blockDim.x / kWarp;
   const int64_t stride = gridDim.x;
-  auto slot = [&](int d, int input, int j) -> uint4& {
-    return ring[((d * kInputs + input) * VPL + j) * blockDim.x + tid];
-  };
-  // Each thread copies, and later reads, only its own vectors of each row: no barrier needed.
-  auto issue = [&](int64_t r, int d) {
-    if (r < rows) {
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (v < nvec) {
-          gok::cp_async16(&slot(d, 0, j), reinterpret_cast<const uint4*>(x + r * hidden) + v);
-          if constexpr (ADD) gok::cp_async16(&slot(d, 1, j), reinterpret_cast<const uint4*>(residual + r * hidden) + v);
-        }
-      }
-    }
-    gok::cp_async_commit();  // an empty group past the last row keeps the group count uniform
-  };
-
   int64_t row = blockIdx.x;
-#pragma unroll
-  for (int d = 0; d < kDepth; ++d) issue(row + d * stride, d);
-  // This thread's slice of the weight, as fp32, kept in registers for every row it handles.
-  float w[VPL][N];
-#pragma unroll
-  for (int j = 0; j < VPL; ++j) {
-    const int v = tid + j * blockDim.x;
-    if (v < nvec) gok::load_float<W, N>(weight + v * N, w[j]);
-  }
 
-  // Persistent blocks: rows blockIdx.x, + gridDim.x, ...; row k sits in slot k % kDepth.
-  for (int k = 0; row < rows; row += stride, ++k) {
-    const int d = k % kDepth;
-    gok::cp_async_wait<kDepth - 1>();
-    const int64_t base = row * hidden;
-    Vec16<T> cur[VPL];
+  Vec16<T> cur[VPL], nxt[VPL];
+  Vec16<T> cur_r[ADD ? VPL : 1], nxt_r[ADD ? VPL : 1];
+  auto load_row = [&](int64_t r, Vec16<T>(&xs)[VPL], Vec16<T>(&rs)[ADD ? VPL : 1]) {
+    if (r >= rows) return;
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
       const int v = tid + j * blockDim.x;
       if (v < nvec) {
-        cur[j].raw = slot(d, 0, j);
-        if constexpr (ADD) {
-          Vec16<T> r;
-          r.raw = slot(d, 1, j);
+        xs[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + r * hidden) + v);
+        if constexpr (ADD) rs[j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + r * hidden) + v);
+      }
+    }
+  };
+  load_row(row, cur, cur_r);
+  // The weight, as fp32, staged once per block in shared memory while the first row loads;
+  // the first use comes after the reduction's barrier, which also publishes these stores.
+  extern __shared__ float4 weight_smem[];
+  for (int v = tid; v < nvec; v += blockDim.x) {
+    float w[N];
+    gok::load_float<W, N>(weight + v * N, w);
 #pragma unroll
-          for (int i = 0; i < N; ++i) cur[j].v[i] = from_float<T>(to_float(cur[j].v[i]) + to_float(r.v[i]));
+    for (int i = 0; i < N; i += 4) weight_smem[(v * N + i) / 4] = make_float4(w[i], w[i + 1], w[i + 2], w[i + 3]);
+  }
+
+  // Persistent blocks: rows blockIdx.x, + gridDim.x, ...; the next row's loads are issued
+  // before this row's reduction, so two rows per block are in flight.
+  for (int parity = 0; row < rows; row += stride, parity ^= 1) {
+    load_row(row + stride, nxt, nxt_r);
+    const int64_t base = row * hidden;
+    if constexpr (ADD) {
+#pragma unroll
+      for (int j = 0; j < VPL; ++j) {
+        const int v = tid + j * blockDim.x;
+        if (v < nvec) {
+#pragma unroll
+          for (int i = 0; i < N; ++i) cur[j].v[i] = from_float<T>(to_float(cur[j].v[i]) + to_float(cur_r[j].v[i]));
           reinterpret_cast<uint4*>(residual_out + base)[v] = cur[j].raw;
         }
       }
     }
-    issue(row + kDepth * stride, d);  // the slot's contents are in registers now
     float sum_sq = 0.f;
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
@@ -115,10 +98,10 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
       }
     }
     sum_sq = gok::warp_sum(sum_sq);
-    if (tid % kWarp == 0) partial[k & 1][tid / kWarp] = sum_sq;
+    if (tid % kWarp == 0) partial[parity][tid / kWarp] = sum_sq;
     __syncthreads();
     float total = 0.f;
-    for (int i = 0; i < nwarps; ++i) total += partial[k & 1][i];
+    for (int i = 0; i < nwarps; ++i) total += partial[parity][i];
     const float inv = rsqrtf(total / hidden + eps);
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
@@ -126,12 +109,21 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
       if (v < nvec) {
         Vec16<T> o;
 #pragma unroll
-        for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(cur[j].v[i]) * inv) * w[j][i]);
+        for (int i = 0; i < N; i += 4) {
+          const float4 w = weight_smem[(v * N + i) / 4];
+          const float wi[4] = {w.x, w.y, w.z, w.w};
+#pragma unroll
+          for (int l = 0; l < 4 && i + l < N; ++l) o.v[i + l] = from_float<T>((to_float(cur[j].v[i + l]) * inv) * wi[l]);
+        }
         reinterpret_cast<uint4*>(out + base)[v] = o.raw;
       }
     }
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      cur[j] = nxt[j];
+      if constexpr (ADD) cur_r[j] = nxt_r[j];
+    }
   }
-  gok::cp_async_wait<0>();
 }
 
 template <typename T, typename W, bool ADD>
@@ -161,8 +153,7 @@ rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const 
 }
 
 // Blocks of `Kernel` with `threads` threads that fit on the whole device at once (cached per
-// kernel, device and block size).
-// The dynamic shared memory (the row ring) depends only on `threads` for a given kernel.
+// kernel, device and block size; the shared memory, the weight, is taken from the first call).
 template <auto Kernel>
 int64_t resident_blocks(int threads, size_t smem) {
   static int cached[16][kMaxThreads / kWarp + 1] = {};
@@ -172,7 +163,6 @@ int64_t resident_blocks(int threads, size_t smem) {
   if (slot == 0) {
     int sms = 0, per_sm = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaFuncSetAttribute(Kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem)));
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, smem));
     slot = std::max(1, sms * per_sm);
   }
@@ -186,11 +176,16 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
   const bool aligned = hidden % N == 0 && gok::is_aligned16(out) && gok::is_aligned16(x) &&
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
-  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most 256.
+  // Block size, a multiple of the warp, at most 256. Few rows: ~2 vectors per thread, so a row's
+  // latency is spread over many warps. Many rows: ~4 per thread, so that per-thread overhead
+  // registers shrink and more rows fit in flight per SM (measured: docs/NOTES-rmsnorm.md).
   const int nvec = hidden / N;
-  const int threads = std::min(kMaxThreads, std::max(kWarp, ((nvec + 1) / 2 + kWarp - 1) / kWarp * kWarp));
+  const int per_thread = rows >= 8192 ? 4 : 2;
+  const int threads =
+      std::min(kMaxThreads, std::max(kWarp, ((nvec + per_thread - 1) / per_thread + kWarp - 1) / kWarp * kWarp));
+  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
   const int vpl = (nvec + threads - 1) / threads;
-  if (!aligned || vpl > 16) {
+  if (!aligned || vpl > 32 || smem > 48 * 1024) {
     const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
     rms_norm_scalar_kernel<T, W, ADD><<<grid, kFallbackThreads, 0, stream>>>(out, residual_out, x, residual, weight,
                                                                              rows, hidden, eps);
@@ -200,7 +195,6 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
 #define GOK_RMS_VEC(V)                                                                                       \
   do {                                                                                                       \
     constexpr auto kernel = rms_norm_vec_kernel<T, W, V, ADD>;                                               \
-    const size_t smem = sizeof(uint4) * ring_depth<V>() * (ADD ? 2 : 1) * V * threads;                      \
     const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, resident_blocks<kernel>(threads, smem)))); \
     kernel<<<grid, threads, smem, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);      \
   } while (0)
@@ -208,7 +202,8 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
   else if (vpl <= 2) GOK_RMS_VEC(2);
   else if (vpl <= 4) GOK_RMS_VEC(4);
   else if (vpl <= 8) GOK_RMS_VEC(8);
-  else GOK_RMS_VEC(16);
+  else if (vpl <= 16) GOK_RMS_VEC(16);
+  else GOK_RMS_VEC(32);
 #undef GOK_RMS_VEC
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }

@@ -1,0 +1,154 @@
+// GPT-OSS MoE block on the CPU, same op schemas as the CUDA variant (torch-ext/torch_binding.cpp).
+//
+//   moe_route    top-k of the router logits (NaN first, ties to the lower index), softmax over the k
+//                values, fp32.
+//   moe_dispatch per-expert padded row blocks: sorted_pos[nb * block_m] holds flat slot indices
+//                p = token * k + j (-1 for padding), block_expert[nb] the expert of each block
+//                (-1 unused); nb = (M + min(E, M) * (block_m - 1)) / block_m, M = T * k: a bound
+//                that depends on T alone, so no output shape depends on the routing.
+//   moe_finalize out[t] = sum_j y[t * k + j] in fp32, in slot order (deterministic); a slot whose id
+//                is outside [0, E) contributes NaN (the CUDA path's clamp-and-flag).
+//   moe_experts  the expert math of GptOssExperts, grouped by expert through at::mm (the CPU has
+//                the ids on the host, so ids outside [0, E) raise here).
+// Intermediates follow the GPU path: matmuls in fp32, the SwiGLU activations rounded to the
+// input dtype, each weighted expert output rounded to the input dtype, the k outputs summed in fp32.
+#include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "torch-ext/torch_binding.h"
+
+namespace {
+
+int64_t num_blocks_bound(int64_t m, int64_t e, int64_t block_m) {
+  if (m == 0) return 0;
+  return (m + std::min(e, m) * (block_m - 1)) / block_m;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
+  TORCH_CHECK(router_logits.dim() == 2, "moe_route: router_logits must be (T, E), got ", router_logits.sizes());
+  const int64_t t = router_logits.size(0), e = router_logits.size(1);
+  TORCH_CHECK(top_k >= 1 && top_k <= e, "moe_route: top_k must be in [1, E=", e, "], got ", top_k);
+  const auto logits = router_logits.to(at::kFloat).contiguous();
+  auto w = at::empty({t, top_k}, logits.options());
+  auto ids = at::empty({t, top_k}, logits.options().dtype(at::kInt));
+  const float* src = logits.data_ptr<float>();
+  float* wp = w.data_ptr<float>();
+  int32_t* ip = ids.data_ptr<int32_t>();
+  // Same order as the CUDA kernel: NaN first, then larger values, ties to the lower index.
+  at::parallel_for(0, t, 64, [&](int64_t begin, int64_t end) {
+    std::vector<int32_t> idx(e);
+    for (int64_t r = begin; r < end; ++r) {
+      const float* v = src + r * e;
+      for (int64_t i = 0; i < e; ++i) idx[i] = static_cast<int32_t>(i);
+      std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(), [v](int32_t a, int32_t b) {
+        const bool an = std::isnan(v[a]), bn = std::isnan(v[b]);
+        if (an != bn) return an;
+        if (!an && v[a] != v[b]) return v[a] > v[b];
+        return a < b;
+      });
+      const float mx = v[idx[0]];
+      float sum = 0.f;
+      for (int64_t j = 0; j < top_k; ++j) sum += std::exp(v[idx[j]] - mx);
+      for (int64_t j = 0; j < top_k; ++j) {
+        wp[r * top_k + j] = std::exp(v[idx[j]] - mx) / sum;
+        ip[r * top_k + j] = idx[j];
+      }
+    }
+  });
+  return {w, ids};
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m) {
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "moe_dispatch: topk_ids must be int32 (T, k)");
+  TORCH_CHECK(block_m >= 1 && num_experts >= 1, "moe_dispatch: bad block_m / num_experts");
+  const auto ids = topk_ids.contiguous();
+  const int64_t m = ids.numel();
+  const int64_t nb = num_blocks_bound(m, num_experts, block_m);
+  auto sorted_pos = at::full({nb * block_m}, -1, ids.options());
+  auto block_expert = at::full({nb}, -1, ids.options());
+  const int32_t* id = ids.data_ptr<int32_t>();
+  std::vector<int64_t> count(num_experts, 0);
+  for (int64_t p = 0; p < m; ++p)
+    if (id[p] >= 0 && id[p] < num_experts) ++count[id[p]];
+  std::vector<int64_t> cursor(num_experts, 0);
+  int64_t row = 0;
+  int32_t* be = block_expert.data_ptr<int32_t>();
+  for (int64_t e = 0; e < num_experts; ++e) {
+    cursor[e] = row;
+    const int64_t blocks = (count[e] + block_m - 1) / block_m;
+    for (int64_t b = 0; b < blocks; ++b) be[row / block_m + b] = static_cast<int32_t>(e);
+    row += blocks * block_m;
+  }
+  TORCH_CHECK(row <= nb * block_m, "moe_dispatch: internal bound violated");
+  int32_t* sp = sorted_pos.data_ptr<int32_t>();
+  for (int64_t p = 0; p < m; ++p)
+    if (id[p] >= 0 && id[p] < num_experts) sp[cursor[id[p]]++] = static_cast<int32_t>(p);
+  return {sorted_pos, block_expert};
+}
+
+at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts) {
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "moe_finalize: topk_ids must be int32 (T, k)");
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == topk_ids.numel(), "moe_finalize: y must be (T * k, H)");
+  const int64_t t = topk_ids.size(0), k = topk_ids.size(1), h = y.size(1);
+  auto yf = y.contiguous().to(at::kFloat).view({t, k, h});
+  auto bad = ((topk_ids < 0) | (topk_ids >= num_experts)).unsqueeze(-1);
+  yf = at::where(bad, at::full({}, std::numeric_limits<float>::quiet_NaN(), yf.options()), yf);
+  return yf.sum(1).to(y.scalar_type());
+}
+
+at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                       const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,
+                       const at::Tensor& down_proj, const std::optional<at::Tensor>& down_proj_bias, double alpha,
+                       double limit) {
+  TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
+              "moe_experts: hidden (T, H), topk_ids and topk_weights (T, k)");
+  const int64_t t = hidden.size(0), h = hidden.size(1), k = topk_ids.size(1);
+  const int64_t e_num = gate_up_proj.size(0), i2 = gate_up_proj.size(2);
+  TORCH_CHECK(gate_up_proj.dim() == 3 && gate_up_proj.size(1) == h && i2 % 2 == 0, "moe_experts: gate_up_proj (E, H, 2I)");
+  TORCH_CHECK(down_proj.dim() == 3 && down_proj.size(0) == e_num && down_proj.size(1) == i2 / 2 && down_proj.size(2) == h,
+              "moe_experts: down_proj (E, I, H)");
+  const auto dtype = hidden.scalar_type();
+  auto ids = topk_ids.to(at::kLong).contiguous();
+  if (ids.numel() > 0) {
+    const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
+    TORCH_CHECK(lo >= 0 && hi < e_num, "moe_experts: topk_ids must be in [0, ", e_num, "), got values in [", lo, ", ",
+                hi, "]");
+  }
+  if (ids.numel() == 0) return at::zeros({t, h}, hidden.options());
+  const auto x = hidden.to(at::kFloat);
+  const auto w = topk_weights.to(at::kFloat).reshape({-1});
+  const auto flat = ids.reshape({-1});
+  const auto token_of = at::arange(t * k, ids.options()).floor_divide(k);
+  // Group the (token, slot) pairs by expert on the host: sort once, then one matmul per expert.
+  auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
+  auto counts = at::bincount(flat, {}, e_num).cpu();
+  const int64_t* cnt = counts.data_ptr<int64_t>();
+  const float lim = static_cast<float>(limit), alp = static_cast<float>(alpha);
+  int64_t start = 0;
+  auto y = at::empty({t * k, h}, x.options());
+  for (int64_t e = 0; e < e_num; ++e) {
+    const int64_t c = cnt[e];
+    if (c == 0) continue;
+    auto slots = order.narrow(0, start, c);
+    start += c;
+    auto xe = x.index_select(0, token_of.index_select(0, slots));
+    auto gu = at::mm(xe, gate_up_proj[e].to(at::kFloat));
+    if (gate_up_proj_bias.has_value()) gu = gu + (*gate_up_proj_bias)[e].to(at::kFloat);
+    auto gate = gu.slice(1, 0, i2, 2).clamp_max(lim);
+    auto up = gu.slice(1, 1, i2, 2).clamp(-lim, lim);
+    auto act = ((up + 1) * gate * at::sigmoid(gate * alp)).to(dtype).to(at::kFloat);
+    auto o = at::mm(act, down_proj[e].to(at::kFloat));
+    if (down_proj_bias.has_value()) o = o + (*down_proj_bias)[e].to(at::kFloat);
+    o = (o * w.index_select(0, slots).unsqueeze(1)).to(dtype).to(at::kFloat);
+    y.index_copy_(0, slots, o);
+  }
+  return y.view({t, k, h}).sum(1).to(dtype);
+}

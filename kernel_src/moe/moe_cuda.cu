@@ -1,0 +1,325 @@
+// GPT-OSS MoE block, the memory-bound CUDA stages (the grouped GEMMs are Triton:
+// torch-ext/gpt_oss_kernels/moe/grouped_gemm.py). Semantics are those of moe_cpu.cpp.
+//
+//   moe_route    one warp per token: k rounds of a warp arg-max over the E logits held in
+//                registers (NaN ranks highest, ties go to the lower index, as torch.topk), then a
+//                softmax over the k winners in fp32. Writes fp32 weights and int32 ids.
+//   moe_dispatch one block: per-expert counts in shared memory (warp-aggregated atomics through
+//                __match_any_sync), padded offsets, block -> expert table, and the permutation
+//                (flat slot index per padded row, -1 for padding). Buffers are sized from T * k only:
+//                nb = (M + min(E, M) * (block_m - 1)) / block_m blocks of block_m rows. Ids outside
+//                [0, E) are routed nowhere (clamp-and-flag: moe_finalize turns them into NaN).
+//   moe_finalize out[t] = sum_j y[t * k + j] in fp32, slot order (deterministic); 16-byte vectors.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <climits>
+
+#include "common/vec.cuh"
+#include "torch-ext/torch_binding.h"
+
+namespace {
+
+using gok::from_float;
+using gok::to_float;
+using gok::Vec16;
+
+constexpr int kWarp = 32;
+
+// --- route --------------------------------------------------------------------------------
+
+__device__ __forceinline__ bool route_better(float a, int ai, float b, int bi) {
+  if (bi == INT_MAX) return ai != INT_MAX;
+  if (ai == INT_MAX) return false;
+  const bool an = isnan(a), bn = isnan(b);
+  if (an != bn) return an;
+  if (!an && a != b) return a > b;
+  return ai < bi;
+}
+
+constexpr int kRouteWarps = 8;
+
+template <typename T, int VPL>
+__global__ void __launch_bounds__(kRouteWarps * kWarp)
+moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, int top_k,
+                 float* __restrict__ weights, int32_t* __restrict__ ids) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRouteWarps + threadIdx.x / kWarp;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % kWarp;
+  const T* src = logits + row * num_experts;
+  float v[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int e = lane + j * kWarp;
+    v[j] = e < num_experts ? to_float(src[e]) : 0.f;
+  }
+  unsigned taken = 0;
+  float my_val = 0.f;
+  int my_id = 0;
+  for (int r = 0; r < top_k; ++r) {
+    float bv = 0.f;
+    int bi = INT_MAX;
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      const int e = lane + j * kWarp;
+      if (e < num_experts && !((taken >> j) & 1u) && route_better(v[j], e, bv, bi)) {
+        bv = v[j];
+        bi = e;
+      }
+    }
+#pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      const float ov = __shfl_xor_sync(0xffffffffu, bv, off);
+      const int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+      if (route_better(ov, oi, bv, bi)) {
+        bv = ov;
+        bi = oi;
+      }
+    }
+    if ((bi & (kWarp - 1)) == lane) taken |= 1u << (bi / kWarp);
+    if (lane == r) {
+      my_val = bv;
+      my_id = bi;
+    }
+  }
+  const float mx = __shfl_sync(0xffffffffu, my_val, 0);
+  const float ex = lane < top_k ? expf(my_val - mx) : 0.f;
+  const float sum = gok::warp_sum(ex);
+  if (lane < top_k) {
+    weights[row * top_k + lane] = ex / sum;
+    ids[row * top_k + lane] = my_id;
+  }
+}
+
+template <typename T>
+void launch_route(const at::Tensor& logits, int top_k, at::Tensor& w, at::Tensor& ids, cudaStream_t stream) {
+  const int64_t rows = logits.size(0);
+  const int e = static_cast<int>(logits.size(1));
+  const dim3 grid(static_cast<unsigned>((rows + kRouteWarps - 1) / kRouteWarps));
+  const dim3 block(kRouteWarps * kWarp);
+  const T* src = reinterpret_cast<const T*>(logits.data_ptr());
+  float* wp = w.data_ptr<float>();
+  int32_t* ip = ids.data_ptr<int32_t>();
+#define GOK_ROUTE(VPL) moe_route_kernel<T, VPL><<<grid, block, 0, stream>>>(src, rows, e, top_k, wp, ip)
+  if (e <= 32) GOK_ROUTE(1);
+  else if (e <= 64) GOK_ROUTE(2);
+  else if (e <= 128) GOK_ROUTE(4);
+  else if (e <= 256) GOK_ROUTE(8);
+  else if (e <= 512) GOK_ROUTE(16);
+  else GOK_ROUTE(32);
+#undef GOK_ROUTE
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// --- dispatch -----------------------------------------------------------------------------
+
+constexpr int kDispatchThreads = 1024;
+constexpr int kUnroll = 8;
+
+__global__ void __launch_bounds__(kDispatchThreads)
+moe_dispatch_kernel(const int32_t* __restrict__ ids, int m, int num_experts, int block_m, int nb,
+                    int32_t* __restrict__ sorted_pos, int32_t* __restrict__ block_expert) {
+  extern __shared__ int smem[];
+  int* count = smem;
+  int* cursor = smem + num_experts;
+  const int tid = threadIdx.x;
+  const int lane = tid % kWarp;
+  for (int e = tid; e < num_experts; e += blockDim.x) count[e] = 0;
+  for (int i = tid; i < nb * block_m; i += blockDim.x) sorted_pos[i] = -1;
+  for (int i = tid; i < nb; i += blockDim.x) block_expert[i] = -1;
+  __syncthreads();
+  // Whole warps iterate together so that __match_any_sync sees all 32 lanes. kUnroll ids per
+  // thread are loaded before the first is used: one block walks all T * k ids twice, so the
+  // loop is bound by load latency, not by the atomics.
+  const int stride = blockDim.x * kUnroll;
+  const int m_round = (m + stride - 1) / stride * stride;
+  for (int base = tid; base < m_round; base += stride) {
+    int ev[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = base + u * blockDim.x;
+      ev[u] = p < m ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int e = ev[u];
+      const bool ok = e >= 0 && e < num_experts;
+      const unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+      if (ok && lane == __ffs(peers) - 1) atomicAdd(&count[e], __popc(peers));
+    }
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int row = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      cursor[e] = row;
+      row += (count[e] + block_m - 1) / block_m * block_m;
+    }
+  }
+  __syncthreads();
+  for (int e = tid; e < num_experts; e += blockDim.x) {
+    const int first = cursor[e] / block_m;
+    const int blocks = (count[e] + block_m - 1) / block_m;
+    for (int b = 0; b < blocks; ++b) block_expert[first + b] = e;
+  }
+  __syncthreads();
+  const unsigned lt_mask = (1u << lane) - 1u;
+  for (int base = tid; base < m_round; base += stride) {
+    int ev[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = base + u * blockDim.x;
+      ev[u] = p < m ? __ldg(ids + p) : -1;
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int p = base + u * blockDim.x;
+      const int e = ev[u];
+      const bool ok = e >= 0 && e < num_experts;
+      const unsigned peers = __match_any_sync(0xffffffffu, ok ? e : -1);
+      const int leader = __ffs(peers) - 1;
+      int slot = 0;
+      if (ok && lane == leader) slot = atomicAdd(&cursor[e], __popc(peers));
+      slot = __shfl_sync(0xffffffffu, slot, leader);
+      if (ok) sorted_pos[slot + __popc(peers & lt_mask)] = p;
+    }
+  }
+}
+
+// --- finalize -----------------------------------------------------------------------------
+
+constexpr int kFinThreads = 128;
+
+template <typename T>
+__global__ void __launch_bounds__(kFinThreads)
+moe_finalize_vec_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids, T* __restrict__ out, int top_k,
+                        int hidden, int num_experts) {
+  constexpr int N = Vec16<T>::N;
+  const int64_t t = blockIdx.x;
+  const int v = blockIdx.y * kFinThreads + threadIdx.x;
+  if (v * N >= hidden) return;
+  float acc[N];
+#pragma unroll
+  for (int i = 0; i < N; ++i) acc[i] = 0.f;
+  bool bad = false;
+  for (int j = 0; j < top_k; ++j) {
+    const int e = ids[t * top_k + j];
+    bad |= e < 0 || e >= num_experts;
+    Vec16<T> r;
+    r.raw = __ldcs(reinterpret_cast<const uint4*>(y + (t * top_k + j) * hidden) + v);
+#pragma unroll
+    for (int i = 0; i < N; ++i) acc[i] += to_float(r.v[i]);
+  }
+  Vec16<T> o;
+#pragma unroll
+  for (int i = 0; i < N; ++i) o.v[i] = from_float<T>(bad ? __int_as_float(0x7fc00000) : acc[i]);
+  reinterpret_cast<uint4*>(out + t * hidden)[v] = o.raw;
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kFinThreads)
+moe_finalize_scalar_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids, T* __restrict__ out, int top_k,
+                           int hidden, int num_experts) {
+  const int64_t t = blockIdx.x;
+  for (int c = blockIdx.y * kFinThreads + threadIdx.x; c < hidden; c += gridDim.y * kFinThreads) {
+    float acc = 0.f;
+    bool bad = false;
+    for (int j = 0; j < top_k; ++j) {
+      const int e = ids[t * top_k + j];
+      bad |= e < 0 || e >= num_experts;
+      acc += to_float(y[(t * top_k + j) * hidden + c]);
+    }
+    out[t * hidden + c] = from_float<T>(bad ? __int_as_float(0x7fc00000) : acc);
+  }
+}
+
+template <typename T>
+void launch_finalize(const at::Tensor& y, const at::Tensor& ids, at::Tensor& out, int num_experts, cudaStream_t stream) {
+  const int64_t t = ids.size(0);
+  const int k = static_cast<int>(ids.size(1));
+  const int h = static_cast<int>(y.size(1));
+  constexpr int N = Vec16<T>::N;
+  const T* yp = reinterpret_cast<const T*>(y.data_ptr());
+  T* op = reinterpret_cast<T*>(out.data_ptr());
+  const int32_t* ip = ids.data_ptr<int32_t>();
+  if (h % N == 0 && gok::is_aligned16(yp) && gok::is_aligned16(op)) {
+    const dim3 grid(static_cast<unsigned>(t), static_cast<unsigned>((h / N + kFinThreads - 1) / kFinThreads));
+    moe_finalize_vec_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts);
+  } else {
+    const dim3 grid(static_cast<unsigned>(t), static_cast<unsigned>((h + kFinThreads - 1) / kFinThreads));
+    moe_finalize_scalar_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+int64_t num_blocks_bound(int64_t m, int64_t e, int64_t block_m) {
+  if (m == 0) return 0;
+  return (m + std::min(e, m) * (block_m - 1)) / block_m;
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
+  TORCH_CHECK(router_logits.is_cuda() && router_logits.dim() == 2, "moe_route: router_logits must be a CUDA (T, E) tensor");
+  const int64_t e = router_logits.size(1);
+  TORCH_CHECK(e >= 1 && e <= 1024, "moe_route: E must be in [1, 1024], got ", e);
+  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_route: top_k must be in [1, min(E, 32)], got ", top_k);
+  const c10::cuda::CUDAGuard guard(router_logits.device());
+  const auto logits = router_logits.contiguous();
+  const int64_t rows = logits.size(0);
+  auto w = at::empty({rows, top_k}, logits.options().dtype(at::kFloat));
+  auto ids = at::empty({rows, top_k}, logits.options().dtype(at::kInt));
+  if (rows == 0) return {w, ids};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  switch (logits.scalar_type()) {
+    case at::kFloat: launch_route<float>(logits, static_cast<int>(top_k), w, ids, stream); break;
+    case at::kBFloat16: launch_route<__nv_bfloat16>(logits, static_cast<int>(top_k), w, ids, stream); break;
+    case at::kHalf: launch_route<__half>(logits, static_cast<int>(top_k), w, ids, stream); break;
+    default: TORCH_CHECK(false, "moe_route: router_logits must be float32, bfloat16 or float16");
+  }
+  return {w, ids};
+}
+
+std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m) {
+  TORCH_CHECK(topk_ids.is_cuda() && topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt,
+              "moe_dispatch: topk_ids must be a CUDA int32 (T, k) tensor");
+  TORCH_CHECK(num_experts >= 1 && num_experts <= 4096, "moe_dispatch: num_experts must be in [1, 4096]");
+  TORCH_CHECK(block_m >= 1 && block_m <= 1024, "moe_dispatch: block_m must be in [1, 1024]");
+  const c10::cuda::CUDAGuard guard(topk_ids.device());
+  const auto ids = topk_ids.contiguous();
+  const int64_t m = ids.numel();
+  TORCH_CHECK(m < (int64_t{1} << 30), "moe_dispatch: T * k too large");
+  const int64_t nb = num_blocks_bound(m, num_experts, block_m);
+  auto sorted_pos = at::empty({nb * block_m}, ids.options());
+  auto block_expert = at::empty({nb}, ids.options());
+  if (m == 0) return {sorted_pos, block_expert};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const size_t smem = 2 * num_experts * sizeof(int);
+  moe_dispatch_kernel<<<1, kDispatchThreads, smem, stream>>>(
+      ids.data_ptr<int32_t>(), static_cast<int>(m), static_cast<int>(num_experts), static_cast<int>(block_m),
+      static_cast<int>(nb), sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return {sorted_pos, block_expert};
+}
+
+at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts) {
+  TORCH_CHECK(y.is_cuda() && topk_ids.is_cuda(), "moe_finalize: CUDA tensors expected");
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "moe_finalize: topk_ids must be int32 (T, k)");
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == topk_ids.numel(), "moe_finalize: y must be (T * k, H)");
+  const c10::cuda::CUDAGuard guard(y.device());
+  const auto yc = y.contiguous();
+  const auto ids = topk_ids.contiguous();
+  auto out = at::empty({ids.size(0), yc.size(1)}, yc.options());
+  if (out.numel() == 0) return out;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int e = static_cast<int>(num_experts);
+  switch (yc.scalar_type()) {
+    case at::kFloat: launch_finalize<float>(yc, ids, out, e, stream); break;
+    case at::kBFloat16: launch_finalize<__nv_bfloat16>(yc, ids, out, e, stream); break;
+    case at::kHalf: launch_finalize<__half>(yc, ids, out, e, stream); break;
+    default: TORCH_CHECK(false, "moe_finalize: y must be float32, bfloat16 or float16");
+  }
+  return out;
+}
