@@ -4,14 +4,15 @@
 // x's dtype. The fused op first forms s = dtype(float(x) + float(residual)) -- rounded as an
 // unfused `x + residual` would be -- writes it as the new residual and normalises it.
 //
-// Layout, fast path: one block (32..256 threads, 2 or 4 16-byte vectors per thread) per row at a
+// Layout, fast path: one block (32..256 threads, ~2 16-byte vectors per thread) per row at a
 // time, in a persistent grid (as many blocks as are resident at once). Thread t holds vectors
-// v = t + blockDim * j (j < VPL) of the row in registers; the weight is staged once per block
-// as fp32 in shared memory; each element is read once and written once (the fused op also
-// writes the new residual). The next row's loads are issued before this row's
+// v = t + blockDim * j (j < VPL) of the row in registers, and its slice of the weight as fp32
+// for every row it handles, so each element is read once and written once (the fused op
+// also writes the new residual). The next row's loads are issued before this row's
 // reduction (warp shuffles, then one barrier over double-buffered partials). VPL is a
 // template upper bound; threads guard v < hidden / N. The fallback (rows not 16-byte
 // aligned, or longer than 256 * 32 vectors): one warp per row, reading the row twice, scalar.
+// rms_norm on 8192+ rows uses a warp-per-row register kernel instead (see below).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,8 +31,9 @@ using gok::Vec16;
 
 constexpr int kWarp = 32;
 constexpr int kMaxThreads = 256;      // fast path: one block of up to 256 threads per row
-constexpr int kRowsPerBlock = 4;      // fallback path: one warp per row
-constexpr int kFallbackThreads = kWarp * kRowsPerBlock;
+constexpr int kRowsPerBlock = 4;      // warp-per-row kernels (many rows; fallback): rows per block
+constexpr int kWarpRowThreads = kWarp * kRowsPerBlock;
+constexpr int64_t kWarpRowsFrom = 8192;  // rms_norm (no residual) switches to warp-per-row here
 
 template <typename T, typename W, int VPL, bool ADD>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -60,14 +62,12 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
     }
   };
   load_row(row, cur, cur_r);
-  // The weight, as fp32, staged once per block in shared memory while the first row loads;
-  // the first use comes after the reduction's barrier, which also publishes these stores.
-  extern __shared__ float4 weight_smem[];
-  for (int v = tid; v < nvec; v += blockDim.x) {
-    float w[N];
-    gok::load_float<W, N>(weight + v * N, w);
+  // This thread's slice of the weight, as fp32, kept in registers for every row it handles.
+  float w[VPL][N];
 #pragma unroll
-    for (int i = 0; i < N; i += 4) weight_smem[(v * N + i) / 4] = make_float4(w[i], w[i + 1], w[i + 2], w[i + 3]);
+  for (int j = 0; j < VPL; ++j) {
+    const int v = tid + j * blockDim.x;
+    if (v < nvec) gok::load_float<W, N>(weight + v * N, w[j]);
   }
 
   // Persistent blocks: rows blockIdx.x, + gridDim.x, ...; the next row's loads are issued
@@ -109,12 +109,7 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
       if (v < nvec) {
         Vec16<T> o;
 #pragma unroll
-        for (int i = 0; i < N; i += 4) {
-          const float4 w = weight_smem[(v * N + i) / 4];
-          const float wi[4] = {w.x, w.y, w.z, w.w};
-#pragma unroll
-          for (int l = 0; l < 4 && i + l < N; ++l) o.v[i + l] = from_float<T>((to_float(cur[j].v[i + l]) * inv) * wi[l]);
-        }
+        for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(cur[j].v[i]) * inv) * w[j][i]);
         reinterpret_cast<uint4*>(out + base)[v] = o.raw;
       }
     }
@@ -126,8 +121,72 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
   }
 }
 
+// Many rows, no residual: one warp per row, the whole row in the lane's registers (VPL
+// vectors each), the weight read after the reduction (L1-resident at this size), one row per
+// warp and no persistence: fewer threads per row leave more registers for rows in flight.
+// Measured faster than the block-per-row kernel from 16384 rows on (docs/NOTES-rmsnorm.md).
+template <typename T, typename W, int VPL, bool ADD>
+__global__ void __launch_bounds__(kWarpRowThreads)
+rms_norm_warp_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
+                    const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
+                    float eps) {
+  constexpr int N = Vec16<T>::N;
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
+  if (row >= rows) return;  // whole warp leaves together
+  const int lane = threadIdx.x % kWarp;
+  const int nvec = hidden / N;
+  const int64_t base = row * hidden;
+
+  Vec16<T> buf[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + j * kWarp;
+    if (v < nvec) buf[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + base) + v);
+  }
+  if constexpr (ADD) {
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      const int v = lane + j * kWarp;
+      if (v < nvec) {
+        Vec16<T> r;
+        r.raw = __ldcs(reinterpret_cast<const uint4*>(residual + base) + v);
+#pragma unroll
+        for (int i = 0; i < N; ++i) buf[j].v[i] = from_float<T>(to_float(buf[j].v[i]) + to_float(r.v[i]));
+        reinterpret_cast<uint4*>(residual_out + base)[v] = buf[j].raw;
+      }
+    }
+  }
+
+  float sum_sq = 0.f;
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    if (lane + j * kWarp < nvec) {
+#pragma unroll
+      for (int i = 0; i < N; ++i) {
+        const float f = to_float(buf[j].v[i]);
+        sum_sq += f * f;
+      }
+    }
+  }
+  const float inv = rsqrtf(gok::warp_sum(sum_sq) / hidden + eps);
+
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int v = lane + j * kWarp;
+    if (v < nvec) {
+      float w[N];
+      gok::load_float<W, N>(weight + v * N, w);
+      Vec16<T> o;
+#pragma unroll
+      for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(buf[j].v[i]) * inv) * w[i]);
+      reinterpret_cast<uint4*>(out + base)[v] = o.raw;
+    }
+  }
+}
+
+
 template <typename T, typename W, bool ADD>
-__global__ void __launch_bounds__(kFallbackThreads)
+__global__ void __launch_bounds__(kWarpRowThreads)
 rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
                        const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
                        float eps) {
@@ -153,9 +212,9 @@ rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const 
 }
 
 // Blocks of `Kernel` with `threads` threads that fit on the whole device at once (cached per
-// kernel, device and block size; the shared memory, the weight, is taken from the first call).
+// kernel, device and block size).
 template <auto Kernel>
-int64_t resident_blocks(int threads, size_t smem) {
+int64_t resident_blocks(int threads) {
   static int cached[16][kMaxThreads / kWarp + 1] = {};
   int device = 0;
   C10_CUDA_CHECK(cudaGetDevice(&device));
@@ -163,7 +222,7 @@ int64_t resident_blocks(int threads, size_t smem) {
   if (slot == 0) {
     int sms = 0, per_sm = 0;
     C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, smem));
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
     slot = std::max(1, sms * per_sm);
   }
   return slot;
@@ -176,27 +235,37 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
   const bool aligned = hidden % N == 0 && gok::is_aligned16(out) && gok::is_aligned16(x) &&
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
-  // Block size, a multiple of the warp, at most 256. Few rows: ~2 vectors per thread, so a row's
-  // latency is spread over many warps. Many rows: ~4 per thread, so that per-thread overhead
-  // registers shrink and more rows fit in flight per SM (measured: docs/NOTES-rmsnorm.md).
+  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most 256.
   const int nvec = hidden / N;
-  const int per_thread = rows >= 8192 ? 4 : 2;
-  const int threads =
-      std::min(kMaxThreads, std::max(kWarp, ((nvec + per_thread - 1) / per_thread + kWarp - 1) / kWarp * kWarp));
-  const size_t smem = static_cast<size_t>(hidden) * sizeof(float);
+  const int threads = std::min(kMaxThreads, std::max(kWarp, ((nvec + 1) / 2 + kWarp - 1) / kWarp * kWarp));
   const int vpl = (nvec + threads - 1) / threads;
-  if (!aligned || vpl > 32 || smem > 48 * 1024) {
+  if (!aligned || vpl > 32) {
     const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-    rms_norm_scalar_kernel<T, W, ADD><<<grid, kFallbackThreads, 0, stream>>>(out, residual_out, x, residual, weight,
+    rms_norm_scalar_kernel<T, W, ADD><<<grid, kWarpRowThreads, 0, stream>>>(out, residual_out, x, residual, weight,
                                                                              rows, hidden, eps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
+  if constexpr (!ADD) {
+    const int warp_vpl = (nvec + kWarp - 1) / kWarp;
+    if (rows >= kWarpRowsFrom && warp_vpl <= 16) {
+      const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
+#define GOK_RMS_WARP(V) \
+  rms_norm_warp_kernel<T, W, V, false><<<grid, kWarpRowThreads, 0, stream>>>(out, nullptr, x, nullptr, weight, rows, hidden, eps)
+      if (warp_vpl <= 4) GOK_RMS_WARP(4);
+      else if (warp_vpl <= 8) GOK_RMS_WARP(8);
+      else if (warp_vpl <= 12) GOK_RMS_WARP(12);
+      else GOK_RMS_WARP(16);
+#undef GOK_RMS_WARP
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      return;
+    }
+  }
 #define GOK_RMS_VEC(V)                                                                                       \
   do {                                                                                                       \
     constexpr auto kernel = rms_norm_vec_kernel<T, W, V, ADD>;                                               \
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, resident_blocks<kernel>(threads, smem)))); \
-    kernel<<<grid, threads, smem, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);      \
+    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, resident_blocks<kernel>(threads))));       \
+    kernel<<<grid, threads, 0, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);         \
   } while (0)
   if (vpl <= 1) GOK_RMS_VEC(1);
   else if (vpl <= 2) GOK_RMS_VEC(2);
