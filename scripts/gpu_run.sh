@@ -2,7 +2,7 @@
 # One device call: install the pinned wheels, build the CUDA variant, run the GPU tests and
 # the benchmarks; JSON, markdown and logs land under $OUT.
 #
-#   scripts/gpu_run.sh [--sanitize] [--only "rmsnorm moe"] [--tests "-k rms"] [--no-bench] [--quick]
+#   scripts/gpu_run.sh [--sanitize] [--only "rmsnorm moe"] [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick]
 #
 # From this machine, with the wheels copied once into the ignored .whl/ folder
 # (`make wheels`), the call is: run(command="bash scripts/gpu_run.sh", carry=[".whl"]).
@@ -10,13 +10,14 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; BENCH=1; QUICK=""
+SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; QUICK=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --sanitize) SANITIZE=1 ;;
     --only) ONLY="$2"; shift ;;
     --tests) TESTS="$2"; shift ;;
     --no-bench) BENCH=0 ;;
+    --no-tests) RUN_TESTS=0 ;;
     --quick) QUICK="--quick" ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
@@ -34,7 +35,9 @@ MAX_JOBS=16 python3 scripts/build_kernel.py --backend cuda 2>&1 | tee "$OUT/buil
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "build failed"; exit 1; }
 
 echo "== tests (pytest -m gpu $TESTS)"
-if [ "$SANITIZE" = 1 ]; then
+if [ "$RUN_TESTS" = 0 ]; then
+  echo "skipped"
+elif [ "$SANITIZE" = 1 ]; then
   PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
     python3 -m pytest -m gpu -x -q $TESTS -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40
 else

@@ -21,6 +21,21 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("rms_norm", BACKEND, &rms_norm);
   ops.def("fused_add_rms_norm(Tensor x, Tensor residual, Tensor weight, float eps) -> (Tensor, Tensor)");
   ops.impl("fused_add_rms_norm", BACKEND, &fused_add_rms_norm);
+
+  // --- moe ---
+  ops.def("moe_route(Tensor router_logits, int top_k) -> (Tensor, Tensor)");
+  ops.impl("moe_route", BACKEND, &moe_route);
+  ops.def("moe_dispatch(Tensor topk_ids, int num_experts, int block_m) -> (Tensor, Tensor)");
+  ops.impl("moe_dispatch", BACKEND, &moe_dispatch);
+  ops.def("moe_finalize(Tensor y, Tensor topk_ids, int num_experts) -> Tensor");
+  ops.impl("moe_finalize", BACKEND, &moe_finalize);
+  ops.def(
+      "moe_experts(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, "
+      "Tensor? gate_up_proj_bias, Tensor down_proj, Tensor? down_proj_bias, float alpha, float limit) -> Tensor");
+#if defined(CPU_KERNEL)
+  ops.impl("moe_experts", BACKEND, &moe_experts);  // CUDA: Triton, registered in moe/experts.py
+#endif
+  // --- end moe ---
 }
 
 REGISTER_EXTENSION(TORCH_EXTENSION_NAME)

@@ -1,7 +1,7 @@
 // GPT-OSS MoE block on the CPU, same op schemas as the CUDA variant (torch-ext/torch_binding.cpp).
 //
-//   moe_route    top-k of the router logits (NaN first, ties to the lower index), softmax over the k
-//                values, fp32.
+//   moe_route    top-k of the router logits (at::topk: torch.topk's choice among equal logits), softmax
+//                over the k values, fp32.
 //   moe_dispatch per-expert padded row blocks: sorted_pos[nb * block_m] holds flat slot indices
 //                p = token * k + j (-1 for padding), block_expert[nb] the expert of each block
 //                (-1 unused); nb = (M + min(E, M) * (block_m - 1)) / block_m, M = T * k: a bound
@@ -34,36 +34,12 @@ int64_t num_blocks_bound(int64_t m, int64_t e, int64_t block_m) {
 
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
   TORCH_CHECK(router_logits.dim() == 2, "moe_route: router_logits must be (T, E), got ", router_logits.sizes());
-  const int64_t t = router_logits.size(0), e = router_logits.size(1);
-  TORCH_CHECK(top_k >= 1 && top_k <= e, "moe_route: top_k must be in [1, E=", e, "], got ", top_k);
-  const auto logits = router_logits.to(at::kFloat).contiguous();
-  auto w = at::empty({t, top_k}, logits.options());
-  auto ids = at::empty({t, top_k}, logits.options().dtype(at::kInt));
-  const float* src = logits.data_ptr<float>();
-  float* wp = w.data_ptr<float>();
-  int32_t* ip = ids.data_ptr<int32_t>();
-  // Same order as the CUDA kernel: NaN first, then larger values, ties to the lower index.
-  at::parallel_for(0, t, 64, [&](int64_t begin, int64_t end) {
-    std::vector<int32_t> idx(e);
-    for (int64_t r = begin; r < end; ++r) {
-      const float* v = src + r * e;
-      for (int64_t i = 0; i < e; ++i) idx[i] = static_cast<int32_t>(i);
-      std::partial_sort(idx.begin(), idx.begin() + top_k, idx.end(), [v](int32_t a, int32_t b) {
-        const bool an = std::isnan(v[a]), bn = std::isnan(v[b]);
-        if (an != bn) return an;
-        if (!an && v[a] != v[b]) return v[a] > v[b];
-        return a < b;
-      });
-      const float mx = v[idx[0]];
-      float sum = 0.f;
-      for (int64_t j = 0; j < top_k; ++j) sum += std::exp(v[idx[j]] - mx);
-      for (int64_t j = 0; j < top_k; ++j) {
-        wp[r * top_k + j] = std::exp(v[idx[j]] - mx) / sum;
-        ip[r * top_k + j] = idx[j];
-      }
-    }
-  });
-  return {w, ids};
+  TORCH_CHECK(top_k >= 1 && top_k <= router_logits.size(1), "moe_route: top_k must be in [1, E=",
+              router_logits.size(1), "], got ", top_k);
+  // at::topk itself, so that the CPU variant picks exactly the experts transformers' router picks
+  // (equal logits included: torch.topk on the CPU does not put the lower index first).
+  auto [vals, ids] = at::topk(router_logits.to(at::kFloat), top_k, /*dim=*/1, /*largest=*/true, /*sorted=*/true);
+  return {at::softmax(vals, 1), ids.to(at::kInt)};
 }
 
 std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m) {

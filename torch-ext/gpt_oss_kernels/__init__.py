@@ -5,11 +5,20 @@ The public API is exactly ``__all__``; ``layers`` holds the kernelize layers and
 """
 
 from . import layers, reference
+from .moe import moe, moe_experts, moe_route
+from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
 
 __all__ = [
+    "flash_attn_func",  # attention
+    "flash_attn_varlen_func",  # attention
+    "flash_attn_with_kvcache",  # attention
+    "rotary_pos_emb",  # attention
     "fused_add_rms_norm",
     "layers",
+    "moe",
+    "moe_experts",
+    "moe_route",
     "reference",
     "rms_norm",
 ]

@@ -22,3 +22,162 @@ def fused_add_rms_norm(
     """The residual sum is rounded to ``act_dtype`` (as the unfused model rounds it), then normed."""
     summed = (x.to(act_dtype) + residual.to(act_dtype)).to(x.dtype)
     return rms_norm(summed, weight, eps), summed
+
+
+# --- attention ---------------------------------------------------------------------------
+
+
+def attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    scale: float,
+    sinks: torch.Tensor | None = None,
+    causal: bool = True,
+    window: tuple[int, int] = (-1, -1),
+) -> torch.Tensor:
+    """One sequence of GQA attention, computed like transformers' GPT-OSS ``eager_attention_forward``.
+
+    ``q (Sq, Hq, D)``, ``k``/``v`` ``(Sk, Hkv, D)``, ``sinks (Hq,)`` or None. Query ``i`` sits at key
+    position ``i + Sk - Sq`` (bottom-right alignment, as flash-attn). ``window = (left, right)`` in
+    flash-attn's inclusive convention (-1: unbounded); ``causal`` forces ``right = 0``. The sink is one
+    extra logit per head that joins the softmax denominator only. A query that sees no key returns 0.
+    """
+    sq, hq, d = q.shape
+    sk, hkv, _ = k.shape
+    g = hq // hkv
+    kr = k.repeat_interleave(g, dim=1)  # (Sk, Hq, D), head h uses kv head h // g
+    vr = v.repeat_interleave(g, dim=1)
+    logits = torch.einsum("qhd,khd->hqk", q, kr) * scale
+    qpos = torch.arange(sq, device=q.device)[:, None] + (sk - sq)
+    kpos = torch.arange(sk, device=q.device)[None, :]
+    visible = torch.ones(sq, sk, dtype=torch.bool, device=q.device)
+    left, right = window
+    if causal:
+        right = 0
+    if right >= 0:
+        visible &= kpos <= qpos + right
+    if left >= 0:
+        visible &= kpos >= qpos - left
+    logits = logits.masked_fill(~visible, float("-inf"))
+    if sinks is not None:
+        col = sinks.to(logits.dtype).reshape(hq, 1, 1).expand(hq, sq, 1)
+    else:
+        col = torch.full((hq, sq, 1), float("-inf"), dtype=logits.dtype, device=q.device)
+    combined = torch.cat([logits, col], dim=-1)
+    m = combined.max(dim=-1, keepdim=True).values
+    m = torch.where(torch.isfinite(m), m, torch.zeros_like(m))
+    e = torch.exp(combined - m)
+    denom = e.sum(-1, keepdim=True)
+    probs = (e / torch.where(denom > 0, denom, torch.ones_like(denom)))[..., :-1]
+    return torch.einsum("hqk,khd->qhd", probs.to(vr.dtype), vr)
+
+
+def attention_varlen(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    cu_seqlens_q: torch.Tensor,
+    cu_seqlens_k: torch.Tensor,
+    **kw,
+) -> torch.Tensor:
+    """``attention`` over packed sequences: ``q (Tq, Hq, D)``, ``k``/``v`` ``(Tk, Hkv, D)``."""
+    out = torch.zeros_like(q[..., :1].expand(*q.shape[:-1], v.shape[-1])).clone()
+    cq = cu_seqlens_q.tolist()
+    ck = cu_seqlens_k.tolist()
+    for b in range(len(cq) - 1):
+        if cq[b + 1] > cq[b]:
+            out[cq[b] : cq[b + 1]] = attention(q[cq[b] : cq[b + 1]], k[ck[b] : ck[b + 1]], v[ck[b] : ck[b + 1]], **kw)
+    return out
+
+
+# --- rotary ------------------------------------------------------------------------------
+
+
+def rotary_pos_emb(
+    q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, unsqueeze_dim: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' GPT-OSS ``apply_rotary_pos_emb``: half-dim cos/sin, rotation on halves."""
+    cos = cos.unsqueeze(unsqueeze_dim)
+    sin = sin.unsqueeze(unsqueeze_dim)
+
+    def rot(x):
+        x1, x2 = torch.chunk(x, 2, dim=-1)
+        return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+    return rot(q), rot(k)
+
+
+# --- moe ---------------------------------------------------------------------------------
+
+
+def moe_route(router_logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """GPT-OSS router after the logits: ``topk`` then softmax over the k values (ties: torch.topk's order).
+
+    Returns ``(weights (T, k) in the logits' dtype, or float32 for half types; ids (T, k) int64)``.
+    """
+    values, ids = torch.topk(router_logits, top_k, dim=-1)
+    dtype = torch.float32 if router_logits.dtype in (torch.float16, torch.bfloat16) else router_logits.dtype
+    return torch.softmax(values.to(dtype), dim=-1), ids
+
+
+def moe_swiglu(gate_up: torch.Tensor, alpha: float, limit: float) -> torch.Tensor:
+    """Clamped SwiGLU on interleaved columns: gate = [..., ::2], up = [..., 1::2]."""
+    gate, up = gate_up[..., ::2], gate_up[..., 1::2]
+    gate = gate.clamp(max=limit)
+    up = up.clamp(min=-limit, max=limit)
+    return (up + 1) * gate * torch.sigmoid(gate * alpha)
+
+
+def moe_experts(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    gate_up_proj_bias: torch.Tensor | None,
+    down_proj: torch.Tensor,
+    down_proj_bias: torch.Tensor | None,
+    alpha: float,
+    limit: float,
+) -> torch.Tensor:
+    """GptOssExperts math, computed per (token, slot) in the dtype of ``hidden`` (pass float64).
+
+    ``out[t] = sum_j w[t, j] * (swiglu(x[t] @ W1[e] + b1[e]) @ W2[e] + b2[e])`` with ``e = ids[t, j]``.
+    Loops over the experts that are hit (a reference, not a fast path).
+    """
+    dtype = hidden.dtype
+    out = torch.zeros_like(hidden)
+    ids = topk_ids.long()
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.where(ids == e)
+        gu = hidden[tok] @ gate_up_proj[e].to(dtype)
+        if gate_up_proj_bias is not None:
+            gu = gu + gate_up_proj_bias[e].to(dtype)
+        o = moe_swiglu(gu, alpha, limit) @ down_proj[e].to(dtype)
+        if down_proj_bias is not None:
+            o = o + down_proj_bias[e].to(dtype)
+        out.index_add_(0, tok, o * topk_weights[tok, slot, None].to(dtype))
+    return out
+
+
+def moe(
+    hidden: torch.Tensor,
+    router_weight: torch.Tensor,
+    router_bias: torch.Tensor | None,
+    top_k: int,
+    gate_up_proj: torch.Tensor,
+    gate_up_proj_bias: torch.Tensor | None,
+    down_proj: torch.Tensor,
+    down_proj_bias: torch.Tensor | None,
+    alpha: float,
+    limit: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Router + experts, all in ``hidden``'s dtype. Returns ``(out, topk_weights, topk_ids)``."""
+    dtype = hidden.dtype
+    logits = torch.nn.functional.linear(
+        hidden, router_weight.to(dtype), None if router_bias is None else router_bias.to(dtype)
+    )
+    weights, ids = moe_route(logits, top_k)
+    out = moe_experts(hidden, ids, weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+    return out, weights, ids

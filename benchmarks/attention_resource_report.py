@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Compile the attention Triton kernels for sm_90 WITHOUT a GPU and print the resource report
+(registers, stack = spills) and whether the SASS uses HGMMA, for every prefill autotune config and
+the decode / combine kernels. Needs triton (its bundled ptxas / cuobjdump / nvdisasm).
+
+    python benchmarks/attention_resource_report.py
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+from pathlib import Path
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
+TARGET = GPUTarget("cuda", 90, 32)
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location(
+        "_triton_attn", ROOT / "torch-ext" / "gpt_oss_kernels" / "attention" / "_triton_attn.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _report(kernel) -> str:
+    path = Path(os.environ.get("TMPDIR", "/tmp")) / "attn_report.cubin"
+    path.write_bytes(kernel.asm["cubin"])
+    usage = subprocess.run([BIN / "cuobjdump", "-res-usage", path], capture_output=True, text=True).stdout
+    line = next((l.split() for l in usage.splitlines() if "REG:" in l), ["?", "?"])
+    sass = subprocess.run([BIN / "nvdisasm", path], capture_output=True, text=True).stdout
+    mma = "HGMMA" if "HGMMA" in sass else "HMMA" if "HMMA" in sass else "no MMA"
+    return f"{line[0]:8} {line[1]:10} {mma}"
+
+
+def main() -> None:
+    ta = _load()
+    fn = ta._attn_fwd
+    names = fn.arg_names
+    ptr = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "MPart": "*fp32",
+           "LPart": "*fp32", "Sinks": "*fp32", "CuQ": "*i32", "CuK": "*i32", "SeqK": "*i32", "BlockTable": "*i32"}
+    consts = {"HQ", "G", "HEAD_DIM", "VARLEN_Q", "KV_MODE", "PAGE", "HAS_WL", "HAS_WR", "HAS_SINK", "SPLIT",
+              "BLOCK_M", "BLOCK_N", "LONG"}
+
+    def attn(bm, bn, warps, stages, split, wl, kv_mode=0):
+        sig = {n: ptr.get(n, "constexpr" if n in consts else "fp32" if n == "qk_scale" else "i32") for n in names}
+        cv = dict(HQ=64, G=8, HEAD_DIM=64, VARLEN_Q=kv_mode == 0, KV_MODE=kv_mode, PAGE=64 if kv_mode == 2 else 1,
+                  HAS_WL=wl, HAS_WR=True, HAS_SINK=True, SPLIT=split, BLOCK_M=bm, BLOCK_N=bn, LONG=False)
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cv.items()})
+        return triton.compile(src, target=TARGET, options=dict(num_warps=warps, num_stages=stages))
+
+    print("kernel                                   regs     stack      mma")
+    for cfg in ta._PREFILL_CONFIGS:
+        bm, bn = cfg.kwargs["BLOCK_M"], cfg.kwargs["BLOCK_N"]
+        for wl in (False, True):
+            tag = f"prefill {bm}x{bn} w{cfg.num_warps} s{cfg.num_stages} {'window' if wl else 'full'}"
+            print(f"{tag:40} {_report(attn(bm, bn, cfg.num_warps, cfg.num_stages, False, wl))}")
+    for kv_mode, layout in ((1, "cache"), (2, "paged")):
+        for bm in (16, 32, 64):
+            print(f"{'decode ' + layout + f' BLOCK_M={bm} split':40} {_report(attn(bm, 64, 4, 3, True, False, kv_mode))}")
+    c = ta._combine
+    cn = c.arg_names
+    sig = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Sinks": "*fp32", "Out": "*bf16", "total_rows": "i32",
+           "num_splits": "i32", "HQ": "constexpr", "HEAD_DIM": "constexpr", "HAS_SINK": "constexpr", "BLOCK_S": "constexpr"}
+    for bs, warps in ((4, 2), (32, 4), (64, 4)):
+        cv = {"HQ": 64, "HEAD_DIM": 64, "HAS_SINK": True, "BLOCK_S": bs}
+        k = triton.compile(ASTSource(fn=c, signature=sig, constexprs={(cn.index(n),): v for n, v in cv.items()}),
+                           target=TARGET, options=dict(num_warps=warps))
+        print(f"{'combine BLOCK_S=' + str(bs):40} {_report(k)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""MoE rows for the harness: our MoeMLP layer (router included) vs transformers' GptOssMLP with
+its `grouped_mm` (default) and `batched_mm` (decode) experts, gpt-oss-20b shapes, bf16, random
+weights (std 0.02), on the same module and input, alternating.
+
+Floor: max(bytes of the experts that uniform routing touches, E * (1 - (1 - k/E)^T) experts of
+(H*2I + I*H) * 2 bytes, over the copy bandwidth; FLOPs 2 * T * k * 3 * H * I over the bf16 matmul
+rate), both ceilings measured in the same run.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from harness import floor_us, median_us, median_us_graph, row
+
+H = I = 2880
+E, K = 32, 4
+TOKENS = (1, 4, 64, 1024, 4096, 16384)
+TARGET_US = {1: 100, 4: 280, 64: 640, 1024: 700, 4096: 1600, 16384: 6000}
+BATCHED_MM_MAX_T = 256  # batched_mm runs out of memory from ~1000 tokens (anchors)
+# Rows-per-block experiments (the default comes from moe.grouped_gemm.block_m_for).
+BLOCK_M_EXPERIMENTS = {1024: (128,), 4096: (64,)}
+
+
+def _mlp():
+    from transformers import GptOssConfig
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
+
+    config = GptOssConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=K)
+    config._experts_implementation = "grouped_mm"
+    mlp = GptOssMLP(config)
+    with torch.no_grad():
+        for p in mlp.parameters():
+            p.normal_(0.0, 0.02)
+    return mlp.to(device="cuda", dtype=torch.bfloat16).eval()
+
+
+def floor_for(ceilings: dict, T: int) -> float:
+    touched = E * (1 - (1 - K / E) ** T)
+    expert_bytes = (H * 2 * I + I * H) * 2
+    flops = 2 * T * K * 3 * H * I
+    return floor_us(ceilings, bytes_moved=touched * expert_bytes + T * H * 4, flops=flops)
+
+
+def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
+    rows = []
+    mlp = _mlp()
+    ours_fwd = kernel.layers.MoeMLP.forward
+    for T in (1, 64, 4096) if quick else TOKENS:
+        x = torch.randn(1, T, H, device="cuda", dtype=torch.bfloat16)
+        floor = floor_for(ceilings, T)
+        case = f"T={T}"
+        with torch.inference_mode():
+            # correctness spot check against transformers' grouped_mm on the same input
+            mlp.experts.config._experts_implementation = "grouped_mm"
+            ref_out, _ = mlp(x)
+            out, _ = ours_fwd(mlp, x)
+            err = ((out.float() - ref_out.float()).abs().max() / ref_out.float().abs().max()).item()
+            ours = median_us(lambda: ours_fwd(mlp, x))
+            ours_graph = median_us_graph(lambda: ours_fwd(mlp, x)) if T <= 64 else None
+            timings = {}
+            for impl in ("grouped_mm", "batched_mm"):
+                if impl == "batched_mm" and T > BATCHED_MM_MAX_T:
+                    continue
+                mlp.experts.config._experts_implementation = impl
+                try:
+                    timings[impl] = median_us(lambda: mlp(x))
+                except torch.OutOfMemoryError:
+                    torch.cuda.empty_cache()
+                finally:
+                    mlp.experts.config._experts_implementation = "grouped_mm"
+            experiments = {}
+            if not quick:
+                import sys
+
+                gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
+                default_block_m = gg.block_m_for
+                for bm in BLOCK_M_EXPERIMENTS.get(T, ()):
+                    gg.block_m_for = lambda m, e, bm=bm: bm
+                    try:
+                        experiments[bm] = median_us(lambda: ours_fwd(mlp, x))
+                    finally:
+                        gg.block_m_for = default_block_m
+        best = min(timings.values()) if timings else float("nan")
+        rows.append(row("moe", case, "ours MoeMLP", ours, floor, vs_best_transformers=round(best / ours, 2),
+                        target_us=TARGET_US[T], meets_target=ours <= TARGET_US[T], rel_err_vs_grouped_mm=f"{err:.1e}"))
+        if ours_graph is not None:
+            rows.append(row("moe", case, "ours MoeMLP (CUDA graph)", ours_graph, floor))
+        for bm, us in experiments.items():
+            rows.append(row("moe", case, f"ours MoeMLP, BLOCK_M={bm} (experiment)", us, floor))
+        for impl, us in timings.items():
+            rows.append(row("moe", case, f"transformers {impl}", us, floor))
+        print(rows[-1 - len(timings) - len(experiments) - (ours_graph is not None):], flush=True)
+        del x
+        torch.cuda.empty_cache()
+    return rows

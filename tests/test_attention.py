@@ -1,0 +1,294 @@
+"""Attention with sinks / sliding window / GQA: the three flash-attn entry points against the
+float64 reference (``reference.attention``), on the CPU build here and on the CUDA build (Triton)
+on the GPU machine. Sizes grow on CUDA (GPT-OSS heads: 64 q, 8 kv, head_dim 64; caches to 8192)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import HAS_CUDA, TOL, poison, rel_err
+
+WINDOWS = [(-1, -1), (127, 127), (5, 5)]
+
+
+def _heads(device):
+    return (64, 8, 64) if device == "cuda" else (8, 2, 32)
+
+
+def _cu(lens, device):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
+def _ref_varlen(ref, q, k, v, cu_q, cu_k, scale, sinks, causal, window):
+    return ref.attention_varlen(q.double(), k.double(), v.double(), cu_q.cpu(), cu_k.cpu(), scale=scale,
+                                sinks=None if sinks is None else sinks.double(), causal=causal, window=window)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("window", WINDOWS)
+@pytest.mark.parametrize("sinks", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+def test_varlen(kernel, ref, device, dtype, window, sinks, causal):
+    hq, hkv, d = _heads(device)
+    if device == "cuda":
+        lens_q = [1, 0, 300, 77, 1025, 64]
+        lens_k = [1, 5, 300, 200, 1025, 64]
+    else:
+        lens_q = [1, 0, 37, 9, 70]
+        lens_k = [1, 5, 37, 20, 70]
+    cu_q, cu_k = _cu(lens_q, device), _cu(lens_k, device)
+    q = torch.randn(sum(lens_q), hq, d, device=device, dtype=dtype)
+    k = torch.randn(sum(lens_k), hkv, d, device=device, dtype=dtype)
+    v = torch.randn_like(k)
+    s_aux = torch.randn(hq, device=device) if sinks else None
+    scale = 0.125
+    out = kernel.flash_attn_varlen_func(q, k, v, cu_q, cu_k, max(lens_q), max(lens_k), softmax_scale=scale,
+                                        causal=causal, window_size=window, s_aux=s_aux)
+    assert out.shape == q.shape and out.dtype == dtype
+    expected = _ref_varlen(ref, q, k, v, cu_q, cu_k, scale, s_aux, causal, window)
+    assert rel_err(out, expected) < TOL[dtype]
+
+
+def test_varlen_gpt_oss_prefill(kernel, ref, device):
+    """One long sequence, full causal and the 128-token sliding window as transformers passes it."""
+    hq, hkv, d = _heads(device)
+    n = 2049 if device == "cuda" else 300
+    q = torch.randn(n, hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(n, hkv, d, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    sinks = torch.randn(hq, device=device, dtype=torch.bfloat16)
+    cu = _cu([n], device)
+    for window in [(-1, -1), (127, 127)]:
+        out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, window_size=window, s_aux=sinks)
+        expected = _ref_varlen(ref, q, k, v, cu, cu, d**-0.5, sinks, True, window)
+        assert rel_err(out, expected) < TOL[torch.bfloat16], window
+
+
+@pytest.mark.parametrize("sq", [1, 3])
+def test_flash_attn_func(kernel, ref, device, sq):
+    hq, hkv, d = _heads(device)
+    b, sk = 3, 40
+    q = torch.randn(b, sq, hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(b, sk, hkv, d, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    sinks = torch.randn(hq, device=device)
+    out = kernel.flash_attn_func(q, k, v, causal=True, window_size=(7, 7), s_aux=sinks)
+    assert out.shape == q.shape
+    for i in range(b):
+        expected = ref.attention(q[i].double(), k[i].double(), v[i].double(), scale=d**-0.5,
+                                 sinks=sinks.double(), causal=True, window=(7, 7))
+        assert rel_err(out[i], expected) < TOL[torch.bfloat16]
+
+
+def _decode_lengths(device):
+    return [1, 2, 63, 64, 65, 1000, 4097, 8191] if device == "cuda" else [1, 2, 17, 130]
+
+
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("window", [(-1, -1), (127, 127)])
+@pytest.mark.parametrize("sq", [1, 4])
+def test_kvcache_append_and_decode(kernel, ref, device, paged, window, sq):
+    hq, hkv, d = _heads(device)
+    past = _decode_lengths(device)
+    b = len(past)
+    cap = max(past) + sq + 7
+    page = 64 if device == "cuda" else 16
+    dtype = torch.bfloat16
+    if paged:
+        pages = -(-cap // page)
+        n_blocks = b * pages + 3
+        k_cache = torch.randn(n_blocks, page, hkv, d, device=device, dtype=dtype)
+        block_table = torch.randperm(n_blocks, device=device)[: b * pages].reshape(b, pages).to(torch.int32)
+    else:
+        k_cache = torch.randn(b, cap, hkv, d, device=device, dtype=dtype)
+        block_table = None
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(b, sq, hq, d, device=device, dtype=dtype)
+    k_new = torch.randn(b, sq, hkv, d, device=device, dtype=dtype)
+    v_new = torch.randn_like(k_new)
+    sinks = torch.randn(hq, device=device)
+    cache_seqlens = torch.tensor(past, dtype=torch.int32, device=device)
+
+    def seq(cache, i, n):
+        if paged:
+            return cache[block_table[i].long()].reshape(-1, hkv, d)[:n]
+        return cache[i, :n]
+
+    before_k = [seq(k_cache, i, past[i]).clone() for i in range(b)]
+    before_v = [seq(v_cache, i, past[i]).clone() for i in range(b)]
+    out = kernel.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new, cache_seqlens=cache_seqlens,
+                                         block_table=block_table, causal=True, window_size=window, s_aux=sinks)
+    assert out.shape == q.shape
+    for i in range(b):
+        kk = seq(k_cache, i, past[i] + sq)
+        vv = seq(v_cache, i, past[i] + sq)
+        assert torch.equal(kk[past[i]:], k_new[i]) and torch.equal(vv[past[i]:], v_new[i])  # appended in place
+        assert torch.equal(kk[: past[i]], before_k[i]) and torch.equal(vv[: past[i]], before_v[i])
+        expected = ref.attention(q[i].double(), kk.double(), vv.double(), scale=d**-0.5, sinks=sinks.double(),
+                                 causal=True, window=window)
+        assert rel_err(out[i], expected) < TOL[dtype], (i, past[i])
+
+
+def test_kvcache_without_new_tokens_ignores_garbage(kernel, ref, device):
+    """Decode against cache_seqlens keys only: NaN in the unused cache slots must not leak."""
+    hq, hkv, d = _heads(device)
+    lens = [1, 65, 200]
+    b, cap = len(lens), 256
+    k_cache = torch.randn(b, cap, hkv, d, device=device, dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    for i, n in enumerate(lens):
+        k_cache[i, n:] = float("nan")
+        v_cache[i, n:] = float("nan")
+    q = torch.randn(b, 1, hq, d, device=device, dtype=torch.bfloat16)
+    seqlens = torch.tensor(lens, dtype=torch.int32, device=device)
+    out = kernel.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True)
+    assert torch.isfinite(out).all()
+    for i, n in enumerate(lens):
+        expected = ref.attention(q[i].double(), k_cache[i, :n].double(), v_cache[i, :n].double(), scale=d**-0.5)
+        assert rel_err(out[i], expected) < TOL[torch.bfloat16]
+
+
+@pytest.mark.kernels_ci
+def test_awkward_inputs(kernel, ref, device):
+    hq, hkv, d = _heads(device)
+    # zero query tokens
+    q = torch.randn(0, hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(0, hkv, d, device=device, dtype=torch.bfloat16)
+    cu = _cu([0], device)
+    assert kernel.flash_attn_varlen_func(q, k, k, cu, cu, 0, 0, causal=True).shape == (0, hq, d)
+    # a query that sees no key: 0 (sink or not), never NaN
+    q = torch.randn(2, hq, d, device=device, dtype=torch.bfloat16)
+    out = kernel.flash_attn_varlen_func(q, k, k, _cu([2], device), _cu([0], device), 2, 0, causal=True,
+                                        s_aux=torch.randn(hq, device=device))
+    assert torch.equal(out, torch.zeros_like(out))
+    # large logits stay finite and accurate (fp32 softmax)
+    n = 130
+    q = 30 * torch.randn(n, hq, d, device=device, dtype=torch.bfloat16)
+    k = 30 * torch.randn(n, hkv, d, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    sinks = 50 * torch.randn(hq, device=device)
+    cu = _cu([n], device)
+    out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, s_aux=sinks)
+    expected = _ref_varlen(ref, q, k, v, cu, cu, d**-0.5, sinks, True, (-1, -1))
+    assert rel_err(out, expected) < TOL[torch.bfloat16]
+    # NaN in one query row stays in that row
+    q = torch.randn(n, hq, d, device=device, dtype=torch.bfloat16)
+    q[3, 0, 0] = float("nan")
+    out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True)
+    assert torch.isnan(out[3, 0]).all() and torch.isfinite(out[4:]).all() and torch.isfinite(out[:3]).all()
+
+
+def test_output_fully_written(kernel, device):
+    hq, hkv, d = _heads(device)
+    lens = [3, 129, 1]
+    q = torch.randn(sum(lens), hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(sum(lens), hkv, d, device=device, dtype=torch.bfloat16)
+    cu = _cu(lens, device)
+    poison(torch.empty(1 << 20, device=device))  # leave NaN in the allocator's recycled memory
+    out = kernel.flash_attn_varlen_func(q, k, k, cu, cu, max(lens), max(lens), causal=True)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.kernels_ci
+def test_bad_inputs(kernel, device):
+    hq, hkv, d = _heads(device)
+    q = torch.randn(4, hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(4, hkv, d, device=device, dtype=torch.bfloat16)
+    cu = _cu([4], device)
+    f = kernel.flash_attn_varlen_func
+    with pytest.raises(TypeError, match="q"):
+        f(q.int(), k, k, cu, cu, 4, 4)
+    with pytest.raises(TypeError, match="k"):
+        f(q, k.half(), k, cu, cu, 4, 4)
+    with pytest.raises(ValueError, match="heads"):
+        f(q, torch.randn(4, 3, d, device=device, dtype=torch.bfloat16), torch.randn(4, 3, d, device=device,
+          dtype=torch.bfloat16), cu, cu, 4, 4)
+    with pytest.raises(ValueError, match="s_aux"):
+        f(q, k, k, cu, cu, 4, 4, s_aux=torch.randn(hq + 1, device=device))
+    with pytest.raises(TypeError, match="cu_seqlens_q"):
+        f(q, k, k, cu.float(), cu, 4, 4)
+    with pytest.raises(TypeError, match="max_seqlen_q"):
+        f(q, k, k, cu, cu, torch.tensor(4), 4)
+    with pytest.raises(TypeError, match="window_size"):
+        f(q, k, k, cu, cu, 4, 4, window_size=5)
+    with pytest.raises(ValueError, match="dropout_p"):
+        f(q, k, k, cu, cu, 4, 4, dropout_p=0.1)
+    with pytest.raises(ValueError, match="cache_seqlens"):
+        kernel.flash_attn_with_kvcache(q[None], k[None], k[None], cache_seqlens=torch.zeros(2, dtype=torch.int32,
+                                       device=device))
+
+
+def test_torch_compile_fullgraph(kernel, ref, device):
+    hq, hkv, d = _heads(device)
+    n = 33
+    q = torch.randn(n, hq, d, device=device, dtype=torch.bfloat16)
+    k = torch.randn(n, hkv, d, device=device, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    sinks = torch.randn(hq, device=device)
+    cu = _cu([10, 23], device)
+
+    def f(q, k, v, sinks):
+        return kernel.flash_attn_varlen_func(q, k, v, cu, cu, 23, 23, causal=True, window_size=(4, 4), s_aux=sinks)
+
+    compiled = torch.compile(f, fullgraph=True, backend="aot_eager")
+    assert torch.equal(compiled(q, k, v, sinks), f(q, k, v, sinks))
+
+
+@pytest.mark.parametrize("paged", [False, True])
+def test_torch_compile_fullgraph_kvcache_append(kernel, device, paged):
+    """The in-place cache append (index_put_) and the decode op trace as one graph."""
+    hq, hkv, d = _heads(device)
+    q = torch.randn(2, 1, hq, d, device=device, dtype=torch.bfloat16)
+    k_new = torch.randn(2, 1, hkv, d, device=device, dtype=torch.bfloat16)
+    v_new = torch.randn_like(k_new)
+    seqlens = torch.tensor([3, 17], dtype=torch.int32, device=device)
+    sinks = torch.randn(hq, device=device)
+    if paged:
+        k_cache = torch.randn(6, 16, hkv, d, device=device, dtype=torch.bfloat16)
+        table = torch.tensor([[3, 1, 0], [2, 4, 5]], dtype=torch.int32, device=device)
+    else:
+        k_cache = torch.randn(2, 40, hkv, d, device=device, dtype=torch.bfloat16)
+        table = None
+    v_cache = torch.randn_like(k_cache)
+    k2, v2 = k_cache.clone(), v_cache.clone()
+
+    def f(q, kc, vc, kn, vn):
+        return kernel.flash_attn_with_kvcache(q, kc, vc, kn, vn, cache_seqlens=seqlens, block_table=table,
+                                              causal=True, window_size=(7, 7), s_aux=sinks)
+
+    got = torch.compile(f, fullgraph=True, backend="aot_eager")(q, k_cache, v_cache, k_new, v_new)
+    expected = f(q, k2, v2, k_new, v_new)
+    assert torch.equal(got, expected) and torch.equal(k_cache, k2) and torch.equal(v_cache, v2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_cuda_graph_decode(kernel, ref):
+    hq, hkv, d = 64, 8, 64
+    b, cap = 2, 1024
+    k_cache = torch.randn(b, cap, hkv, d, device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.randn_like(k_cache)
+    q = torch.randn(b, 1, hq, d, device="cuda", dtype=torch.bfloat16)
+    seqlens = torch.tensor([5, 700], dtype=torch.int32, device="cuda")
+    sinks = torch.randn(hq, device="cuda")
+
+    def step():
+        return kernel.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=seqlens, causal=True, s_aux=sinks)
+
+    s = torch.cuda.Stream()
+    s.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(s):
+        step()
+    torch.cuda.current_stream().wait_stream(s)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    seqlens.copy_(torch.tensor([9, 1000], dtype=torch.int32))
+    q.normal_()
+    g.replay()
+    torch.cuda.synchronize()
+    for i, n in enumerate([9, 1000]):
+        expected = ref.attention(q[i].double(), k_cache[i, :n].double(), v_cache[i, :n].double(), scale=d**-0.5,
+                                 sinks=sinks.double())
+        assert rel_err(out[i], expected) < TOL[torch.bfloat16]

@@ -1,0 +1,58 @@
+"""GPT-OSS rotary (hub function name "rotary_pos_emb") against the float64 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import TOL, rel_err
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+@pytest.mark.parametrize("cos_batch", [1, 2])
+def test_rotary(kernel, ref, device, dtype, unsqueeze_dim, cos_batch):
+    b, s, hq, hkv, d = 2, 37, 8, 2, 64
+    # transformers' layout: (B, S, H, D) projections viewed as (B, H, S, D) (non-contiguous)
+    q = torch.randn(b, s, hq, d, device=device, dtype=dtype)
+    k = torch.randn(b, s, hkv, d, device=device, dtype=dtype)
+    if unsqueeze_dim == 1:
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
+    pos = torch.arange(s, device=device, dtype=torch.float32)
+    inv = 150000.0 ** (-torch.arange(0, d, 2, device=device, dtype=torch.float32) / d)
+    ang = pos[:, None] * inv[None, :]
+    cos = ang.cos()[None].expand(cos_batch, s, d // 2).to(dtype) * 1.3
+    sin = ang.sin()[None].expand(cos_batch, s, d // 2).to(dtype) * 1.3
+    qe, ke = kernel.rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    rq, rk = ref.rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=unsqueeze_dim)
+    assert qe.shape == q.shape and ke.shape == k.shape and qe.dtype == dtype
+    assert rel_err(qe, rq) < TOL[dtype] and rel_err(ke, rk) < TOL[dtype]
+
+
+@pytest.mark.kernels_ci
+def test_rotary_empty_and_bad(kernel, device):
+    q = torch.randn(1, 4, 0, 64, device=device)
+    cos = torch.randn(1, 0, 32, device=device)
+    qe, ke = kernel.rotary_pos_emb(q, q, cos, cos)
+    assert qe.shape == q.shape
+    q = torch.randn(1, 4, 5, 64, device=device)
+    cos = torch.randn(1, 5, 32, device=device)
+    with pytest.raises(ValueError, match="cos"):
+        kernel.rotary_pos_emb(q, q, cos[..., :16], cos)
+    with pytest.raises(ValueError, match="unsqueeze_dim"):
+        kernel.rotary_pos_emb(q, q, cos, cos, unsqueeze_dim=0)
+    with pytest.raises(TypeError, match="q"):
+        kernel.rotary_pos_emb(q.int(), q, cos, cos)
+    with pytest.raises(ValueError, match="q"):
+        kernel.rotary_pos_emb(q[0], q, cos, cos)
+
+
+def test_rotary_compile_fullgraph(kernel, device):
+    q = torch.randn(2, 4, 5, 64, device=device, dtype=torch.bfloat16)
+    k = torch.randn(2, 2, 5, 64, device=device, dtype=torch.bfloat16)
+    cos = torch.randn(2, 5, 32, device=device, dtype=torch.bfloat16)
+    sin = torch.randn(2, 5, 32, device=device, dtype=torch.bfloat16)
+    f = torch.compile(kernel.rotary_pos_emb, fullgraph=True, backend="aot_eager")
+    a, b = f(q, k, cos, sin)
+    c, d = kernel.rotary_pos_emb(q, k, cos, sin)
+    assert torch.equal(a, c) and torch.equal(b, d)

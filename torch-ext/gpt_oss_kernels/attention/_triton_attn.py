@@ -1,0 +1,359 @@
+"""Triton kernels for attention with sinks, sliding window and GQA (CUDA only; imported lazily).
+
+One kernel serves every layout. A program owns BLOCK_M rows of one (sequence, KV head): the rows
+are the G query heads that share that KV head times the query positions (row r -> position r // G,
+head kvh * G + r % G), so each K/V tile is loaded once for all G heads (what makes decode
+bandwidth-bound instead of latency-bound). The key range a tile needs is cut into three parts:
+masked blocks at the window's left edge, unmasked blocks in the middle (no mask arithmetic, no
+bounds checks), masked blocks at the causal diagonal / sequence end. With SPLIT the key axis is also
+cut into splits (flash-decoding); each writes an unnormalised partial and `_combine` merges them
+and adds the sink. Online softmax in base 2, fp32 accumulators; the sink joins the denominator
+only, once, at the end.
+
+KV layouts (KV_MODE): 0 packed varlen (Tk, Hkv, D) + cu_seqlens_k; 1 batched cache
+(B, S, Hkv, D) + seqlens_k; 2 paged cache (blocks, PAGE, Hkv, D) + block_table + seqlens_k.
+"""
+
+from __future__ import annotations
+
+import os
+
+import triton
+import triton.language as tl
+
+LOG2E = 1.4426950408889634
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+_INTERPRET_SPLIT = True  # interpreter checks: force the split path where it applies
+
+
+@triton.jit
+def _inner(
+    acc, m_i, l_i, q,
+    K, V, k_base, v_base, BT,
+    stride_kb, stride_kt, stride_vb, stride_vt,
+    start, end, qpos, seqlen_k, window_left, window_right, qk_scale,
+    offs_n, offs_d,
+    MASK: tl.constexpr, HAS_WL: tl.constexpr, HAS_WR: tl.constexpr,
+    KV_MODE: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
+):
+    # (addresses recomputed per step from int64 row offsets: loop-carried pointer tiles or hoisted
+    # offset tiles cost more registers and spilled in the sm_90 resource report, see NOTES)
+    for s in tl.range(start, end, BLOCK_N):
+        kpos = s + offs_n
+        if KV_MODE == 2:
+            if MASK:
+                blk = tl.load(BT + kpos // PAGE, mask=kpos < seqlen_k, other=0).to(tl.int64)
+            else:
+                blk = tl.load(BT + kpos // PAGE).to(tl.int64)
+            k_ptrs = K + k_base + (blk * stride_kb + (kpos % PAGE) * stride_kt)[:, None] + offs_d[None, :]
+            v_ptrs = V + v_base + (blk * stride_vb + (kpos % PAGE) * stride_vt)[:, None] + offs_d[None, :]
+        else:
+            koff = kpos.to(tl.int64) * stride_kt
+            voff = kpos.to(tl.int64) * stride_vt
+            k_ptrs = K + k_base + koff[:, None] + offs_d[None, :]
+            v_ptrs = V + v_base + voff[:, None] + offs_d[None, :]
+        if MASK:
+            kin = kpos < seqlen_k
+            k = tl.load(k_ptrs, mask=kin[:, None], other=0.0)
+        else:
+            k = tl.load(k_ptrs)
+        qk = tl.dot(q, tl.trans(k)) * qk_scale
+        if MASK:
+            valid = kin[None, :]
+            if HAS_WR:
+                valid = valid & (kpos[None, :] <= qpos[:, None] + window_right)
+            if HAS_WL:
+                valid = valid & (kpos[None, :] >= qpos[:, None] - window_left)
+            qk = tl.where(valid, qk, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+        else:
+            m_new = tl.maximum(m_i, tl.max(qk, 1))
+            m_use = m_new
+        p = tl.math.exp2(qk - m_use[:, None])
+        alpha = tl.math.exp2(m_i - m_use)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if MASK:
+            v = tl.load(v_ptrs, mask=kin[:, None], other=0.0)
+        else:
+            v = tl.load(v_ptrs)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, m_i, l_i
+
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, OPart, MPart, LPart, Sinks,
+    CuQ, CuK, SeqK, BlockTable,
+    qk_scale, seq_q_fixed, total_rows,
+    stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_btb,
+    keys_per_split, window_left, window_right,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
+    HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LONG: tl.constexpr = False,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    HKV: tl.constexpr = HQ // G
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    m_tile = tl.num_programs(0) - 1 - pid_m  # the longest causal tiles start first
+
+    if VARLEN_Q:
+        q_start = tl.load(CuQ + b)
+        seqlen_q = tl.load(CuQ + b + 1) - q_start
+    else:
+        q_start = b * seq_q_fixed
+        seqlen_q = seq_q_fixed
+    if KV_MODE == 0:
+        k_start = tl.load(CuK + b)
+        seqlen_k = tl.load(CuK + b + 1) - k_start
+        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
+        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
+    elif KV_MODE == 1:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
+        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    else:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = kvh * stride_kh
+        v_base = kvh * stride_vh
+    BT = BlockTable + b.to(tl.int64) * stride_btb
+
+    rows_total = seqlen_q * G
+    row0 = m_tile * BLOCK_M
+    if row0 >= rows_total:
+        return
+
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qi = offs_m // G
+    head = kvh * G + offs_m % G
+    row_ok = offs_m < rows_total
+    q_ptrs = Q + (q_start + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
+    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+
+    delta = seqlen_k - seqlen_q
+    qpos = qi + delta
+    qpos_min = row0 // G + delta
+    qpos_max = (tl.minimum(row0 + BLOCK_M, rows_total) - 1) // G + delta
+
+    lo = seqlen_k * 0  # (tensors, not Python ints, in every specialisation)
+    full_lo = seqlen_k * 0
+    if HAS_WL:
+        lo = tl.maximum(qpos_min - window_left, 0)
+        full_lo = tl.maximum(qpos_max - window_left, 0)
+    hi = seqlen_k
+    full_hi = seqlen_k
+    if HAS_WR:
+        hi = tl.minimum(hi, qpos_max + window_right + 1)
+        full_hi = tl.minimum(full_hi, qpos_min + window_right + 1)
+    full_hi = tl.maximum(full_hi, 0)
+    if SPLIT:  # split bounds are multiples of BLOCK_N: align the blocks to them
+        lo = (lo // BLOCK_N) * BLOCK_N
+    # blocks start at lo + j * BLOCK_N (unaligned for a window: fewest blocks over its span)
+    mid_lo = tl.minimum(lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N) * BLOCK_N, tl.maximum(hi, lo))
+    mid_hi = tl.maximum(mid_lo, tl.minimum(mid_lo + (tl.maximum(full_hi - mid_lo, 0) // BLOCK_N) * BLOCK_N, hi))
+    if SPLIT:
+        s_lo = pid_s * keys_per_split
+        s_hi = s_lo + keys_per_split
+    else:
+        s_lo = 0
+        s_hi = hi
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    acc, m_i, l_i = _inner(
+        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+        tl.maximum(lo, s_lo), tl.minimum(mid_lo, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+    )
+    acc, m_i, l_i = _inner(
+        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+        tl.maximum(mid_lo, s_lo), tl.minimum(mid_hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+        offs_n, offs_d, False, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+    )
+    acc, m_i, l_i = _inner(
+        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+        tl.maximum(mid_hi, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+    )
+
+    out_row = (q_start + qi).to(tl.int64) * HQ + head  # row of the (T, Hq, D) output
+    if SPLIT:
+        part = pid_s.to(tl.int64) * total_rows + out_row
+        tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(MPart + part, m_i, mask=row_ok)
+        tl.store(LPart + part, l_i, mask=row_ok)
+    else:
+        if HAS_SINK:
+            sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
+            m_fin = tl.maximum(m_i, sink)
+            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
+            alpha = tl.math.exp2(m_i - m_fin)
+            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
+            acc = acc * alpha[:, None]
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _combine(
+    OPart, MPart, LPart, Sinks, Out, total_rows, num_splits,
+    HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_S: tl.constexpr,
+):
+    # One output row per program; every split's partial is loaded in one go (no dependent loop).
+    row = tl.program_id(0).to(tl.int64)
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_d = tl.arange(0, HEAD_DIM)
+    ok = offs_s < num_splits
+    part = offs_s.to(tl.int64) * total_rows + row
+    m_s = tl.load(MPart + part, mask=ok, other=float("-inf"))
+    l_s = tl.load(LPart + part, mask=ok, other=0.0)
+    o_s = tl.load(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], mask=ok[:, None], other=0.0)
+    m_all = tl.max(m_s, 0)
+    if HAS_SINK:
+        sink = tl.load(Sinks + row % HQ).to(tl.float32) * 1.4426950408889634
+        m_all = tl.maximum(m_all, sink)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+    w = tl.math.exp2(m_s - m_all)
+    l_all = tl.sum(l_s * w, 0)
+    if HAS_SINK:
+        l_all += tl.math.exp2(sink - m_all)
+    l_all = tl.where(l_all == 0.0, 1.0, l_all)
+    out = tl.sum(o_s * w[:, None], 0) / l_all
+    tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
+
+
+# Prefill configurations (rows per program, keys per step, warps, pipeline stages).
+_PREFILL_CONFIGS = [
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 256, "BLOCK_N": 64}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 128}, num_warps=8, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=8, num_stages=4),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4, num_stages=4),
+]
+_attn_fwd_tuned = triton.autotune(
+    configs=_PREFILL_CONFIGS,
+    key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WL", "HAS_WR", "HAS_SINK", "LONG"],
+)(_attn_fwd) if not INTERPRET else None
+
+
+# Decode: the key axis is split (flash-decoding) until there are ~4 programs per SM, each split
+# keeping at least this many keys.
+MIN_KEYS_PER_SPLIT = 256
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device) -> int:
+    import torch
+
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def attn_fwd(
+    q, k, v, out, *, cu_q, cu_k, seqlens_k, block_table, sinks, batch, seq_q_fixed, max_seqlen_q, max_seqlen_k,
+    scale, window_left, window_right,
+):
+    """Launches the kernel(s). q (Tq, Hq, D) and out (Tq, Hq, D) contiguous rows; k/v as KV_MODE says."""
+    import torch
+
+    tq, hq, d = q.shape
+    hkv = k.shape[-2]
+    g = hq // hkv
+    if cu_k is not None:
+        kv_mode, page = 0, 1
+    elif block_table is not None:
+        kv_mode, page = 2, k.shape[1]
+    else:
+        kv_mode, page = 1, 1
+    if kv_mode == 0:
+        skb, svb = 0, 0
+        skt, skh = k.stride(0), k.stride(1)
+        svt, svh = v.stride(0), v.stride(1)
+    else:
+        skb, skt, skh = k.stride(0), k.stride(1), k.stride(2)
+        svb, svt, svh = v.stride(0), v.stride(1), v.stride(2)
+    stride_btb = block_table.stride(0) if block_table is not None else 0
+    dummy = out
+    has_wl = window_left >= 0
+    has_wr = window_right >= 0
+    rows = max_seqlen_q * g
+    total_rows = tq * hq
+    common = dict(
+        HQ=hq, G=g, HEAD_DIM=d, VARLEN_Q=cu_q is not None, KV_MODE=kv_mode, PAGE=page,
+        HAS_WL=has_wl, HAS_WR=has_wr, HAS_SINK=sinks is not None,
+    )
+    args = [
+        q, k, v, out, None, None, None, sinks if sinks is not None else dummy,
+        cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
+        seqlens_k if seqlens_k is not None else dummy, block_table if block_table is not None else dummy,
+        scale * LOG2E, seq_q_fixed, total_rows,
+        q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
+    ]
+
+    if rows > 256 and not INTERPRET:
+        # Prefill: many row tiles, no split, autotuned tile shape.
+        def grid(meta):
+            return (triton.cdiv(rows, meta["BLOCK_M"]), batch * hkv, 1)
+
+        args[4:7] = [dummy, dummy, dummy]
+        _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096, **common)
+        return out
+
+    block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
+    if INTERPRET:
+        block_m = max(16, min(64, triton.next_power_of_2(rows)))
+    block_n = 64 if page % 64 == 0 or kv_mode != 2 else 16
+    block_n = 16 if INTERPRET else block_n
+    tiles_m = triton.cdiv(rows, block_m)
+    base = tiles_m * batch * hkv
+    cap = max_seqlen_k
+    n_sm = _num_sms(q.device) if q.is_cuda else 132
+    splits = 1
+    if base < 4 * n_sm and cap > 512:
+        splits = min(triton.cdiv(4 * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
+        splits = 2
+    if splits > 1:
+        per = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n
+        splits = triton.cdiv(cap, per)
+    else:
+        per = 0
+    grid = (tiles_m, batch * hkv, splits)
+    if splits > 1:
+        opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
+        mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
+        lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
+        args[4:7] = [opart, mpart, lpart]
+    else:
+        args[4:7] = [dummy, dummy, dummy]
+    _attn_fwd[grid](
+        *args, per, window_left, window_right, SPLIT=splits > 1,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3, **common,
+    )
+    if splits > 1:
+        _combine[(total_rows,)](
+            opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
+            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            num_warps=2 if splits <= 16 else 4,
+        )
+    return out
+

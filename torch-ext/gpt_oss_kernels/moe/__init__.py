@@ -1,0 +1,12 @@
+"""GPT-OSS MoE block: routing (moe_route), experts (moe_experts) and both (moe).
+
+Data path (docs/moe.md): router GEMM (cuBLAS) -> moe_route (fused top-k + softmax) ->
+moe_dispatch (counts, padded offsets, permutation, on the GPU) -> grouped GEMM 1 (gather,
+gate_up, bias, clamped SwiGLU) -> grouped GEMM 2 (down, bias, routing weight) -> moe_finalize
+(k rows per token summed in fp32, token order).
+"""
+
+from .experts import moe, moe_experts
+from .routing import moe_route
+
+__all__ = ["moe", "moe_experts", "moe_route"]

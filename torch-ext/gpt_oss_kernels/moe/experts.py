@@ -1,0 +1,148 @@
+"""moe_experts and the fused moe: validation, the CUDA pipeline, fake implementations.
+
+``moe_experts`` is one op of the C++ schema (torch-ext/torch_binding.cpp). The CPU variant
+implements it in C++ (kernel_src/moe/moe_cpu.cpp); in the CUDA variant its CUDA implementation is
+``_moe_experts_cuda`` below (dispatch + two Triton grouped GEMMs + finalize), registered on the
+same schema with ``torch.library.impl``. To torch.compile the op is opaque (its fake impl gives
+the shape) and inside a CUDA graph it is a fixed sequence of launches: no host sync anywhere.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._ops import add_op_namespace_prefix, ops
+from .dispatch import moe_dispatch
+from .routing import check_top_k
+
+_ID_DTYPES = (torch.int32, torch.int64)
+
+
+def _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit):
+    _checks.tensor("hidden", hidden, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.tensor("gate_up_proj", gate_up_proj, dtypes=_checks.FLOAT_DTYPES, ndim=3)
+    _checks.tensor("down_proj", down_proj, dtypes=_checks.FLOAT_DTYPES, ndim=3)
+    e, h, i2 = gate_up_proj.shape
+    if h != hidden.shape[1]:
+        raise ValueError(f"gate_up_proj must be (E, H={hidden.shape[1]}, 2I), got shape {tuple(gate_up_proj.shape)}")
+    if i2 % 2 or i2 == 0:
+        raise ValueError(f"gate_up_proj's last dimension (2I, gate/up interleaved) must be even, got {i2}")
+    _checks.shape("down_proj", down_proj, (e, i2 // 2, h))
+    if gate_up_proj_bias is not None:
+        _checks.tensor("gate_up_proj_bias", gate_up_proj_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("gate_up_proj_bias", gate_up_proj_bias, (e, i2))
+    if down_proj_bias is not None:
+        _checks.tensor("down_proj_bias", down_proj_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("down_proj_bias", down_proj_bias, (e, h))
+    _checks.same_dtype("hidden", hidden, gate_up_proj=gate_up_proj, down_proj=down_proj)
+    _checks.same_device("hidden", hidden, gate_up_proj=gate_up_proj, gate_up_proj_bias=gate_up_proj_bias,
+                        down_proj=down_proj, down_proj_bias=down_proj_bias)
+    return _checks.number("alpha", alpha), _checks.number("limit", limit, minimum=0.0)
+
+
+def moe_experts(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_proj: torch.Tensor,
+    gate_up_proj_bias: torch.Tensor | None,
+    down_proj: torch.Tensor,
+    down_proj_bias: torch.Tensor | None,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+) -> torch.Tensor:
+    """GPT-OSS experts: ``out[t] = sum_j w[t,j] * (swiglu(x[t] @ W1[e] + b1[e]) @ W2[e] + b2[e])``.
+
+    ``hidden`` (T, H); ``topk_ids`` (T, k) int32/int64; ``topk_weights`` (T, k) float;
+    ``gate_up_proj`` (E, H, 2I) with gate/up interleaved (gate = [..., ::2], up = [..., 1::2]);
+    ``gate_up_proj_bias`` (E, 2I) or None; ``down_proj`` (E, I, H); ``down_proj_bias`` (E, H) or None.
+    SwiGLU: ``gate.clamp(max=limit)``, ``up.clamp(-limit, limit)``, ``(up + 1) * gate * sigmoid(alpha * gate)``.
+    Returns (T, H) in hidden's dtype; the k expert outputs are summed in fp32.
+
+    Ids outside [0, E): on the CPU a ValueError-like RuntimeError; on CUDA (no host sync) such a
+    slot is routed nowhere and its token's output row is NaN (clamp-and-flag).
+    """
+    alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
+    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
+    check_top_k(topk_ids.shape[1], gate_up_proj.shape[0])
+    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
+    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
+    return ops.moe_experts(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(), gate_up_proj,
+                           gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+
+
+def moe(
+    hidden: torch.Tensor,
+    router_weight: torch.Tensor,
+    router_bias: torch.Tensor | None,
+    top_k: int,
+    gate_up_proj: torch.Tensor,
+    gate_up_proj_bias: torch.Tensor | None,
+    down_proj: torch.Tensor,
+    down_proj_bias: torch.Tensor | None,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole GPT-OSS MoE block: router GEMM, ``moe_route``, ``moe_experts``.
+
+    ``hidden`` (T, H); ``router_weight`` (E, H); ``router_bias`` (E,) or None. Returns
+    ``(out (T, H) in hidden's dtype, topk_weights fp32 (T, k), topk_ids int32 (T, k))``.
+    """
+    alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+    e = gate_up_proj.shape[0]
+    _checks.tensor("router_weight", router_weight, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.shape("router_weight", router_weight, (e, hidden.shape[1]))
+    if router_bias is not None:
+        _checks.tensor("router_bias", router_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("router_bias", router_bias, (e,))
+    _checks.same_device("hidden", hidden, router_weight=router_weight, router_bias=router_bias)
+    top_k = check_top_k(top_k, e)
+    hidden = hidden.contiguous()
+    logits = F.linear(hidden, router_weight.to(hidden.dtype),
+                      None if router_bias is None else router_bias.to(hidden.dtype))
+    weights, ids = ops.moe_route(logits, top_k)
+    out = ops.moe_experts(hidden, ids, weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
+                          alpha, limit)
+    return out, weights, ids
+
+
+# --- CUDA implementation (Triton) ------------------------------------------------------------
+
+
+def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
+                      alpha, limit):
+    from . import grouped_gemm  # triton, imported on first use
+
+    t, h = hidden.shape
+    k = topk_ids.shape[1]
+    e, _, i2 = gate_up_proj.shape
+    m = t * k
+    if m == 0:
+        return hidden.new_zeros((t, h))
+    ids = topk_ids.to(torch.int32).contiguous()
+    w = topk_weights.to(torch.float32).contiguous()
+    block_m = grouped_gemm.block_m_for(m, e)
+    m_bucket = max(m, 1).bit_length()
+    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
+    nb = block_expert.shape[0]
+    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
+    grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, k,
+                              alpha, limit, block_m, m_bucket)
+    y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
+    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket)
+    return ops.moe_finalize(y, ids, e)
+
+
+if "_cuda_" in add_op_namespace_prefix("moe_experts"):
+    torch.library.impl(add_op_namespace_prefix("moe_experts"), "CUDA")(_moe_experts_cuda)
+
+
+@torch.library.register_fake(add_op_namespace_prefix("moe_experts"))
+def _moe_experts_fake(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
+                      alpha, limit):
+    return torch.empty_like(hidden)
