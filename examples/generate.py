@@ -18,7 +18,11 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import logging  # noqa: E402
+
 import torch  # noqa: E402
+
+logging.getLogger("kernels").setLevel(logging.ERROR)  # kernelize warns for every hub name we leave unmapped
 
 from tiny_gpt_oss import kernel_mapping, kernelize_model, tiny_model  # noqa: E402
 
@@ -48,10 +52,10 @@ def main() -> None:
     prompt = prompt.to(args.device)
 
     plain, plain_s = generate(model, prompt, args.new_tokens)
-    kernelized = kernelize_model(copy.deepcopy(model), args.device)
+    kernelized = kernelize_model(copy.deepcopy(model), args.device, attention=True)
     ours, ours_s = generate(kernelized, prompt, args.new_tokens)
 
-    swapped = ", ".join(kernel_mapping(args.device)) or "nothing"
+    swapped = ", ".join(list(kernel_mapping(args.device)) + ["attention (attn_implementation)"])
     print(f"device: {args.device}, dtype: {dtype}, our layers swapped in: {swapped}")
     print(f"prompt token ids:        {prompt[0].tolist()}")
     print(f"without our kernels:     {plain[0].tolist()}")

@@ -60,7 +60,7 @@ def kernel_mapping(device: str, layers: list[str] | None = None) -> dict:
     import kernels
 
     available = kernels.get_local_kernel(BUILD_DIR).layers
-    names = {"RMSNorm": "RMSNorm", "MegaBlocksMoeMLP": "MoeMLP"}
+    names = {"RMSNorm": "RMSNorm", "MegaBlocksMoeMLP": "MoeMLP", "rotary_pos_emb": "RotaryPosEmb"}
     mapping = {}
     for hub_name, layer in names.items():
         if (layers is None or hub_name in layers) and hasattr(available, layer):
@@ -68,9 +68,21 @@ def kernel_mapping(device: str, layers: list[str] | None = None) -> dict:
     return mapping
 
 
-def kernelize_model(model: torch.nn.Module, device: str, layers: list[str] | None = None) -> torch.nn.Module:
-    """Swaps our layers in (in place) through kernels' public route: mapping + kernelize."""
+REPO_ID = "kernels-community/gpt-oss-kernels"
+
+
+def kernelize_model(model: torch.nn.Module, device: str, layers: list[str] | None = None,
+                    attention: bool = False) -> torch.nn.Module:
+    """Swaps our layers in (in place) through kernels' public route: mapping + kernelize; with
+    `attention`, also our attention through transformers' hub-kernel route (the repo id resolved to
+    this checkout's build by LOCAL_KERNELS)."""
+    import os
+
     from kernels import Mode, kernelize, use_kernel_mapping
 
     with use_kernel_mapping(kernel_mapping(device, layers), inherit_mapping=False):
-        return kernelize(model, mode=Mode.INFERENCE, device=device)
+        model = kernelize(model, mode=Mode.INFERENCE, device=device)
+    if attention:
+        os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={BUILD_DIR.parent}"
+        model.set_attn_implementation(REPO_ID)
+    return model
