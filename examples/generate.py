@@ -60,12 +60,22 @@ def main() -> None:
     print(f"prompt token ids:        {prompt[0].tolist()}")
     print(f"without our kernels:     {plain[0].tolist()}")
     print(f"with our kernels:        {ours[0].tolist()}")
-    agree = torch.equal(plain, ours)
-    print(f"outputs agree: {'yes' if agree else 'NO'}")
+    same = int((plain[0] == ours[0]).cumprod(0).sum())
+    print(f"greedy tokens identical: {'yes' if same == args.new_tokens else f'first {same} of {args.new_tokens}'}")
+    # Greedy decoding compounds the first rounding-level flip (in bf16 a near-tied router logit can
+    # pick another expert); teacher forcing compares each position's next token on the same text.
+    text = torch.cat([prompt, plain], dim=1)
+    with torch.inference_mode():
+        a = model(text).logits[0, prompt.shape[1] - 1:-1].argmax(-1)
+        b = kernelized(text).logits[0, prompt.shape[1] - 1:-1].argmax(-1)
+    agree = (a == b).float().mean().item()
+    print(f"teacher-forced next-token agreement: {agree:.1%} ({int((a == b).sum())}/{args.new_tokens})")
+    print(f"outputs agree: {'yes' if same == args.new_tokens else 'NO'}")
     print(f"time per token: {plain_s * 1e3:.2f} ms without, {ours_s * 1e3:.2f} ms with our kernels "
           f"({args.new_tokens} new tokens, batch 1; a tiny model, so this is framework overhead, not kernel speed)")
-    sys.exit(0 if agree else 1)
-
+    # fp32 (CPU) must match token for token; bf16 (CUDA) must agree on >= 95% of teacher-forced positions.
+    ok = same == args.new_tokens if dtype == torch.float32 else agree >= 0.95
+    sys.exit(0 if ok else 1)
 
 if __name__ == "__main__":
     main()
