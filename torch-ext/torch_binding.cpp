@@ -35,6 +35,13 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 #if defined(CPU_KERNEL)
   ops.impl("moe_experts", BACKEND, &moe_experts);  // CUDA: Triton, registered in moe/experts.py
 #endif
+#if defined(CUDA_KERNEL)
+  // CUDA only, eager only (never traced): the host fast path of moe() (moe/experts.py).
+  ops.def(
+      "moe_prepare(Tensor hidden, Tensor router_weight, Tensor? router_bias, int top_k, int block_m, "
+      "int act_cols) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  ops.impl("moe_prepare", BACKEND, &moe_prepare);
+#endif
   // --- end moe ---
 }
 

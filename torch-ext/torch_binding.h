@@ -18,6 +18,11 @@ std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x, const
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k);
 std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m);
 at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts);
+#if defined(CUDA_KERNEL)
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_prepare(
+    const at::Tensor& hidden, const at::Tensor& router_weight, const std::optional<at::Tensor>& router_bias,
+    int64_t top_k, int64_t block_m, int64_t act_cols);
+#endif
 #if defined(CPU_KERNEL)
 at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                        const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,

@@ -44,7 +44,7 @@ constexpr int kRouteWarps = 8;
 template <typename T, int VPL>
 __global__ void __launch_bounds__(kRouteWarps * kWarp)
 moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, int top_k,
-                 float* __restrict__ weights, int32_t* __restrict__ ids) {
+                 float* __restrict__ weights, int32_t* __restrict__ ids, T* __restrict__ weights_lo) {
   const int64_t row = static_cast<int64_t>(blockIdx.x) * kRouteWarps + threadIdx.x / kWarp;
   if (row >= rows) return;
   const int lane = threadIdx.x % kWarp;
@@ -90,11 +90,13 @@ moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, in
   if (lane < top_k) {
     weights[row * top_k + lane] = ex / sum;
     ids[row * top_k + lane] = my_id;
+    if (weights_lo != nullptr) weights_lo[row * top_k + lane] = from_float<T>(ex / sum);
   }
 }
 
 template <typename T>
-void launch_route(const at::Tensor& logits, int top_k, at::Tensor& w, at::Tensor& ids, cudaStream_t stream) {
+void launch_route(const at::Tensor& logits, int top_k, at::Tensor& w, at::Tensor& ids, cudaStream_t stream,
+                  at::Tensor* w_lo = nullptr) {
   const int64_t rows = logits.size(0);
   const int e = static_cast<int>(logits.size(1));
   const dim3 grid(static_cast<unsigned>((rows + kRouteWarps - 1) / kRouteWarps));
@@ -102,7 +104,8 @@ void launch_route(const at::Tensor& logits, int top_k, at::Tensor& w, at::Tensor
   const T* src = reinterpret_cast<const T*>(logits.data_ptr());
   float* wp = w.data_ptr<float>();
   int32_t* ip = ids.data_ptr<int32_t>();
-#define GOK_ROUTE(VPL) moe_route_kernel<T, VPL><<<grid, block, 0, stream>>>(src, rows, e, top_k, wp, ip)
+  T* lp = w_lo != nullptr ? reinterpret_cast<T*>(w_lo->data_ptr()) : nullptr;
+#define GOK_ROUTE(VPL) moe_route_kernel<T, VPL><<<grid, block, 0, stream>>>(src, rows, e, top_k, wp, ip, lp)
   if (e <= 32) GOK_ROUTE(1);
   else if (e <= 64) GOK_ROUTE(2);
   else if (e <= 128) GOK_ROUTE(4);
@@ -259,6 +262,15 @@ int64_t num_blocks_bound(int64_t m, int64_t e, int64_t block_m) {
   return (m + std::min(e, m) * (block_m - 1)) / block_m;
 }
 
+void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m, int64_t nb, at::Tensor& sorted_pos,
+                     at::Tensor& block_expert, cudaStream_t stream) {
+  const size_t smem = 2 * num_experts * sizeof(int);
+  moe_dispatch_kernel<<<1, kDispatchThreads, smem, stream>>>(
+      ids.data_ptr<int32_t>(), static_cast<int>(ids.numel()), static_cast<int>(num_experts),
+      static_cast<int>(block_m), static_cast<int>(nb), sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>());
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
@@ -295,12 +307,7 @@ std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int6
   auto sorted_pos = at::empty({nb * block_m}, ids.options());
   auto block_expert = at::empty({nb}, ids.options());
   if (m == 0) return {sorted_pos, block_expert};
-  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const size_t smem = 2 * num_experts * sizeof(int);
-  moe_dispatch_kernel<<<1, kDispatchThreads, smem, stream>>>(
-      ids.data_ptr<int32_t>(), static_cast<int>(m), static_cast<int>(num_experts), static_cast<int>(block_m),
-      static_cast<int>(nb), sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_dispatch(ids, num_experts, block_m, nb, sorted_pos, block_expert, c10::cuda::getCurrentCUDAStream());
   return {sorted_pos, block_expert};
 }
 
@@ -322,4 +329,43 @@ at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t
     default: TORCH_CHECK(false, "moe_finalize: y must be float32, bfloat16 or float16");
   }
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_prepare(
+    const at::Tensor& hidden, const at::Tensor& router_weight, const std::optional<at::Tensor>& router_bias,
+    int64_t top_k, int64_t block_m, int64_t act_cols) {
+  // The eager fast path of the whole block (gpt_oss_kernels/moe/experts.py), everything before the
+  // grouped GEMMs in one host call: router GEMM, route, dispatch, and the act / y buffers.
+  // Arguments were validated in Python; the checks here are the ones memory safety needs.
+  TORCH_CHECK(hidden.is_cuda() && hidden.dim() == 2 && hidden.is_contiguous(), "moe_prepare: hidden must be a contiguous CUDA (T, H) tensor");
+  TORCH_CHECK(router_weight.dim() == 2 && router_weight.size(1) == hidden.size(1), "moe_prepare: router_weight must be (E, H)");
+  const int64_t e = router_weight.size(0);
+  TORCH_CHECK(e >= 1 && e <= 1024, "moe_prepare: E must be in [1, 1024], got ", e);
+  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_prepare: top_k must be in [1, min(E, 32)], got ", top_k);
+  TORCH_CHECK(block_m >= 1 && block_m <= 1024 && act_cols >= 1, "moe_prepare: bad block_m / act_cols");
+  const c10::cuda::CUDAGuard guard(hidden.device());
+  const auto dt = hidden.scalar_type();
+  const at::Tensor rw = router_weight.to(dt);
+  const at::Tensor logits = router_bias.has_value() ? at::linear(hidden, rw, router_bias->to(dt)) : at::linear(hidden, rw);
+  const int64_t t = hidden.size(0);
+  const int64_t m = t * top_k;
+  TORCH_CHECK(m < (int64_t{1} << 30), "moe_prepare: T * k too large");
+  auto w = at::empty({t, top_k}, hidden.options().dtype(at::kFloat));
+  auto w_lo = at::empty({t, top_k}, hidden.options());
+  auto ids = at::empty({t, top_k}, hidden.options().dtype(at::kInt));
+  const int64_t nb = num_blocks_bound(m, e, block_m);
+  auto sorted_pos = at::empty({nb * block_m}, ids.options());
+  auto block_expert = at::empty({nb}, ids.options());
+  auto act = at::empty({nb * block_m, act_cols}, hidden.options());
+  auto y = at::empty({m, hidden.size(1)}, hidden.options());
+  if (m == 0) return {w, w_lo, ids, sorted_pos, block_expert, act, y};
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  switch (dt) {
+    case at::kFloat: launch_route<float>(logits, static_cast<int>(top_k), w, ids, stream, &w_lo); break;
+    case at::kBFloat16: launch_route<__nv_bfloat16>(logits, static_cast<int>(top_k), w, ids, stream, &w_lo); break;
+    case at::kHalf: launch_route<__half>(logits, static_cast<int>(top_k), w, ids, stream, &w_lo); break;
+    default: TORCH_CHECK(false, "moe_prepare: hidden must be float32, bfloat16 or float16");
+  }
+  launch_dispatch(ids, e, block_m, nb, sorted_pos, block_expert, stream);
+  return {w, w_lo, ids, sorted_pos, block_expert, act, y};
 }

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .moe import moe
+from .moe.experts import moe_with_scores
 from .norm import rms_norm
 
 
@@ -62,9 +62,9 @@ class MoeMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, h = hidden_states.shape
         router, experts = self.router, self.experts
-        out, weights, _ = moe(
+        out, scores = moe_with_scores(
             hidden_states.reshape(-1, h), router.weight, router.bias, router.top_k,
             experts.gate_up_proj, experts.gate_up_proj_bias, experts.down_proj, experts.down_proj_bias,
             experts.alpha, experts.limit,
         )
-        return out.reshape(b, s, h), weights.to(hidden_states.dtype)
+        return out.reshape(b, s, h), scores

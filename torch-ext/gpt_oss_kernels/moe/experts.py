@@ -95,20 +95,81 @@ def moe(
     """
     alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
     e = gate_up_proj.shape[0]
-    _checks.tensor("router_weight", router_weight, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    _checks.shape("router_weight", router_weight, (e, hidden.shape[1]))
-    if router_bias is not None:
-        _checks.tensor("router_bias", router_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("router_bias", router_bias, (e,))
-    _checks.same_device("hidden", hidden, router_weight=router_weight, router_bias=router_bias)
+    _check_router(hidden, router_weight, router_bias, e)
     top_k = check_top_k(top_k, e)
     hidden = hidden.contiguous()
+    if _fast_path_ok(hidden):
+        out, weights, ids, _ = _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias,
+                                         down_proj, down_proj_bias, alpha, limit)
+        return out, weights, ids
     logits = F.linear(hidden, router_weight.to(hidden.dtype),
                       None if router_bias is None else router_bias.to(hidden.dtype))
     weights, ids = ops.moe_route(logits, top_k)
     out = ops.moe_experts(hidden, ids, weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
                           alpha, limit)
     return out, weights, ids
+
+
+def moe_with_scores(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj,
+                    down_proj_bias, alpha=1.702, limit=7.0):
+    """``moe`` for the MoeMLP layer: returns ``(out, router scores in hidden's dtype)``."""
+    if hidden.dim() == 2 and _fast_path_ok(hidden):
+        alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha,
+                                      limit)
+        _check_router(hidden, router_weight, router_bias, gate_up_proj.shape[0])
+        top_k = check_top_k(top_k, gate_up_proj.shape[0])
+        out, _, _, scores = _moe_fast(hidden.contiguous(), router_weight, router_bias, top_k, gate_up_proj,
+                                      gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+        return out, scores
+    out, weights, _ = moe(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj,
+                          down_proj_bias, alpha, limit)
+    return out, weights.to(hidden.dtype)
+
+
+def _check_router(hidden, router_weight, router_bias, e):
+    _checks.tensor("router_weight", router_weight, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.shape("router_weight", router_weight, (e, hidden.shape[1]))
+    if router_bias is not None:
+        _checks.tensor("router_bias", router_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("router_bias", router_bias, (e,))
+    _checks.same_device("hidden", hidden, router_weight=router_weight, router_bias=router_bias)
+
+
+# --- eager fast path (CUDA variant) ----------------------------------------------------------
+#
+# Outside torch.compile and dispatch modes, on CUDA, the block is four host calls: moe_prepare
+# (router GEMM + route + dispatch + buffers, one C++ op), the two Triton GEMMs launched from
+# their cached compiled kernels, moe_finalize. The traced path (ops.moe_route + ops.moe_experts)
+# runs the same kernels with the same tiles, so both give bit-identical results.
+
+_PREPARE = getattr(ops, "moe_prepare", None)
+
+
+def _fast_path_ok(hidden: torch.Tensor) -> bool:
+    return (_PREPARE is not None and hidden.is_cuda and not torch.compiler.is_compiling()
+            and torch._C._len_torch_dispatch_stack() == 0)
+
+
+def _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
+              alpha, limit):
+    from . import grouped_gemm
+
+    t = hidden.shape[0]
+    e, _, i2 = gate_up_proj.shape
+    m = t * top_k
+    block_m = grouped_gemm.block_m_for(m, e)
+    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
+                                                              i2 // 2)
+    if m == 0:
+        return hidden.new_zeros(hidden.shape), w, ids, w_lo
+    m_bucket = m.bit_length()
+    grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k,
+                              alpha, limit, block_m, m_bucket)
+    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket)
+    return _FINALIZE(y, ids, e), w, ids, w_lo
+
+
+_FINALIZE = ops.moe_finalize if _PREPARE is not None else None
 
 
 # --- CUDA implementation (Triton) ------------------------------------------------------------
@@ -127,7 +188,7 @@ def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj
     ids = topk_ids.to(torch.int32).contiguous()
     w = topk_weights.to(torch.float32).contiguous()
     block_m = grouped_gemm.block_m_for(m, e)
-    m_bucket = max(m, 1).bit_length()
+    m_bucket = m.bit_length()
     sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
     nb = block_expert.shape[0]
     act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)

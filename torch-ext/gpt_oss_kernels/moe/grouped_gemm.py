@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import functools
 import os
+from typing import NamedTuple
 
 import torch
 import triton
@@ -39,15 +40,17 @@ def _load_w_tile(w_ptrs, mask, W_FORMAT: tl.constexpr):
         tl.static_assert(False, "unknown weight format")
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["nb", "top_k", "M_BUCKET"])
 def _moe_gemm_kernel(
     a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, topk_w_ptr,
     N, K, nb, top_k, alpha, limit, M_BUCKET,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
 ):
+    # W_TMA: ``w_ptr`` is a host tensor descriptor of the (E, K, N) weights, block (1, BLOCK_K, BLOCK_N);
+    # A_TMA (GEMM 2 only: its rows are contiguous): ``a_ptr`` is a descriptor of act, block (BLOCK_M, BLOCK_K).
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
     per_group = GROUP_M * num_n
@@ -57,10 +60,10 @@ def _moe_gemm_kernel(
     pid_m = first_m + (pid % per_group) % group_m
     pid_n = (pid % per_group) // group_m
 
-    e = tl.load(block_expert_ptr + pid_m)
-    if e < 0:
+    e32 = tl.load(block_expert_ptr + pid_m)
+    if e32 < 0:
         return
-    e = e.to(tl.int64)
+    e = e32.to(tl.int64)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     pos = tl.load(sorted_pos_ptr + offs_m)
     row_ok = pos >= 0
@@ -71,21 +74,32 @@ def _moe_gemm_kernel(
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     n_ok = offs_n < N
     offs_k = tl.arange(0, BLOCK_K)
-    a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    w_ptrs = w_ptr + e * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+    if not A_TMA:
+        a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
+    if not W_TMA:
+        w_ptrs = w_ptr + e * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
-        if EVEN_K:
+        if A_TMA:
+            a = a_ptr.load([pid_m * BLOCK_M, kk * BLOCK_K])
+        elif EVEN_K:
             a = tl.load(a_ptrs, mask=row_ok[:, None], other=0.0)
-            w = _load_w_tile(w_ptrs, n_ok[None, :], W_FORMAT)
         else:
             k_ok = offs_k < K - kk * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
+        if W_TMA:
+            w = w_ptr.load([e32, kk * BLOCK_K, pid_n * BLOCK_N]).reshape(BLOCK_K, BLOCK_N)
+        elif EVEN_K:
+            w = _load_w_tile(w_ptrs, n_ok[None, :], W_FORMAT)
+        else:
+            k_ok = offs_k < K - kk * BLOCK_K
             w = _load_w_tile(w_ptrs, k_ok[:, None] & n_ok[None, :], W_FORMAT)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
-        a_ptrs += BLOCK_K * stride_ak
-        w_ptrs += BLOCK_K * stride_wk
+        if not A_TMA:
+            a_ptrs += BLOCK_K * stride_ak
+        if not W_TMA:
+            w_ptrs += BLOCK_K * stride_wk
 
     if HAS_BIAS:
         b = tl.load(bias_ptr + e * stride_be + offs_n * stride_bn, mask=n_ok, other=0.0)
@@ -108,8 +122,20 @@ def _moe_gemm_kernel(
 
 # --- tile choice ------------------------------------------------------------------------------
 #
-# BLOCK_M is fixed by the row count M = T * k (the dispatch pads each expert to it), everything
-# else is autotuned on H100-class GPUs for the large shapes, or taken from the default below.
+# BLOCK_M is fixed by the row count M = T * k (the dispatch pads each expert to it). The rest of
+# the tile (a ``Cfg``) comes from a per-BLOCK_M candidate list: the first entry is the default; on
+# H100-class (sm_90) GPUs the large shapes time every candidate once per (shape, M bucket) on
+# their first eager call and keep the fastest (GOK_MOE_AUTOTUNE=0: always the first).
+
+
+class Cfg(NamedTuple):
+    bn: int
+    bk: int
+    warps: int
+    stages: int
+    group_m: int
+    w_tma: bool = False  # weights through a TMA tensor descriptor (sm_90+)
+    a_tma: bool = False  # GEMM 2's activation rows through a TMA descriptor (sm_90+)
 
 
 def block_m_for(m: int, num_experts: int) -> int:
@@ -124,38 +150,32 @@ def block_m_for(m: int, num_experts: int) -> int:
     return 128
 
 
-def _cfg(bn, bk, warps, stages, group_m):
-    return triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "GROUP_M": group_m}, num_warps=warps, num_stages=stages)
-
-
-def _default_config(block_m: int, first: bool) -> triton.Config:
+def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
+    """Tile candidates, best first (H100 measurements, docs/NOTES-moe.md)."""
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
-        return _cfg(64 if first else 32, 128, 4, 4, 64)
+        return [Cfg(64 if first else 32, 128, 4, 4, 64), Cfg(64, 128, 4, 5, 64)]
     if block_m == 64:
-        return _cfg(128, 64, 4, 4, 8)
-    return _cfg(128, 64, 8, 4, 8)
+        return [Cfg(128, 64, 4, 4, 8), Cfg(128, 64, 4, 4, 256)]
+    return [Cfg(128, 64, 8, 4, 8), Cfg(256, 64, 8, 3, 8)]
 
 
-def _h100_configs(block_m: int, first: bool) -> list[triton.Config]:
-    if block_m <= 32:
-        return [
-            _cfg(64 if first else 32, 128, 4, 4, 64),
-            _cfg(64, 128, 4, 5, 64),
-            _cfg(128 if first else 64, 64, 4, 6, 64),
-            _cfg(32, 256, 4, 3, 64),
-        ]
-    # GROUP_M = 256: every row block of a column tile runs together, so each expert's weights are read
-    # once (good while the gathered activations fit in L2); 8 / 16: the activations stay in L2.
-    if block_m == 64:
-        return [_cfg(128, 64, 4, 4, 8), _cfg(128, 64, 4, 4, 256), _cfg(256, 64, 8, 3, 16), _cfg(256, 64, 8, 3, 256),
-                _cfg(64, 128, 4, 4, 256)]
-    return [_cfg(128, 64, 8, 4, 8), _cfg(256, 64, 8, 3, 8), _cfg(256, 64, 8, 4, 16), _cfg(128, 64, 4, 4, 256),
-            _cfg(256, 64, 8, 3, 256)]
+def _tma_ok(device: torch.device) -> bool:
+    return _tma_ok_cached(device.type, device.index, os.environ.get("GOK_MOE_TMA", "1"),
+                          os.environ.get("TRITON_INTERPRET", "0"))
 
 
 @functools.lru_cache(maxsize=None)
-def _autotuned(block_m: int, first: bool):
-    return triton.autotune(configs=_h100_configs(block_m, first), key=["N", "K", "M_BUCKET"])(_moe_gemm_kernel)
+def _tma_ok_cached(dev_type, dev_index, env, interpret) -> bool:
+    if env == "0" or interpret == "1" or dev_type != "cuda":
+        return False
+    return torch.cuda.get_device_capability(dev_index)[0] >= 9
+
+
+def _tma_able(t: torch.Tensor) -> bool:
+    """TMA needs a 16-byte aligned base, a contiguous last dimension and 16-byte aligned strides."""
+    es = t.element_size()
+    return (t.stride(-1) == 1 and t.data_ptr() % 16 == 0
+            and all((st * es) % 16 == 0 for st in t.stride()[:-1]))
 
 
 def _use_autotune(device: torch.device, n: int, k: int) -> bool:
@@ -171,47 +191,128 @@ def _use_autotune_cached(dev_type: str, dev_index, large: bool, env: str, interp
     return torch.cuda.get_device_capability(dev_index) == (9, 0)
 
 
-def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
-            stride_a, stride_o, block_m, m_bucket):
-    dot_precision = "ieee" if a.dtype == torch.float32 else "tf32"
-    args = (
-        a, w, bias if bias is not None else w, out, sorted_pos, block_expert, topk_w,
-        n, k, nb, top_k, float(alpha), float(limit), m_bucket,
-        stride_a[0], stride_a[1], w.stride(0), w.stride(1), w.stride(2),
-        bias.stride(0) if bias is not None else 0, bias.stride(1) if bias is not None else 0,
-        stride_o[0], stride_o[1],
+# --- launch -----------------------------------------------------------------------------------
+#
+# The first call of a key goes through Triton's JIT (compile, or its cache) and keeps the
+# compiled kernel; later calls launch it directly (the launcher Triton itself calls), which skips
+# Triton's per-call argument binding. The key holds everything the compiled kernel was
+# specialized on: shapes, strides, dtypes, 16-byte alignment of the pointers (nb, top_k and
+# M_BUCKET are not specialized).
+
+_FAST: dict = {}
+_CHOSEN: dict = {}  # (block_m, first, n, k, m_bucket, dtype, tma) -> Cfg
+FORCE: dict = {}  # (block_m, first) -> Cfg: benchmarks/sweep_moe.py pins a tile
+
+
+def _descs(first, cfg, a, w, block_m):
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    wd = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, cfg.bk, cfg.bn]) if cfg.w_tma else w
+    ad = a
+    if cfg.a_tma and not first:
+        ad = TensorDescriptor(a, list(a.shape), list(a.stride()), [block_m, cfg.bk])
+    return ad, wd
+
+
+def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, m_bucket,
+          block_m):
+    ad, wd = _descs(first, cfg, a, w, block_m)
+    has_bias = bias is not None
+    return (
+        ad, wd, bias if has_bias else w, out, sorted_pos, block_expert, topk_w,
+        n, k, nb, top_k, alpha, limit, m_bucket,
+        a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
+        bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
+        out.stride(0), out.stride(1),
+        first, has_bias, k % cfg.bk == 0, "bf16", "ieee" if a.dtype == torch.float32 else "tf32",
+        cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m,
     )
-    meta = dict(FIRST=first, HAS_BIAS=bias is not None, W_FORMAT="bf16", DOT_PRECISION=dot_precision,
-                BLOCK_M=block_m)
-    if _use_autotune(a.device, n, k) and a.dtype != torch.float32:
-        kernel = _autotuned(block_m, first)
 
-        def grid(cfg):
-            return (nb * triton.cdiv(n, cfg["BLOCK_N"]),)
 
-        # EVEN_K must hold for every config's BLOCK_K: K % 256 == 0 covers them all.
-        kernel[grid](*args, EVEN_K=False if k % 256 else True, **meta)
-    else:
-        cfg = _default_config(block_m, first)
-        bn, bk = cfg.kwargs["BLOCK_N"], cfg.kwargs["BLOCK_K"]
-        stages = cfg.num_stages if a.element_size() < 4 else 2  # fp32 tiles take twice the shared memory
-        grid = (nb * triton.cdiv(n, bn),)
-        _moe_gemm_kernel[grid](*args, EVEN_K=k % bk == 0, BLOCK_N=bn, BLOCK_K=bk, GROUP_M=cfg.kwargs["GROUP_M"],
-                               num_warps=cfg.num_warps, num_stages=stages, **meta)
+def _compile(args, cfg, fp32):
+    stages = cfg.stages if not fp32 else 2  # fp32 tiles take twice the shared memory
+    kern = _moe_gemm_kernel.warmup(*args, grid=(1,), num_warps=cfg.warps, num_stages=stages)
+    if hasattr(kern, "result"):
+        kern = kern.result()
+    return kern
+
+
+def _run(kern, grid0, args):
+    from triton import knobs
+
+    stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
+    enter = knobs.runtime.launch_enter_hook
+    md = None if enter is None else kern.launch_metadata((grid0, 1, 1), stream, *args)
+    kern.run(grid0, 1, 1, stream, kern.function, kern.packed_metadata, md, enter, knobs.runtime.launch_exit_hook,
+             *args)
+
+
+def _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
+          m_bucket, tma):
+    """The tile for this key: forced, default, or timed once (autotune, eager calls only)."""
+    forced = FORCE.get((block_m, first))
+    if forced is not None:
+        return forced
+    cands = candidates(block_m, first, tma)
+    if not tma:
+        cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
+    fp32 = a.dtype == torch.float32
+    if fp32 or len(cands) == 1 or not _use_autotune(a.device, n, k) or torch.cuda.is_current_stream_capturing():
+        return cands[0]
+    ckey = (block_m, first, n, k, m_bucket, a.dtype, tma)
+    cfg = _CHOSEN.get(ckey)
+    if cfg is None:
+        import triton.testing
+
+        times = {}
+        for c in cands:
+            args = _args(first, c, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
+                         m_bucket, block_m)
+            try:
+                kern = _compile(args, c, fp32)
+                g = nb * triton.cdiv(n, c.bn)
+                times[c] = triton.testing.do_bench(lambda: _run(kern, g, args), warmup=5, rep=25)
+            except Exception:  # e.g. out of shared memory on a smaller part
+                continue
+        cfg = min(times, key=times.get) if times else cands[0]
+        _CHOSEN[ckey] = cfg
+    return cfg
+
+
+def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
+            m_bucket):
+    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and _tma_able(w)
+           and (first or _tma_able(a)))
+    key = (first, a.dtype, w.dtype, bias is not None, block_m, n, k, m_bucket, top_k, tma, a.stride(), w.stride(),
+           out.stride(), None if bias is None else bias.stride(), a.device.index,
+           a.data_ptr() % 16, w.data_ptr() % 16, 0 if bias is None else bias.data_ptr() % 16,
+           topk_w.data_ptr() % 16)
+    hit = _FAST.get(key)
+    if hit is not None and not FORCE:
+        kern, cfg = hit
+        args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
+                     m_bucket, block_m)
+        _run(kern, nb * triton.cdiv(n, cfg.bn), args)
+        return
+    cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
+                m_bucket, tma)
+    args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
+                 m_bucket, block_m)
+    kern = _compile(args, cfg, a.dtype == torch.float32)
+    _run(kern, nb * triton.cdiv(n, cfg.bn), args)
+    if not FORCE:
+        _FAST[key] = (kern, cfg)
 
 
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
                  block_m, m_bucket):
     """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row."""
-    nb = block_expert.shape[0]
-    n, k = gate_up_proj.shape[2], gate_up_proj.shape[1]
     _launch(True, hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, sorted_pos,
-            n, k, nb, top_k, alpha, limit, hidden.stride(), act.stride(), block_m, m_bucket)
+            gate_up_proj.shape[2], gate_up_proj.shape[1], block_expert.shape[0], top_k, float(alpha), float(limit),
+            block_m, m_bucket)
 
 
 def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket):
     """y[slot] = w[slot] * (act[row] @ W2[e] + b2[e]) with slot = sorted_pos[row]."""
-    nb = block_expert.shape[0]
-    n, k = down_proj.shape[2], down_proj.shape[1]
     _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, topk_w,
-            n, k, nb, 1, 0.0, 0.0, act.stride(), y.stride(), block_m, m_bucket)
+            down_proj.shape[2], down_proj.shape[1], block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket)
