@@ -19,7 +19,7 @@ TOKENS = (1, 4, 64, 1024, 4096, 16384)
 TARGET_US = {1: 100, 4: 280, 64: 640, 1024: 700, 4096: 1600, 16384: 6000}
 BATCHED_MM_MAX_T = 256  # batched_mm runs out of memory from ~1000 tokens (anchors)
 # Rows-per-block experiments (the default comes from moe.grouped_gemm.block_m_for).
-BLOCK_M_EXPERIMENTS = {1024: (128,), 4096: (64,)}
+BLOCK_M_EXPERIMENTS = {1024: (64,), 4096: (64,)}
 
 
 def _mlp():

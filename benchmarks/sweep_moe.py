@@ -45,6 +45,7 @@ def host_us(fn, n):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--budget-s", type=float, default=240)
+    ap.add_argument("--no-sweep", action="store_true", help="host / eager / graph timings and profiles only")
     args = ap.parse_args()
     kernel = load_kernel()
     ex = sys.modules[kernel.__name__ + ".moe.experts"]
@@ -61,7 +62,7 @@ def main():
 
     with torch.inference_mode():
         # --- correctness: fast path vs traced-op path, bit for bit; TMA vs pointer tiles
-        for T in (1, 4, 64, 1024, 4096):
+        for T in (1, 4, 64, 1024, 4096, 16384):
             x = torch.randn(1, T, H, device="cuda", dtype=torch.bfloat16)
             a_out, a_s = fwd(mlp, x)
             ex._PREPARE = None
@@ -140,7 +141,7 @@ def main():
             for bm in bms:
                 wts, wlo, ids, sp, be, act, y = prepare(x, rw, rb, K, bm, I)
                 mb = (T * K).bit_length()
-                for cfg in (sweep128 if bm == 128 else sweep64):
+                for cfg in ([] if args.no_sweep else sweep128 if bm == 128 else sweep64):
                     if time.time() - T0 > args.budget_s:
                         log("budget reached, sweep stopped")
                         break
@@ -168,7 +169,7 @@ def main():
             log(f"T={T}: whole block eager do_bench {median_us(lambda: fwd(mlp, xx)):.1f} us, graph "
                 f"{median_us_graph(lambda: fwd(mlp, xx), replays=10):.1f} us; chosen "
                 f"{ {k: tuple(v) for k, v in gg._CHOSEN.items() if k[4] == (T * K).bit_length()} }")
-            for bm in (64, 128):
+            for bm in (() if args.no_sweep else (64, 128)):
                 gg_b = gg.block_m_for
                 gg.block_m_for = lambda m, e, bm=bm: bm
                 try:
@@ -177,7 +178,7 @@ def main():
                     gg.block_m_for = gg_b
             if time.time() - T0 > args.budget_s:
                 break
-            if T == 16384:
+            if T == 16384 or args.no_sweep:
                 from torch.profiler import ProfilerActivity, profile
 
                 with profile(activities=[ProfilerActivity.CUDA]) as prof:

@@ -133,7 +133,7 @@ def test_moe_route_bad_input(kernel, device):
 
 
 @pytest.mark.parametrize("T,E,k,block_m", [(1, 32, 4, 16), (100, 8, 4, 16), (513, 32, 4, 64), (64, 5, 3, 128),
-                                           (4096, 32, 4, 128)])
+                                           (4096, 32, 4, 128), (3000, 7, 3, 32)])
 @pytest.mark.parametrize("skew", [False, True])
 def test_moe_dispatch_invariants(kernel, device, T, E, k, block_m, skew):
     ids = torch.stack([torch.randperm(E)[:k] for _ in range(T)]).int()

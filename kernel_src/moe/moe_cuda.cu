@@ -191,6 +191,98 @@ moe_dispatch_kernel(const int32_t* __restrict__ ids, int m, int num_experts, int
   }
 }
 
+// Large M: two kernels over kChunk-id chunks instead of one block walking all ids twice.
+// count: per-chunk expert histogram to blk[g * E + e]; the last chunk to finish (atomic ticket)
+// turns the histograms into each chunk's first slot per expert (expert starts padded to block_m),
+// writes block_expert and every padding / unused row. scatter: each chunk places its ids from
+// its own offsets. Row order inside an expert depends on atomics; every row's result does not.
+constexpr int kMBThreads = 256;
+constexpr int kMBPer = 8;
+constexpr int kChunk = kMBThreads * kMBPer;
+
+__global__ void __launch_bounds__(kMBThreads)
+moe_dispatch_count_kernel(const int32_t* __restrict__ ids, int m, int num_experts, int block_m, int nb,
+                          int* __restrict__ blk, unsigned* __restrict__ ticket, int32_t* __restrict__ sorted_pos,
+                          int32_t* __restrict__ block_expert) {
+  extern __shared__ int smem[];
+  int* cnt = smem;                    // E
+  int* start = smem + num_experts;    // E
+  __shared__ bool last;
+  __shared__ int used_rows;
+  const int tid = threadIdx.x;
+  const int g = blockIdx.x;
+  const int G = gridDim.x;
+  for (int e = tid; e < num_experts; e += kMBThreads) cnt[e] = 0;
+  __syncthreads();
+  int ev[kMBPer];
+#pragma unroll
+  for (int u = 0; u < kMBPer; ++u) {
+    const int p = g * kChunk + u * kMBThreads + tid;
+    ev[u] = p < m ? ids[p] : -1;
+  }
+#pragma unroll
+  for (int u = 0; u < kMBPer; ++u)
+    if (ev[u] >= 0 && ev[u] < num_experts) atomicAdd(&cnt[ev[u]], 1);
+  __syncthreads();
+  for (int e = tid; e < num_experts; e += kMBThreads) blk[static_cast<int64_t>(g) * num_experts + e] = cnt[e];
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(ticket, 1u) == static_cast<unsigned>(G - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  for (int e = tid; e < num_experts; e += kMBThreads) {
+    int tot = 0;
+    for (int b = 0; b < G; ++b) tot += __ldcg(blk + static_cast<int64_t>(b) * num_experts + e);
+    cnt[e] = tot;
+  }
+  __syncthreads();
+  if (tid == 0) {
+    int row = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      start[e] = row;
+      row += (cnt[e] + block_m - 1) / block_m * block_m;
+    }
+    used_rows = row;
+  }
+  __syncthreads();
+  for (int e = tid; e < num_experts; e += kMBThreads) {
+    int run = start[e];
+    for (int b = 0; b < G; ++b) {
+      int* c = blk + static_cast<int64_t>(b) * num_experts + e;
+      const int v = __ldcg(c);
+      *c = run;
+      run += v;
+    }
+    const int padded = (cnt[e] + block_m - 1) / block_m * block_m;
+    for (int r = start[e] + cnt[e]; r < start[e] + padded; ++r) sorted_pos[r] = -1;
+    for (int b = 0; b < padded / block_m; ++b) block_expert[start[e] / block_m + b] = e;
+  }
+  for (int r = used_rows + tid; r < nb * block_m; r += kMBThreads) sorted_pos[r] = -1;
+  for (int b = used_rows / block_m + tid; b < nb; b += kMBThreads) block_expert[b] = -1;
+}
+
+__global__ void __launch_bounds__(kMBThreads)
+moe_dispatch_scatter_kernel(const int32_t* __restrict__ ids, int m, int num_experts, const int* __restrict__ blk,
+                            int32_t* __restrict__ sorted_pos) {
+  extern __shared__ int cur[];
+  const int tid = threadIdx.x;
+  const int g = blockIdx.x;
+  for (int e = tid; e < num_experts; e += kMBThreads) cur[e] = blk[static_cast<int64_t>(g) * num_experts + e];
+  __syncthreads();
+  int ev[kMBPer];
+#pragma unroll
+  for (int u = 0; u < kMBPer; ++u) {
+    const int p = g * kChunk + u * kMBThreads + tid;
+    ev[u] = p < m ? __ldg(ids + p) : -1;
+  }
+#pragma unroll
+  for (int u = 0; u < kMBPer; ++u) {
+    const int p = g * kChunk + u * kMBThreads + tid;
+    if (ev[u] >= 0 && ev[u] < num_experts) sorted_pos[atomicAdd(&cur[ev[u]], 1)] = p;
+  }
+}
+
 // --- finalize -----------------------------------------------------------------------------
 
 constexpr int kFinThreads = 128;
@@ -264,7 +356,24 @@ int64_t num_blocks_bound(int64_t m, int64_t e, int64_t block_m) {
 
 void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m, int64_t nb, at::Tensor& sorted_pos,
                      at::Tensor& block_expert, cudaStream_t stream) {
+  const int64_t m = ids.numel();
   const size_t smem = 2 * num_experts * sizeof(int);
+  if (m > 4 * kChunk) {
+    const int64_t G = (m + kChunk - 1) / kChunk;
+    auto ws = at::empty({G * num_experts + 1}, ids.options());
+    unsigned* ticket = reinterpret_cast<unsigned*>(ws.data_ptr<int32_t>() + G * num_experts);
+    C10_CUDA_CHECK(cudaMemsetAsync(ticket, 0, sizeof(unsigned), stream));
+    moe_dispatch_count_kernel<<<static_cast<unsigned>(G), kMBThreads, smem, stream>>>(
+        ids.data_ptr<int32_t>(), static_cast<int>(m), static_cast<int>(num_experts), static_cast<int>(block_m),
+        static_cast<int>(nb), ws.data_ptr<int32_t>(), ticket, sorted_pos.data_ptr<int32_t>(),
+        block_expert.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    moe_dispatch_scatter_kernel<<<static_cast<unsigned>(G), kMBThreads, num_experts * sizeof(int), stream>>>(
+        ids.data_ptr<int32_t>(), static_cast<int>(m), static_cast<int>(num_experts), ws.data_ptr<int32_t>(),
+        sorted_pos.data_ptr<int32_t>());
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    return;
+  }
   moe_dispatch_kernel<<<1, kDispatchThreads, smem, stream>>>(
       ids.data_ptr<int32_t>(), static_cast<int>(ids.numel()), static_cast<int>(num_experts),
       static_cast<int>(block_m), static_cast<int>(nb), sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>());

@@ -113,17 +113,44 @@ def moe(
 def moe_with_scores(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj,
                     down_proj_bias, alpha=1.702, limit=7.0):
     """``moe`` for the MoeMLP layer: returns ``(out, router scores in hidden's dtype)``."""
-    if hidden.dim() == 2 and _fast_path_ok(hidden):
-        alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha,
-                                      limit)
-        _check_router(hidden, router_weight, router_bias, gate_up_proj.shape[0])
-        top_k = check_top_k(top_k, gate_up_proj.shape[0])
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and _fast_path_ok(hidden):
+        checked = _quick_checks(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj,
+                                down_proj_bias, alpha, limit)
+        if checked is None:  # the full checks raise the precise error (or pass: an unusual but valid call)
+            alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha,
+                                          limit)
+            _check_router(hidden, router_weight, router_bias, gate_up_proj.shape[0])
+            top_k = check_top_k(top_k, gate_up_proj.shape[0])
+        else:
+            alpha, limit = checked
         out, _, _, scores = _moe_fast(hidden.contiguous(), router_weight, router_bias, top_k, gate_up_proj,
                                       gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
         return out, scores
     out, weights, _ = moe(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj,
                           down_proj_bias, alpha, limit)
     return out, weights.to(hidden.dtype)
+
+
+_FD = _checks.FLOAT_DTYPES
+
+
+def _quick_checks(hidden, rw, rb, top_k, gu, gub, dp, dpb, alpha, limit):
+    """The checks of moe() in one pass for the common valid call: (alpha, limit) or None (then the full
+    checks run and raise the precise error)."""
+    try:
+        dt, dev, hs, gs = hidden.dtype, hidden.get_device(), hidden.shape, gu.shape
+        e, h = gs[0], hs[1]
+        ok = (dt in _FD and gu.dtype is dt and dp.dtype is dt and len(gs) == 3 and gs[1] == h and gs[2] > 0
+              and gs[2] % 2 == 0 and dp.shape == (e, gs[2] // 2, h) and rw.dtype in _FD and rw.shape == (e, h)
+              and gu.get_device() == dev and dp.get_device() == dev and rw.get_device() == dev
+              and (gub is None or (gub.dtype in _FD and gub.shape == (e, gs[2]) and gub.get_device() == dev))
+              and (dpb is None or (dpb.dtype in _FD and dpb.shape == (e, h) and dpb.get_device() == dev))
+              and (rb is None or (rb.dtype in _FD and rb.shape == (e,) and rb.get_device() == dev))
+              and type(top_k) is int and 1 <= top_k <= min(e, 32)
+              and type(alpha) in (int, float) and type(limit) in (int, float) and limit >= 0.0)
+    except (AttributeError, TypeError, IndexError):
+        return None
+    return (float(alpha), float(limit)) if ok else None
 
 
 def _check_router(hidden, router_weight, router_bias, e):

@@ -29,6 +29,10 @@ from typing import NamedTuple
 import torch
 import triton
 import triton.language as tl
+from triton import knobs as _knobs
+
+_raw_stream = torch._C._cuda_getCurrentRawStream if hasattr(torch._C, "_cuda_getCurrentRawStream") else None
+_get_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else None
 
 
 @triton.jit
@@ -145,18 +149,23 @@ def block_m_for(m: int, num_experts: int) -> int:
         return 16
     if per_expert <= 48:
         return 32
-    if per_expert <= 160:
+    if per_expert <= 96:
         return 64
     return 128
 
 
 def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
-    """Tile candidates, best first (H100 measurements, docs/NOTES-moe.md)."""
+    """Tile candidates, best first (H100 sweep of 2026-11-22, docs/NOTES-moe.md "v3"). ``tma``: the
+    BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors."""
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
-        return [Cfg(64 if first else 32, 128, 4, 4, 64), Cfg(64, 128, 4, 5, 64)]
+        return [Cfg(64 if first else 32, 128, 4, 4, 64), Cfg(64, 128, 4, 5, 64),
+                Cfg(128 if first else 64, 64, 4, 6, 64), Cfg(32, 256, 4, 3, 64)]
     if block_m == 64:
         return [Cfg(128, 64, 4, 4, 8), Cfg(128, 64, 4, 4, 256)]
-    return [Cfg(128, 64, 8, 4, 8), Cfg(256, 64, 8, 3, 8)]
+    if not tma:  # the first one also serves fp32 (2 stages)
+        return [Cfg(128, 64, 8, 4, 8), Cfg(256, 64, 8, 3, 8), Cfg(256, 64, 8, 4, 16)]
+    # 128 x 256 tiles, 2 warpgroups: 990 + 531 us (T=4096), 3801 + 1838 (T=16384), 426 + 247 (T=1024).
+    return [Cfg(256, 64, 8, 4, 8, True, True), Cfg(256, 64, 8, 3, 8, True, True), Cfg(256, 64, 8, 4, 16, True, True)]
 
 
 def _tma_ok(device: torch.device) -> bool:
@@ -238,12 +247,10 @@ def _compile(args, cfg, fp32):
 
 
 def _run(kern, grid0, args):
-    from triton import knobs
-
-    stream = torch._C._cuda_getCurrentRawStream(torch.cuda.current_device())
-    enter = knobs.runtime.launch_enter_hook
+    stream = _raw_stream(_get_device())
+    enter = _knobs.runtime.launch_enter_hook
     md = None if enter is None else kern.launch_metadata((grid0, 1, 1), stream, *args)
-    kern.run(grid0, 1, 1, stream, kern.function, kern.packed_metadata, md, enter, knobs.runtime.launch_exit_hook,
+    kern.run(grid0, 1, 1, stream, kern.function, kern.packed_metadata, md, enter, _knobs.runtime.launch_exit_hook,
              *args)
 
 
@@ -281,19 +288,26 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, to
 
 def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
             m_bucket):
-    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and _tma_able(w)
-           and (first or _tma_able(a)))
-    key = (first, a.dtype, w.dtype, bias is not None, block_m, n, k, m_bucket, top_k, tma, a.stride(), w.stride(),
-           out.stride(), None if bias is None else bias.stride(), a.device.index,
-           a.data_ptr() % 16, w.data_ptr() % 16, 0 if bias is None else bias.data_ptr() % 16,
-           topk_w.data_ptr() % 16)
+    a_st, w_st, o_st = a.stride(), w.stride(), out.stride()
+    has_bias = bias is not None
+    b_st = bias.stride() if has_bias else (0, 0)
+    ap, wp, tp = a.data_ptr(), w.data_ptr(), topk_w.data_ptr()
+    bp = bias.data_ptr() if has_bias else wp
+    key = (first, block_m, m_bucket, n, k, top_k, a.dtype, w.dtype, a_st, w_st, o_st, b_st, has_bias,
+           ap % 16, wp % 16, bp % 16, tp % 16, a.get_device())
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
-        kern, cfg = hit
-        args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
-                     m_bucket, block_m)
-        _run(kern, nb * triton.cdiv(n, cfg.bn), args)
+        kern, cfg, tail, tma = hit
+        if tma:  # descriptors (large T only: the host is not the bottleneck there)
+            args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha,
+                         limit, m_bucket, block_m)
+        else:  # raw pointers: the launcher skips its per-pointer driver query
+            args = (ap, wp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), tp,
+                    n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, *o_st) + tail
+        _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn), args)
         return
+    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and _tma_able(w)
+           and (first or _tma_able(a)))
     cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
                 m_bucket, tma)
     args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
@@ -301,7 +315,7 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, 
     kern = _compile(args, cfg, a.dtype == torch.float32)
     _run(kern, nb * triton.cdiv(n, cfg.bn), args)
     if not FORCE:
-        _FAST[key] = (kern, cfg)
+        _FAST[key] = (kern, cfg, args[23:], cfg.w_tma or (cfg.a_tma and not first))
 
 
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
