@@ -4,15 +4,15 @@
 // x's dtype. The fused op first forms s = dtype(float(x) + float(residual)) -- rounded as an
 // unfused `x + residual` would be -- writes it as the new residual and normalises it.
 //
-// Layout, fast path: one block (32..256 threads, ~2 16-byte vectors per thread) per row at a
-// time, in a persistent grid (as many blocks as are resident at once). Thread t holds vectors
-// v = t + blockDim * j (j < VPL) of the row in registers, and its slice of the weight as fp32
-// for every row it handles, so each element is read once and written once (the fused op
-// also writes the new residual). The next row's loads are issued before this row's
-// reduction (warp shuffles, then one barrier over double-buffered partials). VPL is a
-// template upper bound; threads guard v < hidden / N. The fallback (rows not 16-byte
-// aligned, or longer than 256 * 32 vectors): one warp per row, reading the row twice, scalar.
-// rms_norm on 8192+ rows uses a warp-per-row register kernel instead (see below).
+// Layout, fast path: one block (32..384 threads, ~2 16-byte vectors per thread) per row, one
+// row per block (v7: a persistent grid with the next row prefetched measured slower -- the
+// hardware block scheduler balances rows better than a static row-to-block assignment, see
+// docs/NOTES-rmsnorm.md). Thread t holds vectors v = t + blockDim * j (j < VPL) of the row in
+// registers and its slice of the weight as fp32, so each element is read once and written once
+// (the fused op also writes the new residual). VPL is a template upper bound; threads guard
+// v < hidden / N. The fallback (rows not 16-byte aligned, or longer than 384 * 32 vectors): one
+// warp per row, reading the row twice, scalar. rms_norm on 8192+ rows uses a warp-per-row
+// register kernel instead (see below).
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -30,39 +30,60 @@ using gok::to_float;
 using gok::Vec16;
 
 constexpr int kWarp = 32;
-constexpr int kMaxThreads = 256;      // fast path: one block of up to 256 threads per row
+constexpr int kMaxThreads = 384;      // fast path: one block of up to 384 threads per row
 constexpr int kRowsPerBlock = 4;      // warp-per-row kernels (many rows; fallback): rows per block
 constexpr int kWarpRowThreads = kWarp * kRowsPerBlock;
 constexpr int64_t kWarpRowsFrom = 8192;  // rms_norm (no residual) switches to warp-per-row here
 
-template <typename T, typename W, int VPL, bool ADD>
+template <typename T, typename W, int VPL, bool ADD, int ROWS>
 __global__ void __launch_bounds__(kMaxThreads)
 rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
                     const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
-                    float eps) {
+                    float inv_hidden, float eps) {
   constexpr int N = Vec16<T>::N;
-  __shared__ float partial[2][kMaxThreads / kWarp];  // double-buffered: one barrier per row
+  constexpr int kSlots = kMaxThreads / kWarp;
+  __shared__ __align__(16) float partial[ROWS][kSlots];
   const int nvec = hidden / N;
   const int tid = threadIdx.x;
-  const int nwarps = blockDim.x / kWarp;
-  const int64_t stride = gridDim.x;
-  int64_t row = blockIdx.x;
+  const int64_t row0 = static_cast<int64_t>(blockIdx.x) * ROWS;
+  const int nrows = static_cast<int>(rows - row0 < ROWS ? rows - row0 : ROWS);
 
-  Vec16<T> cur[VPL], nxt[VPL];
-  Vec16<T> cur_r[ADD ? VPL : 1], nxt_r[ADD ? VPL : 1];
-  auto load_row = [&](int64_t r, Vec16<T>(&xs)[VPL], Vec16<T>(&rs)[ADD ? VPL : 1]) {
-    if (r >= rows) return;
+  // All of this block's rows are loaded before any reduction (ROWS rows in flight per block).
+  Vec16<T> cur[ROWS][VPL];
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
       const int v = tid + j * blockDim.x;
-      if (v < nvec) {
-        xs[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + r * hidden) + v);
-        if constexpr (ADD) rs[j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + r * hidden) + v);
+      if (r < nrows && v < nvec) cur[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(x + (row0 + r) * hidden) + v);
+    }
+  }
+  if constexpr (ADD) {
+    Vec16<T> res[ROWS][VPL];
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+      for (int j = 0; j < VPL; ++j) {
+        const int v = tid + j * blockDim.x;
+        if (r < nrows && v < nvec)
+          res[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + (row0 + r) * hidden) + v);
       }
     }
-  };
-  load_row(row, cur, cur_r);
-  // This thread's slice of the weight, as fp32, kept in registers for every row it handles.
+#pragma unroll
+    for (int r = 0; r < ROWS; ++r) {
+#pragma unroll
+      for (int j = 0; j < VPL; ++j) {
+        const int v = tid + j * blockDim.x;
+        if (r < nrows && v < nvec) {
+#pragma unroll
+          for (int i = 0; i < N; ++i)
+            cur[r][j].v[i] = from_float<T>(to_float(cur[r][j].v[i]) + to_float(res[r][j].v[i]));
+          reinterpret_cast<uint4*>(residual_out + (row0 + r) * hidden)[v] = cur[r][j].raw;
+        }
+      }
+    }
+  }
+  // This thread's slice of the weight, as fp32 (L2-resident: every block reads the same bytes).
   float w[VPL][N];
 #pragma unroll
   for (int j = 0; j < VPL; ++j) {
@@ -70,53 +91,43 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
     if (v < nvec) gok::load_float<W, N>(weight + v * N, w[j]);
   }
 
-  // Persistent blocks: rows blockIdx.x, + gridDim.x, ...; the next row's loads are issued
-  // before this row's reduction, so two rows per block are in flight.
-  for (int parity = 0; row < rows; row += stride, parity ^= 1) {
-    load_row(row + stride, nxt, nxt_r);
-    const int64_t base = row * hidden;
-    if constexpr (ADD) {
+  // Per-row sums of squares: warp shuffles, then a fixed-length read of kSlots partials per row
+  // (lanes of warp 0 zero the slots of warps this block does not have), one barrier for all rows.
+  const int nwarps = blockDim.x / kWarp;
 #pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (v < nvec) {
-#pragma unroll
-          for (int i = 0; i < N; ++i) cur[j].v[i] = from_float<T>(to_float(cur[j].v[i]) + to_float(cur_r[j].v[i]));
-          reinterpret_cast<uint4*>(residual_out + base)[v] = cur[j].raw;
-        }
-      }
-    }
+  for (int r = 0; r < ROWS; ++r) {
     float sum_sq = 0.f;
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
       if (tid + j * blockDim.x < nvec) {
 #pragma unroll
         for (int i = 0; i < N; ++i) {
-          const float f = to_float(cur[j].v[i]);
+          const float f = to_float(cur[r][j].v[i]);
           sum_sq = fmaf(f, f, sum_sq);
         }
       }
     }
     sum_sq = gok::warp_sum(sum_sq);
-    if (tid % kWarp == 0) partial[parity][tid / kWarp] = sum_sq;
-    __syncthreads();
+    if (tid % kWarp == 0) partial[r][tid / kWarp] = sum_sq;
+    if (tid >= nwarps && tid < kSlots) partial[r][tid] = 0.f;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    if (r >= nrows) break;
     float total = 0.f;
-    for (int i = 0; i < nwarps; ++i) total += partial[parity][i];
-    const float inv = rsqrtf(total / hidden + eps);
+#pragma unroll
+    for (int i = 0; i < kSlots; ++i) total += partial[r][i];
+    const float inv = rsqrtf(total * inv_hidden + eps);
 #pragma unroll
     for (int j = 0; j < VPL; ++j) {
       const int v = tid + j * blockDim.x;
       if (v < nvec) {
         Vec16<T> o;
 #pragma unroll
-        for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(cur[j].v[i]) * inv) * w[j][i]);
-        reinterpret_cast<uint4*>(out + base)[v] = o.raw;
+        for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(cur[r][j].v[i]) * inv) * w[j][i]);
+        reinterpret_cast<uint4*>(out + (row0 + r) * hidden)[v] = o.raw;
       }
-    }
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      cur[j] = nxt[j];
-      if constexpr (ADD) cur_r[j] = nxt_r[j];
     }
   }
 }
@@ -211,23 +222,6 @@ rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const 
     out[base + i] = from_float<T>((to_float(src[base + i]) * inv) * to_float(weight[i]));
 }
 
-// Blocks of `Kernel` with `threads` threads that fit on the whole device at once (cached per
-// kernel, device and block size).
-template <auto Kernel>
-int64_t resident_blocks(int threads) {
-  static int cached[16][kMaxThreads / kWarp + 1] = {};
-  int device = 0;
-  C10_CUDA_CHECK(cudaGetDevice(&device));
-  int& slot = cached[device % 16][threads / kWarp];
-  if (slot == 0) {
-    int sms = 0, per_sm = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, Kernel, threads, 0));
-    slot = std::max(1, sms * per_sm);
-  }
-  return slot;
-}
-
 template <typename T, typename W, bool ADD>
 void launch(T* out, T* residual_out, const T* x, const T* residual, const W* weight, int64_t rows, int hidden,
             float eps, cudaStream_t stream) {
@@ -235,7 +229,7 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
   const bool aligned = hidden % N == 0 && gok::is_aligned16(out) && gok::is_aligned16(x) &&
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
-  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most 256.
+  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most kMaxThreads.
   const int nvec = hidden / N;
   const int threads = std::min(kMaxThreads, std::max(kWarp, ((nvec + 1) / 2 + kWarp - 1) / kWarp * kWarp));
   const int vpl = (nvec + threads - 1) / threads;
@@ -261,12 +255,9 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
       return;
     }
   }
-#define GOK_RMS_VEC(V)                                                                                       \
-  do {                                                                                                       \
-    constexpr auto kernel = rms_norm_vec_kernel<T, W, V, ADD>;                                               \
-    const dim3 grid(static_cast<unsigned>(std::min<int64_t>(rows, resident_blocks<kernel>(threads))));       \
-    kernel<<<grid, threads, 0, stream>>>(out, residual_out, x, residual, weight, rows, hidden, eps);         \
-  } while (0)
+#define GOK_RMS_VEC(V)                                                                                         \
+  rms_norm_vec_kernel<T, W, V, ADD, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(                  \
+      out, residual_out, x, residual, weight, rows, hidden, 1.f / hidden, eps)
   if (vpl <= 1) GOK_RMS_VEC(1);
   else if (vpl <= 2) GOK_RMS_VEC(2);
   else if (vpl <= 4) GOK_RMS_VEC(4);
@@ -289,7 +280,7 @@ void dispatch(at::Tensor& out, at::Tensor* residual_out, const at::Tensor& x, co
   const int64_t hidden = x.size(-1);
   const int64_t rows = hidden == 0 ? 0 : x.numel() / hidden;
   if (rows == 0) return;
-  TORCH_CHECK(hidden <= INT32_MAX, "rms_norm: hidden size too large");
+  TORCH_CHECK(hidden <= INT32_MAX && rows <= INT32_MAX, "rms_norm: hidden size or row count too large");
   const at::Tensor weight =
       (weight_in.scalar_type() == at::kFloat || weight_in.scalar_type() == x.scalar_type())
           ? weight_in.contiguous()
