@@ -24,6 +24,7 @@ import triton.language as tl
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRET_SPLIT = True  # interpreter checks: force the split path where it applies
+_INTERPRET_SPLITS = 0  # interpreter checks: this many splits instead of 2 (0: 2)
 
 
 @triton.jit
@@ -84,9 +85,46 @@ def _inner(
 
 
 @triton.jit
+def _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n_splits,
+           HEAD_DIM: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_M: tl.constexpr,
+           BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr):
+    # Merge n_splits partials of BLOCK_M rows (rows of the (T, Hq, D) output: out_row); the
+    # partials come from other SMs: loaded through L2 (.cg), never a stale L1 line.
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < n_splits
+    part = offs_s.to(tl.int64)[:, None] * total_rows + out_row[None, :]  # [BLOCK_S, BLOCK_M]
+    ok2 = s_ok[:, None] & row_ok[None, :]
+    m_s = tl.load(MPart + part, mask=ok2, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(LPart + part, mask=ok2, other=0.0, cache_modifier=".cg")
+    m_all = tl.max(m_s, 0)
+    if HAS_SINK:
+        sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
+        m_all = tl.maximum(m_all, sink)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+    l_all = tl.sum(l_s * tl.math.exp2(m_s - m_all[None, :]), 0)
+    if HAS_SINK:
+        l_all += tl.math.exp2(sink - m_all)
+    l_all = tl.where(l_all == 0.0, 1.0, l_all)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    offs_c = tl.arange(0, CHUNK_S)
+    for s0 in range(0, n_splits, CHUNK_S):
+        sc = s0 + offs_c
+        c_ok = (sc < n_splits)[:, None] & row_ok[None, :]
+        pc = sc.to(tl.int64)[:, None] * total_rows + out_row[None, :]  # [CHUNK_S, BLOCK_M]
+        m_c = tl.load(MPart + pc, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.math.exp2(m_c - m_all[None, :])
+        o = tl.load(OPart + pc[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=c_ok[:, :, None],
+                    other=0.0, cache_modifier=".cg")
+        acc += tl.sum(o * w[:, :, None], 0)
+    out = acc / l_all[:, None]
+    tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Out, OPart, MPart, LPart, Sinks,
-    CuQ, CuK, SeqK, BlockTable,
+    CuQ, CuK, SeqK, BlockTable, Counter,
     qk_scale, seq_q_fixed, total_rows,
     stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -97,6 +135,8 @@ def _attn_fwd(
     VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LONG: tl.constexpr = False,
+    BLOCK_N_R: tl.constexpr = 0, ALIGN: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
+    FUSED: tl.constexpr = False, BLOCK_S: tl.constexpr = 2, CHUNK_S: tl.constexpr = 1,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -157,7 +197,7 @@ def _attn_fwd(
         hi = tl.minimum(hi, qpos_max + window_right + 1)
         full_hi = tl.minimum(full_hi, qpos_min + window_right + 1)
     full_hi = tl.maximum(full_hi, 0)
-    if SPLIT:  # split bounds are multiples of BLOCK_N: align the blocks to them
+    if SPLIT or ALIGN:  # split bounds are multiples of BLOCK_N: align the blocks to them
         lo = (lo // BLOCK_N) * BLOCK_N
     # blocks start at lo + j * BLOCK_N (unaligned for a window: fewest blocks over its span)
     mid_lo = tl.minimum(lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N) * BLOCK_N, tl.maximum(hi, lo))
@@ -173,21 +213,30 @@ def _attn_fwd(
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
 
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(lo, s_lo), tl.minimum(mid_lo, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(mid_lo, s_lo), tl.minimum(mid_hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, False, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(mid_hi, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
+    if ONE_LOOP:  # every block masked, one pipelined loop over the whole key range
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(lo, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+    else:
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(lo, s_lo), tl.minimum(mid_lo, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(mid_lo, s_lo), tl.minimum(mid_hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, False, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+        # the diagonal / window's right edge: P - 1 keys past the unmasked part, in narrower blocks
+        BN_R: tl.constexpr = BLOCK_N if BLOCK_N_R == 0 else BLOCK_N_R
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(mid_hi, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            tl.arange(0, BN_R), offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BN_R,
+        )
 
     out_row = (q_start + qi).to(tl.int64) * HQ + head  # row of the (T, Hq, D) output
     if SPLIT:
@@ -195,6 +244,18 @@ def _attn_fwd(
         tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
         tl.store(MPart + part, m_i, mask=row_ok)
         tl.store(LPart + part, l_i, mask=row_ok)
+        if FUSED:
+            # The last split program of this (row tile, sequence, KV head) to arrive merges all the
+            # partials (no second launch). Every thread's stores are ordered before the counter's
+            # release by the barrier; the counter goes back to 0 for the next launch (graph-safe).
+            tl.debug_barrier()
+            cnt = Counter + pid_bh * tl.num_programs(0) + pid_m
+            n_splits = tl.num_programs(2)
+            old = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+            if old == n_splits - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+                _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n_splits,
+                       HEAD_DIM, HAS_SINK, BLOCK_M, BLOCK_S, CHUNK_S)
     else:
         if HAS_SINK:
             sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
@@ -252,11 +313,22 @@ _attn_fwd_tuned = triton.autotune(
 )(_attn_fwd) if not INTERPRET else None
 
 
-# Decode: the key axis is split (flash-decoding) until there are ~4 programs per SM, each split
-# keeping at least this many keys.
+# Decode: the key axis is split (flash-decoding) until there are ~CTAS_PER_SM programs per SM,
+# each split keeping at least MIN_KEYS_PER_SPLIT keys. FUSED_COMBINE: the last split program to
+# finish merges the partials (one launch); otherwise the `_combine` kernel does (two launches).
 MIN_KEYS_PER_SPLIT = 256
+CTAS_PER_SM = 4
+DECODE_BLOCK_N = 64
+DECODE_WARPS = 4
+DECODE_STAGES = 3
+FUSED_COMBINE = True
+DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
+# Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
+# the autotuner: for sweeps.
+PREFILL_OVERRIDE: dict | None = None
 
 _NUM_SMS: dict[int, int] = {}
+_COUNTERS: dict[int, object] = {}
 
 
 def _num_sms(device) -> int:
@@ -266,6 +338,25 @@ def _num_sms(device) -> int:
     if idx not in _NUM_SMS:
         _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _NUM_SMS[idx]
+
+
+def _counter(device, n: int):
+    """Per-device arrival counters of the fused combine, zero between launches (each combining
+    program resets its own). None where a new buffer would have to be made inside a graph capture
+    (its zero-fill would not run before the first replay): the caller then uses `_combine`."""
+    import torch
+
+    if device.type != "cuda":  # (the interpreter checks run on CPU tensors)
+        idx = -1
+    else:
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _COUNTERS.get(idx)
+    if buf is None or buf.numel() < n:
+        if idx >= 0 and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[idx] = buf
+    return buf
 
 
 def attn_fwd(
@@ -305,55 +396,72 @@ def attn_fwd(
         q, k, v, out, None, None, None, sinks if sinks is not None else dummy,
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
         seqlens_k if seqlens_k is not None else dummy, block_table if block_table is not None else dummy,
-        scale * LOG2E, seq_q_fixed, total_rows,
+        dummy, scale * LOG2E, seq_q_fixed, total_rows,
         q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
     ]
 
-    if rows > 256 and not INTERPRET:
+    if (rows > 256 and not INTERPRET) or (PREFILL_OVERRIDE is not None and rows > 16):
         # Prefill: many row tiles, no split, autotuned tile shape.
+        args[4:7] = [dummy, dummy, dummy]
+        cfg = PREFILL_OVERRIDE
+        if cfg is not None:
+            cfg = dict(cfg)
+            nw, ns = cfg.pop("num_warps", 4), cfg.pop("num_stages", 3)
+            grid = (triton.cdiv(rows, cfg["BLOCK_M"]), batch * hkv, 1)
+            _attn_fwd[grid](*args, 0, window_left, window_right, SPLIT=False, num_warps=nw, num_stages=ns,
+                            **cfg, **common)
+            return out
+
         def grid(meta):
             return (triton.cdiv(rows, meta["BLOCK_M"]), batch * hkv, 1)
 
-        args[4:7] = [dummy, dummy, dummy]
         _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096, **common)
         return out
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
     if INTERPRET:
         block_m = max(16, min(64, triton.next_power_of_2(rows)))
-    block_n = 64 if page % 64 == 0 or kv_mode != 2 else 16
+    block_n = DECODE_BLOCK_N if page % DECODE_BLOCK_N == 0 or kv_mode != 2 else 16
     block_n = 16 if INTERPRET else block_n
     tiles_m = triton.cdiv(rows, block_m)
     base = tiles_m * batch * hkv
     cap = max_seqlen_k
     n_sm = _num_sms(q.device) if q.is_cuda else 132
     splits = 1
-    if base < 4 * n_sm and cap > 512:
-        splits = min(triton.cdiv(4 * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if base < CTAS_PER_SM * n_sm and cap > 512:
+        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if DECODE_SPLITS and cap > 512:
+        splits = DECODE_SPLITS
     if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
-        splits = 2
+        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
     if splits > 1:
         per = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n
         splits = triton.cdiv(cap, per)
     else:
         per = 0
     grid = (tiles_m, batch * hkv, splits)
+    counter = None
     if splits > 1:
         opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
         mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         args[4:7] = [opart, mpart, lpart]
+        if FUSED_COMBINE:
+            counter = _counter(q.device, tiles_m * batch * hkv)
     else:
         args[4:7] = [dummy, dummy, dummy]
+    args[12] = counter if counter is not None else dummy
+    fused = counter is not None
+    block_s = max(2, triton.next_power_of_2(splits))
     _attn_fwd[grid](
         *args, per, window_left, window_right, SPLIT=splits > 1,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3, **common,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
+        FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), **common,
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         _combine[(total_rows,)](
             opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
-            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=max(2, triton.next_power_of_2(splits)),
+            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s,
             num_warps=2 if splits <= 16 else 4,
         )
     return out
-
