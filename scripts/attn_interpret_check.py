@@ -100,11 +100,14 @@ cfgs = [
     dict(BLOCK_M=64, BLOCK_N=32, BLOCK_N_R=16),
     dict(BLOCK_M=32, BLOCK_N=32, BLOCK_N_R=16, ALIGN=True),
     dict(BLOCK_M=32, BLOCK_N=16, ONE_LOOP=True),
+    dict(BLOCK_M=32, BLOCK_N=16, BLOCK_N_R=16, TILES=2),
+    dict(BLOCK_M=32, BLOCK_N=16, TILES=4),
 ]
 for cfg in cfgs:
     for window, causal in (((11, 11), True), ((-1, -1), True), ((5, 5), False), ((-1, -1), False)):
         varlen([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], window, causal, True, cfg)
 varlen([70], [70], (11, 11), True, False, cfgs[2])
+ta.FUSED_MAX_SPLITS = 64
 for fused in (False, True):
     for splits in (2, 3, 5):
         decode(2, 1, 128, False, fused, splits, (-1, -1))

@@ -21,6 +21,11 @@ import os
 import triton
 import triton.language as tl
 
+try:  # programmatic dependent launch (sm_90+); absent from older Triton
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRET_SPLIT = True  # interpreter checks: force the split path where it applies
@@ -122,70 +127,29 @@ def _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n
 
 
 @triton.jit
-def _attn_fwd(
-    Q, K, V, Out, OPart, MPart, LPart, Sinks,
-    CuQ, CuK, SeqK, BlockTable, Counter,
-    qk_scale, seq_q_fixed, total_rows,
-    stride_qt, stride_qh,
-    stride_kb, stride_kt, stride_kh,
-    stride_vb, stride_vt, stride_vh,
-    stride_btb,
+def _tile(
+    q, row0, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+    q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+    qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
     keys_per_split, window_left, window_right,
-    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
-    VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LONG: tl.constexpr = False,
-    BLOCK_N_R: tl.constexpr = 0, ALIGN: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
-    FUSED: tl.constexpr = False, BLOCK_S: tl.constexpr = 2, CHUNK_S: tl.constexpr = 1,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_R: tl.constexpr, ALIGN: tl.constexpr,
+    ONE_LOOP: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
 ):
-    pid_m = tl.program_id(0)
-    pid_bh = tl.program_id(1)
-    pid_s = tl.program_id(2)
-    HKV: tl.constexpr = HQ // G
-    b = pid_bh // HKV
-    kvh = pid_bh % HKV
-    m_tile = tl.num_programs(0) - 1 - pid_m  # the longest causal tiles start first
-
-    if VARLEN_Q:
-        q_start = tl.load(CuQ + b)
-        seqlen_q = tl.load(CuQ + b + 1) - q_start
-    else:
-        q_start = b * seq_q_fixed
-        seqlen_q = seq_q_fixed
-    if KV_MODE == 0:
-        k_start = tl.load(CuK + b)
-        seqlen_k = tl.load(CuK + b + 1) - k_start
-        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
-        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
-    elif KV_MODE == 1:
-        seqlen_k = tl.load(SeqK + b)
-        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
-        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
-    else:
-        seqlen_k = tl.load(SeqK + b)
-        k_base = kvh * stride_kh
-        v_base = kvh * stride_vh
-    BT = BlockTable + b.to(tl.int64) * stride_btb
-
+    # One row tile (BLOCK_M rows from row0) of one (sequence, KV head): q already loaded.
     rows_total = seqlen_q * G
-    row0 = m_tile * BLOCK_M
-    if row0 >= rows_total:
-        return
-
     offs_m = row0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
     qi = offs_m // G
     head = kvh * G + offs_m % G
     row_ok = offs_m < rows_total
-    q_ptrs = Q + (q_start + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
 
     delta = seqlen_k - seqlen_q
     qpos = qi + delta
     qpos_min = row0 // G + delta
     qpos_max = (tl.minimum(row0 + BLOCK_M, rows_total) - 1) // G + delta
-
     lo = seqlen_k * 0  # (tensors, not Python ints, in every specialisation)
     full_lo = seqlen_k * 0
     if HAS_WL:
@@ -269,12 +233,107 @@ def _attn_fwd(
         tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
 
+
+@triton.jit
+def _attn_fwd(
+    Q, K, V, Out, OPart, MPart, LPart, Sinks,
+    CuQ, CuK, SeqK, BlockTable, Counter,
+    qk_scale, seq_q_fixed, total_rows,
+    stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    stride_btb,
+    keys_per_split, window_left, window_right,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
+    HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LONG: tl.constexpr = False,
+    BLOCK_N_R: tl.constexpr = 0, ALIGN: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
+    FUSED: tl.constexpr = False, BLOCK_S: tl.constexpr = 2, CHUNK_S: tl.constexpr = 1,
+    TILES: tl.constexpr = 1, PDL: tl.constexpr = False,
+):
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    pid_s = tl.program_id(2)
+    HKV: tl.constexpr = HQ // G
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    m_tile = (tl.num_programs(0) - 1 - pid_m) * TILES  # the longest causal tiles start first
+    if PDL:  # programmatic dependent launch: inputs of earlier kernels are visible after the wait
+        gdc_wait()
+        gdc_launch_dependents()
+
+    if VARLEN_Q:
+        q_start = tl.load(CuQ + b)
+        seqlen_q = tl.load(CuQ + b + 1) - q_start
+    else:
+        q_start = b * seq_q_fixed
+        seqlen_q = seq_q_fixed
+    if KV_MODE == 0:
+        k_start = tl.load(CuK + b)
+        seqlen_k = tl.load(CuK + b + 1) - k_start
+        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
+        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
+    elif KV_MODE == 1:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
+        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    else:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = kvh * stride_kh
+        v_base = kvh * stride_vh
+    BT = BlockTable + b.to(tl.int64) * stride_btb
+
+    rows_total = seqlen_q * G
+    row0 = m_tile * BLOCK_M
+    if row0 >= rows_total:
+        return
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_r = tl.arange(0, BLOCK_M)
+    q_row = Q + kvh.to(tl.int64) * G * stride_qh + offs_d[None, :]
+
+    q0 = row0 + offs_r
+    q = tl.load(q_row + (q_start + q0 // G).to(tl.int64)[:, None] * stride_qt + (q0 % G)[:, None] * stride_qh,
+                mask=(q0 < rows_total)[:, None], other=0.0)
+    for j in tl.static_range(TILES):
+        # TILES > 1: consecutive row tiles in one program, the next tile's q loaded before this
+        # tile's key loop (its latency hidden behind the loop)
+        row_j = row0 + j * BLOCK_M
+        if j + 1 < TILES:
+            rn = row_j + BLOCK_M + offs_r
+            q_next = tl.load(q_row + (q_start + rn // G).to(tl.int64)[:, None] * stride_qt + (rn % G)[:, None] * stride_qh,
+                             mask=(rn < rows_total)[:, None], other=0.0)
+        if j == 0:
+            _tile(
+                q, row_j, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+                q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+                qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
+                keys_per_split, window_left, window_right,
+                HQ, G, HEAD_DIM, KV_MODE, PAGE, HAS_WL, HAS_WR, HAS_SINK, SPLIT,
+                BLOCK_M, BLOCK_N, BLOCK_N_R, ALIGN, ONE_LOOP, FUSED, BLOCK_S, CHUNK_S,
+            )
+        else:
+            if row_j < rows_total:
+                _tile(
+                    q, row_j, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+                    q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+                    qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
+                    keys_per_split, window_left, window_right,
+                    HQ, G, HEAD_DIM, KV_MODE, PAGE, HAS_WL, HAS_WR, HAS_SINK, SPLIT,
+                    BLOCK_M, BLOCK_N, BLOCK_N_R, ALIGN, ONE_LOOP, FUSED, BLOCK_S, CHUNK_S,
+                )
+        if j + 1 < TILES:
+            q = q_next
+
 @triton.jit
 def _combine(
     OPart, MPart, LPart, Sinks, Out, total_rows, num_splits,
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # One output row per program; every split's partial is loaded in one go (no dependent loop).
+    if PDL:  # launched while the attention kernel runs; its partials are visible after the wait
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -322,6 +381,8 @@ DECODE_BLOCK_N = 64
 DECODE_WARPS = 4
 DECODE_STAGES = 3
 FUSED_COMBINE = True
+FUSED_MAX_SPLITS = 4  # the merging program reads splits x rows partials alone: only for few splits
+DECODE_PDL = True  # programmatic dependent launch for the decode kernels (sm_90+)
 DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
@@ -338,6 +399,21 @@ def _num_sms(device) -> int:
     if idx not in _NUM_SMS:
         _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _NUM_SMS[idx]
+
+
+_PDL: dict[int, bool] = {}
+
+
+def _pdl_ok(device) -> bool:
+    """Programmatic dependent launch: Hopper or newer, a Triton that has it, not the interpreter."""
+    if INTERPRET or not DECODE_PDL or gdc_wait is None or device.type != "cuda":
+        return False
+    import torch
+
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _PDL:
+        _PDL[idx] = torch.cuda.get_device_capability(idx)[0] >= 9
+    return _PDL[idx]
 
 
 def _counter(device, n: int):
@@ -406,14 +482,13 @@ def attn_fwd(
         cfg = PREFILL_OVERRIDE
         if cfg is not None:
             cfg = dict(cfg)
-            nw, ns = cfg.pop("num_warps", 4), cfg.pop("num_stages", 3)
-            grid = (triton.cdiv(rows, cfg["BLOCK_M"]), batch * hkv, 1)
-            _attn_fwd[grid](*args, 0, window_left, window_right, SPLIT=False, num_warps=nw, num_stages=ns,
-                            **cfg, **common)
+            launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+            grid = (triton.cdiv(triton.cdiv(rows, cfg["BLOCK_M"]), cfg.get("TILES", 1)), batch * hkv, 1)
+            _attn_fwd[grid](*args, 0, window_left, window_right, SPLIT=False, **launch, **cfg, **common)
             return out
 
         def grid(meta):
-            return (triton.cdiv(rows, meta["BLOCK_M"]), batch * hkv, 1)
+            return (triton.cdiv(triton.cdiv(rows, meta["BLOCK_M"]), meta.get("TILES", 1)), batch * hkv, 1)
 
         _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096, **common)
         return out
@@ -446,22 +521,24 @@ def attn_fwd(
         mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         args[4:7] = [opart, mpart, lpart]
-        if FUSED_COMBINE:
+        if FUSED_COMBINE and splits <= FUSED_MAX_SPLITS:
             counter = _counter(q.device, tiles_m * batch * hkv)
     else:
         args[4:7] = [dummy, dummy, dummy]
     args[12] = counter if counter is not None else dummy
     fused = counter is not None
     block_s = max(2, triton.next_power_of_2(splits))
+    pdl = _pdl_ok(q.device)
     _attn_fwd[grid](
         *args, per, window_left, window_right, SPLIT=splits > 1,
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
-        FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), **common,
+        FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), PDL=pdl,
+        launch_pdl=pdl, **common,
     )
     if splits > 1 and not fused:
         _combine[(total_rows,)](
             opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
-            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s,
-            num_warps=2 if splits <= 16 else 4,
+            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
+            num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
         )
     return out
