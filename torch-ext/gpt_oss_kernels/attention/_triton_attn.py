@@ -7,8 +7,12 @@ bandwidth-bound instead of latency-bound). The key range a tile needs is cut int
 masked blocks at the window's left edge, unmasked blocks in the middle (no mask arithmetic, no
 bounds checks), masked blocks at the causal diagonal / sequence end. With SPLIT the key axis is also
 cut into splits (flash-decoding); each writes an unnormalised partial and `_combine` merges them
-and adds the sink. Online softmax in base 2, fp32 accumulators; the sink joins the denominator
-only, once, at the end.
+and adds the sink (launched with programmatic dependent launch, so it is resident and waiting
+while the attention kernel runs; or, opt-in, the last split program merges: FUSED). Online softmax
+in base 2, fp32 accumulators; the sink joins the denominator only, once, at the end.
+
+Prefill: narrow sliding windows have their own autotuned configurations (`_WINDOW_CONFIGS`: short
+key loops, a narrower block at the diagonal); everything else `_PREFILL_CONFIGS`.
 
 KV layouts (KV_MODE): 0 packed varlen (Tk, Hkv, D) + cu_seqlens_k; 1 batched cache
 (B, S, Hkv, D) + seqlens_k; 2 paged cache (blocks, PAGE, Hkv, D) + block_table + seqlens_k.
@@ -371,6 +375,25 @@ _attn_fwd_tuned = triton.autotune(
     key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WL", "HAS_WR", "HAS_SINK", "LONG"],
 )(_attn_fwd) if not INTERPRET else None
 
+# Narrow sliding windows (left edge <= WINDOW_NARROW keys back): a 64-row tile is 8 positions, its
+# keys span window + 7; blocks start at the window's first key, 32 keys a step, and the 7 keys past
+# the unmasked part go in one 16-key block (BLOCK_N_R) instead of a 32-key one. Few loop steps per
+# program, so 2 pipeline stages, and at most 80 registers (6 programs per SM instead of 5).
+# Measured on H100 (docs/NOTES-attention.md, v3 probes): 105.8 / 108.6 / 110.2 / 121.7 / 122.1 µs
+# in the order below, against 118.6 µs for v2's pick (64x32, 3 stages, 32-key diagonal block).
+WINDOW_NARROW = 512
+_WINDOW_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=2, maxnreg=80),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_N_R": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_N_R": 16}, num_warps=8, num_stages=2),
+]
+_attn_fwd_window = triton.autotune(
+    configs=_WINDOW_CONFIGS,
+    key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WR", "HAS_SINK", "window_left"],
+)(_attn_fwd) if not INTERPRET else None
+
 
 # Decode: the key axis is split (flash-decoding) until there are ~CTAS_PER_SM programs per SM,
 # each split keeping at least MIN_KEYS_PER_SPLIT keys. FUSED_COMBINE: the last split program to
@@ -380,9 +403,16 @@ CTAS_PER_SM = 4
 DECODE_BLOCK_N = 64
 DECODE_WARPS = 4
 DECODE_STAGES = 3
-FUSED_COMBINE = True
+# Fused merge: opt-in. Measured (H100, v3 probes): at B=1 (32 splits) 24.0 µs against 12.5 for the
+# two launches (the merging program is serial after the last split, ~3 µs per 8 splits); at B=32
+# (3 splits) 193.6 µs, but two launches with programmatic dependent launch give 196.3, the same
+# within noise, without the counters. The counters are one buffer per device: two fused decode
+# launches running at once on two streams of one device would share them (wrong results).
+FUSED_COMBINE = False
 FUSED_MAX_SPLITS = 4  # the merging program reads splits x rows partials alone: only for few splits
-DECODE_PDL = True  # programmatic dependent launch for the decode kernels (sm_90+)
+# Programmatic dependent launch for the decode kernels (sm_90+): `_combine` is resident while the
+# attention kernel runs and waits on the grid dependency (B=1: 12.59 -> 11.72 µs).
+DECODE_PDL = True
 DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
@@ -490,7 +520,11 @@ def attn_fwd(
         def grid(meta):
             return (triton.cdiv(triton.cdiv(rows, meta["BLOCK_M"]), meta.get("TILES", 1)), batch * hkv, 1)
 
-        _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096, **common)
+        if 0 <= window_left <= WINDOW_NARROW:
+            _attn_fwd_window[grid](*args, 0, window_left, window_right, SPLIT=False, **common)
+        else:
+            _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096,
+                                  **common)
         return out
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
