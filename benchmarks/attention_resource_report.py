@@ -45,16 +45,21 @@ def main() -> None:
     fn = ta._attn_fwd
     names = fn.arg_names
     ptr = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "Out": "*bf16", "OPart": "*fp32", "MPart": "*fp32",
-           "LPart": "*fp32", "Sinks": "*fp32", "CuQ": "*i32", "CuK": "*i32", "SeqK": "*i32", "BlockTable": "*i32"}
+           "LPart": "*fp32", "Sinks": "*fp32", "CuQ": "*i32", "CuK": "*i32", "SeqK": "*i32", "BlockTable": "*i32", "Counter": "*i32"}
     consts = {"HQ", "G", "HEAD_DIM", "VARLEN_Q", "KV_MODE", "PAGE", "HAS_WL", "HAS_WR", "HAS_SINK", "SPLIT",
-              "BLOCK_M", "BLOCK_N", "LONG"}
+              "BLOCK_M", "BLOCK_N", "LONG", "BLOCK_N_R", "ALIGN", "ONE_LOOP", "FUSED", "BLOCK_S", "CHUNK_S", "TILES", "PDL"}
 
-    def attn(bm, bn, warps, stages, split, wl, kv_mode=0):
+    def attn(bm, bn, warps, stages, split, wl, kv_mode=0, **extra):
         sig = {n: ptr.get(n, "constexpr" if n in consts else "fp32" if n == "qk_scale" else "i32") for n in names}
         cv = dict(HQ=64, G=8, HEAD_DIM=64, VARLEN_Q=kv_mode == 0, KV_MODE=kv_mode, PAGE=64 if kv_mode == 2 else 1,
-                  HAS_WL=wl, HAS_WR=True, HAS_SINK=True, SPLIT=split, BLOCK_M=bm, BLOCK_N=bn, LONG=False)
-        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cv.items()})
-        return triton.compile(src, target=TARGET, options=dict(num_warps=warps, num_stages=stages))
+                  HAS_WL=wl, HAS_WR=True, HAS_SINK=True, SPLIT=split, BLOCK_M=bm, BLOCK_N=bn, LONG=False,
+                  BLOCK_N_R=0, ALIGN=False, ONE_LOOP=False, FUSED=False, BLOCK_S=2, CHUNK_S=1, TILES=1, PDL=False)
+        cv.update(extra)
+        opts = dict(num_warps=warps, num_stages=stages, launch_pdl=cv["PDL"])
+        if cv.get("maxnreg"):
+            opts["maxnreg"] = cv["maxnreg"]
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(k),): v for k, v in cv.items() if k != "maxnreg"})
+        return triton.compile(src, target=TARGET, options=opts)
 
     print("kernel                                   regs     stack      mma")
     for cfg in ta._PREFILL_CONFIGS:
@@ -62,9 +67,17 @@ def main() -> None:
         for wl in (False, True):
             tag = f"prefill {bm}x{bn} w{cfg.num_warps} s{cfg.num_stages} {'window' if wl else 'full'}"
             print(f"{tag:40} {_report(attn(bm, bn, cfg.num_warps, cfg.num_stages, False, wl))}")
+    for cfg in ta._WINDOW_CONFIGS:
+        kw = cfg.kwargs
+        tag = f"window {kw['BLOCK_M']}x{kw['BLOCK_N']} r{kw['BLOCK_N_R']} w{cfg.num_warps} s{cfg.num_stages} maxnreg {cfg.maxnreg}"
+        print(f"{tag:40} {_report(attn(kw['BLOCK_M'], kw['BLOCK_N'], cfg.num_warps, cfg.num_stages, False, True, BLOCK_N_R=kw['BLOCK_N_R'], maxnreg=cfg.maxnreg))}")
     for kv_mode, layout in ((1, "cache"), (2, "paged")):
         for bm in (16, 32, 64):
-            print(f"{'decode ' + layout + f' BLOCK_M={bm} split':40} {_report(attn(bm, 64, 4, 3, True, False, kv_mode))}")
+            print(f"{'decode ' + layout + f' BLOCK_M={bm} split pdl':40} {_report(attn(bm, 64, 4, 3, True, False, kv_mode, PDL=True))}")
+    for bm, bn, warps, stages in ((16, 64, 4, 3), (16, 128, 4, 3), (16, 128, 8, 3), (16, 64, 4, 4), (64, 64, 4, 3)):
+        tag = f"decode fused {bm}x{bn} w{warps} s{stages}"
+        cs = max(1, 8192 // (bm * 64))
+        print(f"{tag:40} {_report(attn(bm, bn, warps, stages, True, False, 1, FUSED=True, BLOCK_S=32, CHUNK_S=min(32, cs)))}")
     c = ta._combine
     cn = c.arg_names
     sig = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Sinks": "*fp32", "Out": "*bf16", "total_rows": "i32",

@@ -7,8 +7,12 @@ bandwidth-bound instead of latency-bound). The key range a tile needs is cut int
 masked blocks at the window's left edge, unmasked blocks in the middle (no mask arithmetic, no
 bounds checks), masked blocks at the causal diagonal / sequence end. With SPLIT the key axis is also
 cut into splits (flash-decoding); each writes an unnormalised partial and `_combine` merges them
-and adds the sink. Online softmax in base 2, fp32 accumulators; the sink joins the denominator
-only, once, at the end.
+and adds the sink (launched with programmatic dependent launch, so it is resident and waiting
+while the attention kernel runs; or, opt-in, the last split program merges: FUSED). Online softmax
+in base 2, fp32 accumulators; the sink joins the denominator only, once, at the end.
+
+Prefill: narrow sliding windows have their own autotuned configurations (`_WINDOW_CONFIGS`: short
+key loops, a narrower block at the diagonal); everything else `_PREFILL_CONFIGS`.
 
 KV layouts (KV_MODE): 0 packed varlen (Tk, Hkv, D) + cu_seqlens_k; 1 batched cache
 (B, S, Hkv, D) + seqlens_k; 2 paged cache (blocks, PAGE, Hkv, D) + block_table + seqlens_k.
@@ -21,9 +25,15 @@ import os
 import triton
 import triton.language as tl
 
+try:  # programmatic dependent launch (sm_90+); absent from older Triton
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover
+    gdc_launch_dependents = gdc_wait = None
+
 LOG2E = 1.4426950408889634
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 _INTERPRET_SPLIT = True  # interpreter checks: force the split path where it applies
+_INTERPRET_SPLITS = 0  # interpreter checks: this many splits instead of 2 (0: 2)
 
 
 @triton.jit
@@ -84,9 +94,154 @@ def _inner(
 
 
 @triton.jit
+def _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n_splits,
+           HEAD_DIM: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_M: tl.constexpr,
+           BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr):
+    # Merge n_splits partials of BLOCK_M rows (rows of the (T, Hq, D) output: out_row); the
+    # partials come from other SMs: loaded through L2 (.cg), never a stale L1 line.
+    offs_d = tl.arange(0, HEAD_DIM)
+    offs_s = tl.arange(0, BLOCK_S)
+    s_ok = offs_s < n_splits
+    part = offs_s.to(tl.int64)[:, None] * total_rows + out_row[None, :]  # [BLOCK_S, BLOCK_M]
+    ok2 = s_ok[:, None] & row_ok[None, :]
+    m_s = tl.load(MPart + part, mask=ok2, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(LPart + part, mask=ok2, other=0.0, cache_modifier=".cg")
+    m_all = tl.max(m_s, 0)
+    if HAS_SINK:
+        sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
+        m_all = tl.maximum(m_all, sink)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+    l_all = tl.sum(l_s * tl.math.exp2(m_s - m_all[None, :]), 0)
+    if HAS_SINK:
+        l_all += tl.math.exp2(sink - m_all)
+    l_all = tl.where(l_all == 0.0, 1.0, l_all)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    offs_c = tl.arange(0, CHUNK_S)
+    for s0 in range(0, n_splits, CHUNK_S):
+        sc = s0 + offs_c
+        c_ok = (sc < n_splits)[:, None] & row_ok[None, :]
+        pc = sc.to(tl.int64)[:, None] * total_rows + out_row[None, :]  # [CHUNK_S, BLOCK_M]
+        m_c = tl.load(MPart + pc, mask=c_ok, other=float("-inf"), cache_modifier=".cg")
+        w = tl.math.exp2(m_c - m_all[None, :])
+        o = tl.load(OPart + pc[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=c_ok[:, :, None],
+                    other=0.0, cache_modifier=".cg")
+        acc += tl.sum(o * w[:, :, None], 0)
+    out = acc / l_all[:, None]
+    tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+@triton.jit
+def _tile(
+    q, row0, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+    q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+    qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
+    keys_per_split, window_left, window_right,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
+    HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_N_R: tl.constexpr, ALIGN: tl.constexpr,
+    ONE_LOOP: tl.constexpr, FUSED: tl.constexpr, BLOCK_S: tl.constexpr, CHUNK_S: tl.constexpr,
+):
+    # One row tile (BLOCK_M rows from row0) of one (sequence, KV head): q already loaded.
+    rows_total = seqlen_q * G
+    offs_m = row0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    qi = offs_m // G
+    head = kvh * G + offs_m % G
+    row_ok = offs_m < rows_total
+
+    delta = seqlen_k - seqlen_q
+    qpos = qi + delta
+    qpos_min = row0 // G + delta
+    qpos_max = (tl.minimum(row0 + BLOCK_M, rows_total) - 1) // G + delta
+    lo = seqlen_k * 0  # (tensors, not Python ints, in every specialisation)
+    full_lo = seqlen_k * 0
+    if HAS_WL:
+        lo = tl.maximum(qpos_min - window_left, 0)
+        full_lo = tl.maximum(qpos_max - window_left, 0)
+    hi = seqlen_k
+    full_hi = seqlen_k
+    if HAS_WR:
+        hi = tl.minimum(hi, qpos_max + window_right + 1)
+        full_hi = tl.minimum(full_hi, qpos_min + window_right + 1)
+    full_hi = tl.maximum(full_hi, 0)
+    if SPLIT or ALIGN:  # split bounds are multiples of BLOCK_N: align the blocks to them
+        lo = (lo // BLOCK_N) * BLOCK_N
+    # blocks start at lo + j * BLOCK_N (unaligned for a window: fewest blocks over its span)
+    mid_lo = tl.minimum(lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N) * BLOCK_N, tl.maximum(hi, lo))
+    mid_hi = tl.maximum(mid_lo, tl.minimum(mid_lo + (tl.maximum(full_hi - mid_lo, 0) // BLOCK_N) * BLOCK_N, hi))
+    if SPLIT:
+        s_lo = pid_s * keys_per_split
+        s_hi = s_lo + keys_per_split
+    else:
+        s_lo = 0
+        s_hi = hi
+
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+
+    if ONE_LOOP:  # every block masked, one pipelined loop over the whole key range
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(lo, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+    else:
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(lo, s_lo), tl.minimum(mid_lo, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(mid_lo, s_lo), tl.minimum(mid_hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            offs_n, offs_d, False, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
+        )
+        # the diagonal / window's right edge: P - 1 keys past the unmasked part, in narrower blocks
+        BN_R: tl.constexpr = BLOCK_N if BLOCK_N_R == 0 else BLOCK_N_R
+        acc, m_i, l_i = _inner(
+            acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
+            tl.maximum(mid_hi, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
+            tl.arange(0, BN_R), offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BN_R,
+        )
+
+    out_row = (q_start + qi).to(tl.int64) * HQ + head  # row of the (T, Hq, D) output
+    if SPLIT:
+        part = pid_s.to(tl.int64) * total_rows + out_row
+        tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(MPart + part, m_i, mask=row_ok)
+        tl.store(LPart + part, l_i, mask=row_ok)
+        if FUSED:
+            # The last split program of this (row tile, sequence, KV head) to arrive merges all the
+            # partials (no second launch). Every thread's stores are ordered before the counter's
+            # release by the barrier; the counter goes back to 0 for the next launch (graph-safe).
+            tl.debug_barrier()
+            cnt = Counter + pid_bh * tl.num_programs(0) + pid_m
+            n_splits = tl.num_programs(2)
+            old = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+            if old == n_splits - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+                _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n_splits,
+                       HEAD_DIM, HAS_SINK, BLOCK_M, BLOCK_S, CHUNK_S)
+    else:
+        if HAS_SINK:
+            sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
+            m_fin = tl.maximum(m_i, sink)
+            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
+            alpha = tl.math.exp2(m_i - m_fin)
+            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
+            acc = acc * alpha[:, None]
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+
+
+
+@triton.jit
 def _attn_fwd(
     Q, K, V, Out, OPart, MPart, LPart, Sinks,
-    CuQ, CuK, SeqK, BlockTable,
+    CuQ, CuK, SeqK, BlockTable, Counter,
     qk_scale, seq_q_fixed, total_rows,
     stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh,
@@ -97,6 +252,9 @@ def _attn_fwd(
     VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, PAGE: tl.constexpr,
     HAS_WL: tl.constexpr, HAS_WR: tl.constexpr, HAS_SINK: tl.constexpr, SPLIT: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, LONG: tl.constexpr = False,
+    BLOCK_N_R: tl.constexpr = 0, ALIGN: tl.constexpr = False, ONE_LOOP: tl.constexpr = False,
+    FUSED: tl.constexpr = False, BLOCK_S: tl.constexpr = 2, CHUNK_S: tl.constexpr = 1,
+    TILES: tl.constexpr = 1, PDL: tl.constexpr = False,
 ):
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
@@ -104,7 +262,10 @@ def _attn_fwd(
     HKV: tl.constexpr = HQ // G
     b = pid_bh // HKV
     kvh = pid_bh % HKV
-    m_tile = tl.num_programs(0) - 1 - pid_m  # the longest causal tiles start first
+    m_tile = (tl.num_programs(0) - 1 - pid_m) * TILES  # the longest causal tiles start first
+    if PDL:  # programmatic dependent launch: inputs of earlier kernels are visible after the wait
+        gdc_wait()
+        gdc_launch_dependents()
 
     if VARLEN_Q:
         q_start = tl.load(CuQ + b)
@@ -131,89 +292,52 @@ def _attn_fwd(
     row0 = m_tile * BLOCK_M
     if row0 >= rows_total:
         return
-
-    offs_m = row0 + tl.arange(0, BLOCK_M)
-    offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_DIM)
-    qi = offs_m // G
-    head = kvh * G + offs_m % G
-    row_ok = offs_m < rows_total
-    q_ptrs = Q + (q_start + qi).to(tl.int64)[:, None] * stride_qt + head[:, None] * stride_qh + offs_d[None, :]
-    q = tl.load(q_ptrs, mask=row_ok[:, None], other=0.0)
+    offs_r = tl.arange(0, BLOCK_M)
+    q_row = Q + kvh.to(tl.int64) * G * stride_qh + offs_d[None, :]
 
-    delta = seqlen_k - seqlen_q
-    qpos = qi + delta
-    qpos_min = row0 // G + delta
-    qpos_max = (tl.minimum(row0 + BLOCK_M, rows_total) - 1) // G + delta
-
-    lo = seqlen_k * 0  # (tensors, not Python ints, in every specialisation)
-    full_lo = seqlen_k * 0
-    if HAS_WL:
-        lo = tl.maximum(qpos_min - window_left, 0)
-        full_lo = tl.maximum(qpos_max - window_left, 0)
-    hi = seqlen_k
-    full_hi = seqlen_k
-    if HAS_WR:
-        hi = tl.minimum(hi, qpos_max + window_right + 1)
-        full_hi = tl.minimum(full_hi, qpos_min + window_right + 1)
-    full_hi = tl.maximum(full_hi, 0)
-    if SPLIT:  # split bounds are multiples of BLOCK_N: align the blocks to them
-        lo = (lo // BLOCK_N) * BLOCK_N
-    # blocks start at lo + j * BLOCK_N (unaligned for a window: fewest blocks over its span)
-    mid_lo = tl.minimum(lo + tl.cdiv(tl.maximum(full_lo - lo, 0), BLOCK_N) * BLOCK_N, tl.maximum(hi, lo))
-    mid_hi = tl.maximum(mid_lo, tl.minimum(mid_lo + (tl.maximum(full_hi - mid_lo, 0) // BLOCK_N) * BLOCK_N, hi))
-    if SPLIT:
-        s_lo = pid_s * keys_per_split
-        s_hi = s_lo + keys_per_split
-    else:
-        s_lo = 0
-        s_hi = hi
-
-    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
-    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(lo, s_lo), tl.minimum(mid_lo, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(mid_lo, s_lo), tl.minimum(mid_hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, False, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
-    acc, m_i, l_i = _inner(
-        acc, m_i, l_i, q, K, V, k_base, v_base, BT, stride_kb, stride_kt, stride_vb, stride_vt,
-        tl.maximum(mid_hi, s_lo), tl.minimum(hi, s_hi), qpos, seqlen_k, window_left, window_right, qk_scale,
-        offs_n, offs_d, True, HAS_WL, HAS_WR, KV_MODE, PAGE, BLOCK_N,
-    )
-
-    out_row = (q_start + qi).to(tl.int64) * HQ + head  # row of the (T, Hq, D) output
-    if SPLIT:
-        part = pid_s.to(tl.int64) * total_rows + out_row
-        tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
-        tl.store(MPart + part, m_i, mask=row_ok)
-        tl.store(LPart + part, l_i, mask=row_ok)
-    else:
-        if HAS_SINK:
-            sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
-            m_fin = tl.maximum(m_i, sink)
-            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
-            alpha = tl.math.exp2(m_i - m_fin)
-            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
-            acc = acc * alpha[:, None]
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
-        tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
-
+    q0 = row0 + offs_r
+    q = tl.load(q_row + (q_start + q0 // G).to(tl.int64)[:, None] * stride_qt + (q0 % G)[:, None] * stride_qh,
+                mask=(q0 < rows_total)[:, None], other=0.0)
+    for j in tl.static_range(TILES):
+        # TILES > 1: consecutive row tiles in one program, the next tile's q loaded before this
+        # tile's key loop (its latency hidden behind the loop)
+        row_j = row0 + j * BLOCK_M
+        if j + 1 < TILES:
+            rn = row_j + BLOCK_M + offs_r
+            q_next = tl.load(q_row + (q_start + rn // G).to(tl.int64)[:, None] * stride_qt + (rn % G)[:, None] * stride_qh,
+                             mask=(rn < rows_total)[:, None], other=0.0)
+        if j == 0:
+            _tile(
+                q, row_j, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+                q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+                qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
+                keys_per_split, window_left, window_right,
+                HQ, G, HEAD_DIM, KV_MODE, PAGE, HAS_WL, HAS_WR, HAS_SINK, SPLIT,
+                BLOCK_M, BLOCK_N, BLOCK_N_R, ALIGN, ONE_LOOP, FUSED, BLOCK_S, CHUNK_S,
+            )
+        else:
+            if row_j < rows_total:
+                _tile(
+                    q, row_j, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
+                    q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
+                    qk_scale, total_rows, stride_kb, stride_kt, stride_vb, stride_vt,
+                    keys_per_split, window_left, window_right,
+                    HQ, G, HEAD_DIM, KV_MODE, PAGE, HAS_WL, HAS_WR, HAS_SINK, SPLIT,
+                    BLOCK_M, BLOCK_N, BLOCK_N_R, ALIGN, ONE_LOOP, FUSED, BLOCK_S, CHUNK_S,
+                )
+        if j + 1 < TILES:
+            q = q_next
 
 @triton.jit
 def _combine(
     OPart, MPart, LPart, Sinks, Out, total_rows, num_splits,
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_S: tl.constexpr,
+    PDL: tl.constexpr = False,
 ):
     # One output row per program; every split's partial is loaded in one go (no dependent loop).
+    if PDL:  # launched while the attention kernel runs; its partials are visible after the wait
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     offs_s = tl.arange(0, BLOCK_S)
     offs_d = tl.arange(0, HEAD_DIM)
@@ -251,12 +375,51 @@ _attn_fwd_tuned = triton.autotune(
     key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WL", "HAS_WR", "HAS_SINK", "LONG"],
 )(_attn_fwd) if not INTERPRET else None
 
+# Narrow sliding windows (left edge <= WINDOW_NARROW keys back): a 64-row tile is 8 positions, its
+# keys span window + 7; blocks start at the window's first key, 32 keys a step, and the 7 keys past
+# the unmasked part go in one 16-key block (BLOCK_N_R) instead of a 32-key one. Few loop steps per
+# program, so 2 pipeline stages, and at most 80 registers (6 programs per SM instead of 5).
+# Measured on H100 (docs/NOTES-attention.md, v3 probes): 105.8 / 108.6 / 110.2 / 121.7 / 122.1 µs
+# in the order below, against 118.6 µs for v2's pick (64x32, 3 stages, 32-key diagonal block).
+WINDOW_NARROW = 512
+_WINDOW_CONFIGS = [
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=2, maxnreg=80),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=2),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 32, "BLOCK_N_R": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_N_R": 16}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_M": 128, "BLOCK_N": 64, "BLOCK_N_R": 16}, num_warps=8, num_stages=2),
+]
+_attn_fwd_window = triton.autotune(
+    configs=_WINDOW_CONFIGS,
+    key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WR", "HAS_SINK", "window_left"],
+)(_attn_fwd) if not INTERPRET else None
 
-# Decode: the key axis is split (flash-decoding) until there are ~4 programs per SM, each split
-# keeping at least this many keys.
+
+# Decode: the key axis is split (flash-decoding) until there are ~CTAS_PER_SM programs per SM,
+# each split keeping at least MIN_KEYS_PER_SPLIT keys. FUSED_COMBINE: the last split program to
+# finish merges the partials (one launch); otherwise the `_combine` kernel does (two launches).
 MIN_KEYS_PER_SPLIT = 256
+CTAS_PER_SM = 4
+DECODE_BLOCK_N = 64
+DECODE_WARPS = 4
+DECODE_STAGES = 3
+# Fused merge: opt-in. Measured (H100, v3 probes): at B=1 (32 splits) 24.0 µs against 12.5 for the
+# two launches (the merging program is serial after the last split, ~3 µs per 8 splits); at B=32
+# (3 splits) 193.6 µs, but two launches with programmatic dependent launch give 196.3, the same
+# within noise, without the counters. The counters are one buffer per device: two fused decode
+# launches running at once on two streams of one device would share them (wrong results).
+FUSED_COMBINE = False
+FUSED_MAX_SPLITS = 4  # the merging program reads splits x rows partials alone: only for few splits
+# Programmatic dependent launch for the decode kernels (sm_90+): `_combine` is resident while the
+# attention kernel runs and waits on the grid dependency (B=1: 12.59 -> 11.72 µs).
+DECODE_PDL = True
+DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
+# Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
+# the autotuner: for sweeps.
+PREFILL_OVERRIDE: dict | None = None
 
 _NUM_SMS: dict[int, int] = {}
+_COUNTERS: dict[int, object] = {}
 
 
 def _num_sms(device) -> int:
@@ -266,6 +429,40 @@ def _num_sms(device) -> int:
     if idx not in _NUM_SMS:
         _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
     return _NUM_SMS[idx]
+
+
+_PDL: dict[int, bool] = {}
+
+
+def _pdl_ok(device) -> bool:
+    """Programmatic dependent launch: Hopper or newer, a Triton that has it, not the interpreter."""
+    if INTERPRET or not DECODE_PDL or gdc_wait is None or device.type != "cuda":
+        return False
+    import torch
+
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _PDL:
+        _PDL[idx] = torch.cuda.get_device_capability(idx)[0] >= 9
+    return _PDL[idx]
+
+
+def _counter(device, n: int):
+    """Per-device arrival counters of the fused combine, zero between launches (each combining
+    program resets its own). None where a new buffer would have to be made inside a graph capture
+    (its zero-fill would not run before the first replay): the caller then uses `_combine`."""
+    import torch
+
+    if device.type != "cuda":  # (the interpreter checks run on CPU tensors)
+        idx = -1
+    else:
+        idx = device.index if device.index is not None else torch.cuda.current_device()
+    buf = _COUNTERS.get(idx)
+    if buf is None or buf.numel() < n:
+        if idx >= 0 and torch.cuda.is_current_stream_capturing():
+            return None
+        buf = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+        _COUNTERS[idx] = buf
+    return buf
 
 
 def attn_fwd(
@@ -305,55 +502,77 @@ def attn_fwd(
         q, k, v, out, None, None, None, sinks if sinks is not None else dummy,
         cu_q if cu_q is not None else dummy, cu_k if cu_k is not None else dummy,
         seqlens_k if seqlens_k is not None else dummy, block_table if block_table is not None else dummy,
-        scale * LOG2E, seq_q_fixed, total_rows,
+        dummy, scale * LOG2E, seq_q_fixed, total_rows,
         q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
     ]
 
-    if rows > 256 and not INTERPRET:
+    if (rows > 256 and not INTERPRET) or (PREFILL_OVERRIDE is not None and rows > 16):
         # Prefill: many row tiles, no split, autotuned tile shape.
-        def grid(meta):
-            return (triton.cdiv(rows, meta["BLOCK_M"]), batch * hkv, 1)
-
         args[4:7] = [dummy, dummy, dummy]
-        _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096, **common)
+        cfg = PREFILL_OVERRIDE
+        if cfg is not None:
+            cfg = dict(cfg)
+            launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+            grid = (triton.cdiv(triton.cdiv(rows, cfg["BLOCK_M"]), cfg.get("TILES", 1)), batch * hkv, 1)
+            _attn_fwd[grid](*args, 0, window_left, window_right, SPLIT=False, **launch, **cfg, **common)
+            return out
+
+        def grid(meta):
+            return (triton.cdiv(triton.cdiv(rows, meta["BLOCK_M"]), meta.get("TILES", 1)), batch * hkv, 1)
+
+        if 0 <= window_left <= WINDOW_NARROW:
+            _attn_fwd_window[grid](*args, 0, window_left, window_right, SPLIT=False, **common)
+        else:
+            _attn_fwd_tuned[grid](*args, 0, window_left, window_right, SPLIT=False, LONG=max_seqlen_k >= 4096,
+                                  **common)
         return out
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
     if INTERPRET:
         block_m = max(16, min(64, triton.next_power_of_2(rows)))
-    block_n = 64 if page % 64 == 0 or kv_mode != 2 else 16
+    block_n = DECODE_BLOCK_N if page % DECODE_BLOCK_N == 0 or kv_mode != 2 else 16
     block_n = 16 if INTERPRET else block_n
     tiles_m = triton.cdiv(rows, block_m)
     base = tiles_m * batch * hkv
     cap = max_seqlen_k
     n_sm = _num_sms(q.device) if q.is_cuda else 132
     splits = 1
-    if base < 4 * n_sm and cap > 512:
-        splits = min(triton.cdiv(4 * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if base < CTAS_PER_SM * n_sm and cap > 512:
+        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if DECODE_SPLITS and cap > 512:
+        splits = DECODE_SPLITS
     if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
-        splits = 2
+        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
     if splits > 1:
         per = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n
         splits = triton.cdiv(cap, per)
     else:
         per = 0
     grid = (tiles_m, batch * hkv, splits)
+    counter = None
     if splits > 1:
         opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
         mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         args[4:7] = [opart, mpart, lpart]
+        if FUSED_COMBINE and splits <= FUSED_MAX_SPLITS:
+            counter = _counter(q.device, tiles_m * batch * hkv)
     else:
         args[4:7] = [dummy, dummy, dummy]
+    args[12] = counter if counter is not None else dummy
+    fused = counter is not None
+    block_s = max(2, triton.next_power_of_2(splits))
+    pdl = _pdl_ok(q.device)
     _attn_fwd[grid](
         *args, per, window_left, window_right, SPLIT=splits > 1,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=4, num_stages=3, **common,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
+        FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), PDL=pdl,
+        launch_pdl=pdl, **common,
     )
-    if splits > 1:
+    if splits > 1 and not fused:
         _combine[(total_rows,)](
             opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
-            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=max(2, triton.next_power_of_2(splits)),
-            num_warps=2 if splits <= 16 else 4,
+            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
+            num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
         )
     return out
-
