@@ -4,15 +4,15 @@
 // x's dtype. The fused op first forms s = dtype(float(x) + float(residual)) -- rounded as an
 // unfused `x + residual` would be -- writes it as the new residual and normalises it.
 //
-// Layout, fast path: one block (32..384 threads, ~2 16-byte vectors per thread) per row, one
-// row per block (v7: a persistent grid with the next row prefetched measured slower -- the
+// Layout, fast path: one block (32..384 threads, ~1 16-byte vector per thread) per row, no
+// persistent grid (v7: a persistent grid with the next row prefetched measured slower -- the
 // hardware block scheduler balances rows better than a static row-to-block assignment, see
 // docs/NOTES-rmsnorm.md). Thread t holds vectors v = t + blockDim * j (j < VPL) of the row in
 // registers and its slice of the weight as fp32, so each element is read once and written once
 // (the fused op also writes the new residual). VPL is a template upper bound; threads guard
-// v < hidden / N. The fallback (rows not 16-byte aligned, or longer than 384 * 32 vectors): one
-// warp per row, reading the row twice, scalar. rms_norm on 8192+ rows uses a warp-per-row
-// register kernel instead (see below).
+// v < hidden / N. rms_norm on 2048+ rows (short rows) takes two rows per block. The fallback
+// (rows not 16-byte aligned, or longer than 384 * 8 vectors: more would spill): one warp per row, reading the row
+// twice, scalar.
 #include <c10/cuda/CUDAStream.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -31,9 +31,9 @@ using gok::Vec16;
 
 constexpr int kWarp = 32;
 constexpr int kMaxThreads = 384;      // fast path: one block of up to 384 threads per row
-constexpr int kRowsPerBlock = 4;      // warp-per-row kernels (many rows; fallback): rows per block
+constexpr int kRowsPerBlock = 4;      // scalar fallback: one warp per row, rows per block
 constexpr int kWarpRowThreads = kWarp * kRowsPerBlock;
-constexpr int64_t kWarpRowsFrom = 8192;  // rms_norm (no residual) switches to warp-per-row here
+constexpr int64_t kTwoRowsFrom = 2048;   // rms_norm (no residual): two rows per block from here
 
 template <typename T, typename W, int VPL, bool ADD, int ROWS>
 __global__ void __launch_bounds__(kMaxThreads)
@@ -132,70 +132,6 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
   }
 }
 
-// Many rows, no residual: one warp per row, the whole row in the lane's registers (VPL
-// vectors each), the weight read after the reduction (L1-resident at this size), one row per
-// warp and no persistence: fewer threads per row leave more registers for rows in flight.
-// Measured faster than the block-per-row kernel from 16384 rows on (docs/NOTES-rmsnorm.md).
-template <typename T, typename W, int VPL, bool ADD>
-__global__ void __launch_bounds__(kWarpRowThreads)
-rms_norm_warp_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
-                    const T* __restrict__ residual, const W* __restrict__ weight, int64_t rows, int hidden,
-                    float eps) {
-  constexpr int N = Vec16<T>::N;
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRowsPerBlock + threadIdx.x / kWarp;
-  if (row >= rows) return;  // whole warp leaves together
-  const int lane = threadIdx.x % kWarp;
-  const int nvec = hidden / N;
-  const int64_t base = row * hidden;
-
-  Vec16<T> buf[VPL];
-#pragma unroll
-  for (int j = 0; j < VPL; ++j) {
-    const int v = lane + j * kWarp;
-    if (v < nvec) buf[j].raw = __ldcs(reinterpret_cast<const uint4*>(x + base) + v);
-  }
-  if constexpr (ADD) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int v = lane + j * kWarp;
-      if (v < nvec) {
-        Vec16<T> r;
-        r.raw = __ldcs(reinterpret_cast<const uint4*>(residual + base) + v);
-#pragma unroll
-        for (int i = 0; i < N; ++i) buf[j].v[i] = from_float<T>(to_float(buf[j].v[i]) + to_float(r.v[i]));
-        reinterpret_cast<uint4*>(residual_out + base)[v] = buf[j].raw;
-      }
-    }
-  }
-
-  float sum_sq = 0.f;
-#pragma unroll
-  for (int j = 0; j < VPL; ++j) {
-    if (lane + j * kWarp < nvec) {
-#pragma unroll
-      for (int i = 0; i < N; ++i) {
-        const float f = to_float(buf[j].v[i]);
-        sum_sq += f * f;
-      }
-    }
-  }
-  const float inv = rsqrtf(gok::warp_sum(sum_sq) / hidden + eps);
-
-#pragma unroll
-  for (int j = 0; j < VPL; ++j) {
-    const int v = lane + j * kWarp;
-    if (v < nvec) {
-      float w[N];
-      gok::load_float<W, N>(weight + v * N, w);
-      Vec16<T> o;
-#pragma unroll
-      for (int i = 0; i < N; ++i) o.v[i] = from_float<T>((to_float(buf[j].v[i]) * inv) * w[i]);
-      reinterpret_cast<uint4*>(out + base)[v] = o.raw;
-    }
-  }
-}
-
-
 template <typename T, typename W, bool ADD>
 __global__ void __launch_bounds__(kWarpRowThreads)
 rms_norm_scalar_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* __restrict__ x,
@@ -229,41 +165,38 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
   const bool aligned = hidden % N == 0 && gok::is_aligned16(out) && gok::is_aligned16(x) &&
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
-  // Block size: about two 16-byte vectors per thread, a multiple of the warp, at most kMaxThreads.
+  // Block size: about one 16-byte vector per thread, a multiple of the warp, at most kMaxThreads
+  // (384 threads measured best at 1..256 rows and for the fused op; docs/NOTES-rmsnorm.md).
   const int nvec = hidden / N;
-  const int threads = std::min(kMaxThreads, std::max(kWarp, ((nvec + 1) / 2 + kWarp - 1) / kWarp * kWarp));
+  const int threads = std::min(kMaxThreads, (nvec + kWarp - 1) / kWarp * kWarp);
   const int vpl = (nvec + threads - 1) / threads;
-  if (!aligned || vpl > 32) {
+  if (!aligned || vpl > 8) {
     const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
     rms_norm_scalar_kernel<T, W, ADD><<<grid, kWarpRowThreads, 0, stream>>>(out, residual_out, x, residual, weight,
                                                                              rows, hidden, eps);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
     return;
   }
-  if constexpr (!ADD) {
-    const int warp_vpl = (nvec + kWarp - 1) / kWarp;
-    if (rows >= kWarpRowsFrom && warp_vpl <= 16) {
-      const dim3 grid(static_cast<unsigned>((rows + kRowsPerBlock - 1) / kRowsPerBlock));
-#define GOK_RMS_WARP(V) \
-  rms_norm_warp_kernel<T, W, V, false><<<grid, kWarpRowThreads, 0, stream>>>(out, nullptr, x, nullptr, weight, rows, hidden, eps)
-      if (warp_vpl <= 4) GOK_RMS_WARP(4);
-      else if (warp_vpl <= 8) GOK_RMS_WARP(8);
-      else if (warp_vpl <= 12) GOK_RMS_WARP(12);
-      else GOK_RMS_WARP(16);
-#undef GOK_RMS_WARP
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
-      return;
-    }
-  }
-#define GOK_RMS_VEC(V)                                                                                         \
-  rms_norm_vec_kernel<T, W, V, ADD, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(                  \
-      out, residual_out, x, residual, weight, rows, hidden, 1.f / hidden, eps)
+  // rms_norm from kTwoRowsFrom rows (short rows only): two rows per block (one weight load for
+  // both, twice the bytes in flight per block), measured 2% faster there and slower below.
+  const bool two_rows = !ADD && rows >= kTwoRowsFrom && vpl <= 2;
+  const float inv_hidden = 1.f / hidden;
+#define GOK_RMS_VEC(V)                                                                                     \
+  do {                                                                                                     \
+    if constexpr (!ADD && V <= 2) {                                                                        \
+      if (two_rows) {                                                                                      \
+        rms_norm_vec_kernel<T, W, V, ADD, 2><<<static_cast<unsigned>((rows + 1) / 2), threads, 0, stream>>>( \
+            out, residual_out, x, residual, weight, rows, hidden, inv_hidden, eps);                        \
+        break;                                                                                             \
+      }                                                                                                    \
+    }                                                                                                      \
+    rms_norm_vec_kernel<T, W, V, ADD, 1><<<static_cast<unsigned>(rows), threads, 0, stream>>>(            \
+        out, residual_out, x, residual, weight, rows, hidden, inv_hidden, eps);                            \
+  } while (0)
   if (vpl <= 1) GOK_RMS_VEC(1);
   else if (vpl <= 2) GOK_RMS_VEC(2);
   else if (vpl <= 4) GOK_RMS_VEC(4);
-  else if (vpl <= 8) GOK_RMS_VEC(8);
-  else if (vpl <= 16) GOK_RMS_VEC(16);
-  else GOK_RMS_VEC(32);
+  else GOK_RMS_VEC(8);
 #undef GOK_RMS_VEC
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
