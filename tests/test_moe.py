@@ -223,6 +223,27 @@ def test_moe_experts_all_tokens_on_one_expert(kernel, ref, device, T):
     assert rel_err(out, _ref_experts(ref, x, ids_same, w, p)) <= 1e-2
 
 
+@pytest.mark.parametrize("bias", [True, False])
+def test_moe_experts_partial_blocks(kernel, ref, device, bias):
+    """Rows per expert around the 64 / 128-row block edges at 20b shapes (CUDA: 128-row blocks with the
+    split tiles: half-height last block of an expert, narrow last column tile, 2880 = 11 * 256 + 64):
+    experts e get 1, 64, 65, 127, 129, 191, 192, 255 rows (e % 8), tokens in shuffled order."""
+    if device != "cuda":
+        pytest.skip("the split tiles are the CUDA kernel's")
+    s = BIG
+    counts = [1, 64, 65, 127, 129, 191, 192, 255]
+    T = sum(counts)
+    base = torch.repeat_interleave(torch.arange(8), torch.tensor(counts))[torch.randperm(T)]
+    ids = (base[:, None] + 8 * torch.arange(4)[None, :]).int().to(device)
+    w = torch.softmax(torch.randn(T, 4), -1).to(device)
+    dtype = torch.bfloat16
+    p = _scaled(s["H"], s["I"], s["E"], dtype, device, bias=bias)
+    x = torch.randn(T, s["H"], device=device).to(dtype)
+    poison_allocator(device, T * s["k"] * max(s["H"], s["I"]) * 4)
+    out = _experts(kernel, x, ids, w, p)
+    assert rel_err(out, _ref_experts(ref, x, ids, w, p)) <= MOE_TOL[dtype]
+
+
 def test_moe_experts_nan_and_large_inputs(kernel, ref, device):
     s = ODD
     dtype = torch.bfloat16
