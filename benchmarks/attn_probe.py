@@ -30,6 +30,8 @@ import triton.testing
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
+sys.path.insert(0, str(Path(__file__).parent))
+from harness import median_us_graph as graph_us  # noqa: E402  (the harness's timing, outputs kept alive)
 
 
 def _load(name, path):
@@ -51,31 +53,6 @@ results: dict = {"window": [], "decode": [], "host": {}}
 
 def _save():
     (OUT / ("probe_ncu.json" if NCU else "probe.json")).write_text(json.dumps(results, indent=1))
-
-
-def graph_us(calls, replays=30):
-    calls = [calls] if callable(calls) else list(calls)
-    st = torch.cuda.Stream()
-    st.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(st):
-        for _ in range(2):
-            for c in calls:
-                c()
-    torch.cuda.current_stream().wait_stream(st)
-    g = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(g):
-        for c in calls:
-            c()
-    g.replay()
-    torch.cuda.synchronize()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(replays)]
-    for a, b in ev:
-        a.record()
-        g.replay()
-        b.record()
-    torch.cuda.synchronize()
-    t = sorted(1e3 * a.elapsed_time(b) / len(calls) for a, b in ev)
-    return t[len(t) // 2]
 
 
 def rel(a, b):
