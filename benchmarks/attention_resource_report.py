@@ -78,6 +78,23 @@ def main() -> None:
         tag = f"decode fused {bm}x{bn} w{warps} s{stages}"
         cs = max(1, 8192 // (bm * 64))
         print(f"{tag:40} {_report(attn(bm, bn, warps, stages, True, False, 1, FUSED=True, BLOCK_S=32, CHUNK_S=min(32, cs)))}")
+    # decode v4 (`_decode`): (BLOCK_N, warps, stages, splits, fused, early, kv_mode)
+    dn = ta._decode.arg_names
+    dconsts = {"HQ", "G", "BLOCK_G", "HEAD_DIM", "KV_MODE", "PAGE", "HAS_WL", "HAS_SINK", "BLOCK_M", "BLOCK_N",
+               "BLOCK_S", "SPLIT", "FUSED", "EARLY", "PDL"}
+    for bn, warps, stages, splits, fused, early, kv_mode in (
+            (64, 4, 3, 32, True, False, 1), (64, 8, 3, 32, True, False, 1), (64, 4, 3, 32, True, True, 1),
+            (64, 4, 3, 32, False, False, 1), (128, 4, 3, 16, True, False, 1), (128, 8, 4, 16, True, False, 1),
+            (64, 4, 2, 64, True, False, 1), (64, 4, 5, 32, True, False, 1), (64, 4, 3, 32, True, False, 2),
+            (64, 4, 3, 4, True, False, 1)):
+        sig = {n: ptr.get(n, "constexpr" if n in dconsts else "fp32" if n == "qk_scale" else "i32") for n in dn}
+        cv = dict(HQ=64, G=8, BLOCK_G=8, HEAD_DIM=64, KV_MODE=kv_mode, PAGE=64 if kv_mode == 2 else 1, HAS_WL=False,
+                  HAS_SINK=True, BLOCK_M=16, BLOCK_N=bn, BLOCK_S=max(2, triton.next_power_of_2(splits)), SPLIT=True,
+                  FUSED=fused, EARLY=early, PDL=True)
+        k = triton.compile(ASTSource(fn=ta._decode, signature=sig, constexprs={(dn.index(n),): v for n, v in cv.items()}),
+                           target=TARGET, options=dict(num_warps=warps, num_stages=stages, launch_pdl=True))
+        tag = f"v4 {'paged' if kv_mode == 2 else 'cache'} {bn} w{warps} s{stages} S{splits}{' fused' if fused else ''}{' early' if early else ''}"
+        print(f"{tag:40} {_report(k)}")
     c = ta._combine
     cn = c.arg_names
     sig = {"OPart": "*fp32", "MPart": "*fp32", "LPart": "*fp32", "Sinks": "*fp32", "Out": "*bf16", "total_rows": "i32",

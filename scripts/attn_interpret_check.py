@@ -114,4 +114,16 @@ for fused in (False, True):
     decode(2, 1, 128, True, fused, 4, (-1, -1))
     decode(2, 3, 128, False, fused, 3, (-1, -1))
     decode(2, 1, 128, False, fused, 4, (40, 40))
+# decode v4 (`_decode`, Sq = 1): fused wide merge or `_combine`, EARLY first block, paged, window
+ta.DECODE_V4 = True
+for fused in (False, True):
+    ta.V4_FUSED = fused
+    for early in (False, True):
+        ta.V4_EARLY = early
+        for splits in (2, 3, 5):
+            decode(3, 1, 128, False, fused, splits, (-1, -1))
+        decode(2, 1, 128, True, fused, 4, (-1, -1))
+        decode(2, 1, 128, False, fused, 3, (40, 40))
+        decode(2, 1, 128, True, fused, 3, (40, 40))
+ta.DECODE_V4 = False
 print(f"all ok, worst rel. err {worst:.1e}")

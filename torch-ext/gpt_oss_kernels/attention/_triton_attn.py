@@ -360,6 +360,158 @@ def _combine(
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
 
 
+# --- decode v4: one query position per sequence (flash_attn_with_kvcache, Sq = 1) ----------------
+@triton.jit
+def _dstep(acc, m_i, l_i, q, k, v, valid, qk_scale):
+    # one block of keys for a single-position tile; `valid` [BLOCK_N] masks keys outside the range
+    qk = tl.dot(q, tl.trans(k)) * qk_scale
+    qk = tl.where(valid[None, :], qk, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(qk, 1))
+    m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.math.exp2(qk - m_use[:, None])
+    alpha = tl.math.exp2(m_i - m_use)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
+    return acc, m_new, l_i
+
+
+@triton.jit
+def _merge_wide(OPart, MPart, LPart, Sinks, Out, b, kvh, total_rows, n_splits,
+                HQ: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
+                HAS_SINK: tl.constexpr, BLOCK_S: tl.constexpr):
+    # Every split's partial of the G rows of one (sequence, KV head) loaded in one go: a
+    # [splits, G, D] tile (G x D floats contiguous per split), one L2 round trip, no loop.
+    offs_s = tl.arange(0, BLOCK_S)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HEAD_DIM)
+    rows = b.to(tl.int64) * HQ + kvh * G + offs_g
+    ok = (offs_s < n_splits)[:, None] & (offs_g < G)[None, :]
+    part = offs_s.to(tl.int64)[:, None] * total_rows + rows[None, :]  # [BLOCK_S, BLOCK_G]
+    m_s = tl.load(MPart + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
+    l_s = tl.load(LPart + part, mask=ok, other=0.0, cache_modifier=".cg")
+    o_s = tl.load(OPart + part[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0,
+                  cache_modifier=".cg")
+    m_all = tl.max(m_s, 0)
+    if HAS_SINK:
+        sink = tl.load(Sinks + kvh * G + offs_g, mask=offs_g < G, other=0.0).to(tl.float32) * 1.4426950408889634
+        m_all = tl.maximum(m_all, sink)
+    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
+    w = tl.math.exp2(m_s - m_all[None, :])
+    l_all = tl.sum(l_s * w, 0)
+    if HAS_SINK:
+        l_all += tl.math.exp2(sink - m_all)
+    l_all = tl.where(l_all == 0.0, 1.0, l_all)
+    out = tl.sum(o_s * w[:, :, None], 0) / l_all[:, None]
+    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
+             mask=(offs_g < G)[:, None])
+
+
+@triton.jit
+def _decode(
+    Q, K, V, Out, OPart, MPart, LPart, Sinks, SeqK, BlockTable, Counter,
+    qk_scale, total_rows, stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_btb,
+    keys_per_split, cap, window_left,
+    HQ: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr,
+    PAGE: tl.constexpr, HAS_WL: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
+    EARLY: tl.constexpr, PDL: tl.constexpr,
+):
+    # Program (split, sequence x KV head): the G query heads of one KV head at the sequence's one
+    # query position (rows padded to BLOCK_M >= 16 for the dot) against keys
+    # [split * keys_per_split, + keys_per_split) of the cache (KV_MODE 1 batched, 2 paged), causal
+    # (all cached keys visible), optionally a left window. Partials in `_attn_fwd`'s layout (so
+    # `_combine` merges them), or FUSED: the last split program of the (sequence, KV head) merges
+    # them all in one wide load (`_merge_wide`). EARLY (KV_MODE 1, no window): the split's first
+    # block is loaded before the sequence length is known (bounded by the cache capacity `cap`).
+    pid_s = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    HKV: tl.constexpr = HQ // G
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    if PDL:  # inputs of earlier kernels (the cache append, q) are visible after the wait
+        gdc_wait()
+        gdc_launch_dependents()
+    offs_r = tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_DIM)
+    row_ok = offs_r < G
+    head = kvh * G + offs_r
+    out_row = b.to(tl.int64) * HQ + head
+    s_lo = pid_s * keys_per_split
+    s_end = s_lo + keys_per_split
+    if KV_MODE == 1:
+        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
+        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    else:
+        k_base = (kvh * stride_kh).to(tl.int64)
+        v_base = (kvh * stride_vh).to(tl.int64)
+    BT = BlockTable + b.to(tl.int64) * stride_btb
+    if EARLY:
+        kpos0 = s_lo + offs_n
+        in0 = kpos0 < tl.minimum(s_end, cap)
+        k0 = tl.load(K + k_base + (kpos0.to(tl.int64) * stride_kt)[:, None] + offs_d[None, :], mask=in0[:, None],
+                     other=0.0)
+        v0 = tl.load(V + v_base + (kpos0.to(tl.int64) * stride_vt)[:, None] + offs_d[None, :], mask=in0[:, None],
+                     other=0.0)
+    q = tl.load(Q + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None],
+                other=0.0)
+    seqlen = tl.load(SeqK + b)
+    hi = tl.minimum(s_end, seqlen)
+    start = s_lo
+    if HAS_WL:
+        start = tl.maximum(start, seqlen - 1 - window_left)
+    if EARLY:
+        start = s_lo + BLOCK_N
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+    for s in tl.range(start, hi, BLOCK_N):
+        kpos = s + offs_n
+        kin = kpos < hi
+        if KV_MODE == 2:
+            blk = tl.load(BT + kpos // PAGE, mask=kin, other=0).to(tl.int64)
+            koff = blk * stride_kb + (kpos % PAGE) * stride_kt
+            voff = blk * stride_vb + (kpos % PAGE) * stride_vt
+        else:
+            koff = kpos.to(tl.int64) * stride_kt
+            voff = kpos.to(tl.int64) * stride_vt
+        k = tl.load(K + k_base + koff[:, None] + offs_d[None, :], mask=kin[:, None], other=0.0)
+        v = tl.load(V + v_base + voff[:, None] + offs_d[None, :], mask=kin[:, None], other=0.0)
+        acc, m_i, l_i = _dstep(acc, m_i, l_i, q, k, v, kin, qk_scale)
+    if EARLY:  # the block loaded first, processed last (its registers were free during the loop)
+        v0 = tl.where((kpos0 < hi)[:, None], v0, 0.0)  # keys past the sequence may hold NaN (0 * NaN)
+        acc, m_i, l_i = _dstep(acc, m_i, l_i, q, k0, v0, kpos0 < hi, qk_scale)
+    if SPLIT:
+        part = pid_s.to(tl.int64) * total_rows + out_row
+        tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
+        tl.store(MPart + part, m_i, mask=row_ok)
+        tl.store(LPart + part, l_i, mask=row_ok)
+        if FUSED:
+            # last split program of this (sequence, KV head) to arrive merges; the barrier orders
+            # every thread's stores before the counter's release; the counter returns to 0
+            tl.debug_barrier()
+            cnt = Counter + pid_bh
+            n_splits = tl.num_programs(0)
+            old = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
+            if old == n_splits - 1:
+                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
+                _merge_wide(OPart, MPart, LPart, Sinks, Out, b, kvh, total_rows, n_splits,
+                            HQ, G, BLOCK_G, HEAD_DIM, HAS_SINK, BLOCK_S)
+    else:
+        if HAS_SINK:
+            sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+            m_fin = tl.maximum(m_i, sink)
+            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
+            alpha = tl.math.exp2(m_i - m_fin)
+            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
+            acc = acc * alpha[:, None]
+        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+        out = acc / l_safe[:, None]
+        tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
+                 mask=row_ok[:, None])
+
+
 # Prefill configurations (rows per program, keys per step, warps, pipeline stages).
 _PREFILL_CONFIGS = [
     triton.Config({"BLOCK_M": 128, "BLOCK_N": 64}, num_warps=4, num_stages=3),
@@ -414,6 +566,23 @@ FUSED_MAX_SPLITS = 4  # the merging program reads splits x rows partials alone: 
 # attention kernel runs and waits on the grid dependency (B=1: 12.59 -> 11.72 µs).
 DECODE_PDL = True
 DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
+# Decode v4: one query position per sequence against a batched or paged cache (the
+# flash_attn_with_kvcache decode step) goes to the dedicated `_decode` kernel when DECODE_V4:
+# grid (splits, B x Hkv); V4_FUSED: the last split program of each (sequence, KV head) merges all
+# splits in one wide load (one launch); else `_combine` (two launches, PDL). V4_EARLY: the split's
+# first block is loaded before the sequence length (batched cache, no window only).
+# Measured (H100, 2026-11-22 10:43 UTC, docs/NOTES-attention.md "decode v4"), v3 default -> v4
+# unfused: B=1 11.74 -> 10.79 µs, B=1 paged 13.96 -> 12.75, B=32 196.7 -> 197.4, B=32 paged
+# 228.8 -> 197.6. Fused is slower at B=1 (13.9 µs), EARLY too (12.0). Off until the GPU tests
+# have run with V4_FUSED = False (that run covered `_decode` with FUSED only).
+DECODE_V4 = False
+V4_FUSED = False
+V4_EARLY = False
+V4_BLOCK_N = 64
+V4_WARPS = 4
+V4_STAGES = 3
+V4_SPLITS = 0  # 0: from the shapes, as above
+V4_FUSED_MAX_SPLITS = 64
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
 PREFILL_OVERRIDE: dict | None = None
@@ -527,6 +696,9 @@ def attn_fwd(
                                   **common)
         return out
 
+    if DECODE_V4 and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0:
+        return _decode_v4(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left)
+
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
     if INTERPRET:
         block_m = max(16, min(64, triton.next_power_of_2(rows)))
@@ -568,6 +740,65 @@ def attn_fwd(
         BLOCK_M=block_m, BLOCK_N=block_n, num_warps=DECODE_WARPS, num_stages=DECODE_STAGES,
         FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), PDL=pdl,
         launch_pdl=pdl, **common,
+    )
+    if splits > 1 and not fused:
+        _combine[(total_rows,)](
+            opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
+            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
+            num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
+        )
+    return out
+
+
+def _decode_v4(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
+    """Sq = 1 decode through `_decode` (see DECODE_V4)."""
+    import torch
+
+    tq, hq, d = q.shape
+    hkv = k.shape[-2]
+    g = hq // hkv
+    cap = k.shape[1] if kv_mode == 1 else block_table.shape[1] * page  # keys the cache can hold
+    block_n = V4_BLOCK_N if kv_mode != 2 or page % V4_BLOCK_N == 0 else 16
+    block_n = 16 if INTERPRET else block_n
+    base = batch * hkv
+    n_sm = _num_sms(q.device) if q.is_cuda else 132
+    splits = 1
+    if base < CTAS_PER_SM * n_sm and cap > 512:
+        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if V4_SPLITS and cap > 512:
+        splits = V4_SPLITS
+    if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
+        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
+    per = triton.cdiv(cap, splits)
+    splits = triton.cdiv(cap, per)
+    total_rows = tq * hq
+    dummy = out
+    counter = None
+    if splits > 1:
+        opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
+        mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
+        lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
+        if V4_FUSED and splits <= V4_FUSED_MAX_SPLITS:
+            counter = _counter(q.device, batch * hkv)
+    else:
+        opart = mpart = lpart = dummy
+    fused = counter is not None
+    block_s = max(2, triton.next_power_of_2(splits))
+    pdl = _pdl_ok(q.device)
+    skb = k.stride(0)
+    svb = v.stride(0)
+    _decode[(splits, batch * hkv)](
+        q, k, v, out, opart, mpart, lpart, sinks if sinks is not None else dummy, seqlens_k,
+        block_table if block_table is not None else dummy, counter if fused else dummy,
+        scale * LOG2E, total_rows, q.stride(0), q.stride(1),
+        skb, k.stride(1), k.stride(2), svb, v.stride(1), v.stride(2),
+        block_table.stride(0) if block_table is not None else 0,
+        per, cap, window_left,
+        HQ=hq, G=g, BLOCK_G=triton.next_power_of_2(g), HEAD_DIM=d, KV_MODE=kv_mode, PAGE=page,
+        HAS_WL=window_left >= 0, HAS_SINK=sinks is not None, BLOCK_M=max(16, triton.next_power_of_2(g)),
+        BLOCK_N=block_n, BLOCK_S=block_s, SPLIT=splits > 1, FUSED=fused,
+        EARLY=V4_EARLY and kv_mode == 1 and window_left < 0, PDL=pdl,
+        num_warps=V4_WARPS, num_stages=V4_STAGES, launch_pdl=pdl,
     )
     if splits > 1 and not fused:
         _combine[(total_rows,)](
