@@ -71,6 +71,22 @@ def main() -> None:
         kw = cfg.kwargs
         tag = f"window {kw['BLOCK_M']}x{kw['BLOCK_N']} r{kw['BLOCK_N_R']} w{cfg.num_warps} s{cfg.num_stages} maxnreg {cfg.maxnreg}"
         print(f"{tag:40} {_report(attn(kw['BLOCK_M'], kw['BLOCK_N'], cfg.num_warps, cfg.num_stages, False, True, BLOCK_N_R=kw['BLOCK_N_R'], maxnreg=cfg.maxnreg))}")
+    w = ta._window_fwd
+    wn = w.arg_names
+    wconsts = {"HQ", "G", "HEAD_DIM", "VARLEN_Q", "KV_MODE", "HAS_SINK", "KEYS_LEFT", "BLOCK_P", "HEADS_PER_STEP"}
+    wsig = {n: ptr.get(n, "constexpr" if n in wconsts else "fp32" if n == "qk_scale" else "i32") for n in wn}
+    # the runtime specialises pointers and strides divisible by 16: so does this report here
+    div16 = {(wn.index(n),): [["tt.divisibility", 16]] for n in wn if n in ptr or n.startswith("stride_")}
+    for cfg in ta._WINDOW_FWD_CONFIGS:
+        cv = dict(dict(HQ=64, G=8, HEAD_DIM=64, VARLEN_Q=True, KV_MODE=0, HAS_SINK=True, KEYS_LEFT=128,
+                       HEADS_PER_STEP=1), **cfg.kwargs)
+        opts = dict(num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+        if cfg.maxnreg:
+            opts["maxnreg"] = cfg.maxnreg
+        src = ASTSource(fn=w, signature=wsig, constexprs={(wn.index(k),): v for k, v in cv.items()}, attrs=div16)
+        tag = (f"window_fwd P{cv['BLOCK_P']}x{cv['HEADS_PER_STEP']}h w{cfg.num_warps} s{cfg.num_stages}"
+               f" maxnreg {cfg.maxnreg}")
+        print(f"{tag:40} {_report(triton.compile(src, target=TARGET, options=opts))}")
     for kv_mode, layout in ((1, "cache"), (2, "paged")):
         for bm in (16, 32, 64):
             print(f"{'decode ' + layout + f' BLOCK_M={bm} split pdl':40} {_report(attn(bm, 64, 4, 3, True, False, kv_mode, PDL=True))}")
@@ -78,22 +94,16 @@ def main() -> None:
         tag = f"decode fused {bm}x{bn} w{warps} s{stages}"
         cs = max(1, 8192 // (bm * 64))
         print(f"{tag:40} {_report(attn(bm, bn, warps, stages, True, False, 1, FUSED=True, BLOCK_S=32, CHUNK_S=min(32, cs)))}")
-    # decode v4 (`_decode`): (BLOCK_N, warps, stages, splits, fused, early, kv_mode)
+    # `_decode` (Sq = 1): (BLOCK_N, warps, stages, kv_mode)
     dn = ta._decode.arg_names
-    dconsts = {"HQ", "G", "BLOCK_G", "HEAD_DIM", "KV_MODE", "PAGE", "HAS_WL", "HAS_SINK", "BLOCK_M", "BLOCK_N",
-               "BLOCK_S", "SPLIT", "FUSED", "EARLY", "PDL"}
-    for bn, warps, stages, splits, fused, early, kv_mode in (
-            (64, 4, 3, 32, True, False, 1), (64, 8, 3, 32, True, False, 1), (64, 4, 3, 32, True, True, 1),
-            (64, 4, 3, 32, False, False, 1), (128, 4, 3, 16, True, False, 1), (128, 8, 4, 16, True, False, 1),
-            (64, 4, 2, 64, True, False, 1), (64, 4, 5, 32, True, False, 1), (64, 4, 3, 32, True, False, 2),
-            (64, 4, 3, 4, True, False, 1)):
+    dconsts = {"HQ", "G", "HEAD_DIM", "KV_MODE", "PAGE", "HAS_WL", "HAS_SINK", "BLOCK_M", "BLOCK_N", "SPLIT", "PDL"}
+    for bn, warps, stages, kv_mode in ((64, 4, 3, 1), (64, 4, 3, 2), (128, 4, 3, 1)):
         sig = {n: ptr.get(n, "constexpr" if n in dconsts else "fp32" if n == "qk_scale" else "i32") for n in dn}
-        cv = dict(HQ=64, G=8, BLOCK_G=8, HEAD_DIM=64, KV_MODE=kv_mode, PAGE=64 if kv_mode == 2 else 1, HAS_WL=False,
-                  HAS_SINK=True, BLOCK_M=16, BLOCK_N=bn, BLOCK_S=max(2, triton.next_power_of_2(splits)), SPLIT=True,
-                  FUSED=fused, EARLY=early, PDL=True)
+        cv = dict(HQ=64, G=8, HEAD_DIM=64, KV_MODE=kv_mode, PAGE=64 if kv_mode == 2 else 1, HAS_WL=False,
+                  HAS_SINK=True, BLOCK_M=16, BLOCK_N=bn, SPLIT=True, PDL=True)
         k = triton.compile(ASTSource(fn=ta._decode, signature=sig, constexprs={(dn.index(n),): v for n, v in cv.items()}),
                            target=TARGET, options=dict(num_warps=warps, num_stages=stages, launch_pdl=True))
-        tag = f"v4 {'paged' if kv_mode == 2 else 'cache'} {bn} w{warps} s{stages} S{splits}{' fused' if fused else ''}{' early' if early else ''}"
+        tag = f"_decode {'paged' if kv_mode == 2 else 'cache'} {bn} w{warps} s{stages}"
         print(f"{tag:40} {_report(k)}")
     c = ta._combine
     cn = c.arg_names

@@ -65,6 +65,25 @@ def varlen(lens_q, lens_k, window, causal, sinks, cfg):
     check(f"prefill {cfg} window={window} causal={causal} sinks={sinks}", out, exp)
 
 
+def window_kernel(lens_q, lens_k, left, sinks, cfg):
+    """`_window_fwd` (causal window, all heads of a KV head per program), packed varlen K/V."""
+    cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)
+    cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32)
+    q = torch.randn(sum(lens_q), HQ, D, dtype=dt)
+    k = torch.randn(sum(lens_k), HKV, D, dtype=dt)
+    v = torch.randn_like(k)
+    s = torch.randn(HQ) if sinks else None
+    out = torch.full_like(q, float("nan"))
+    ta.WINDOW_OVERRIDE = cfg
+    ta.attn_fwd(q, k, v, out, cu_q=cu_q, cu_k=cu_k, seqlens_k=None, block_table=None, sinks=s, batch=len(lens_q),
+                seq_q_fixed=0, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), scale=0.125,
+                window_left=left, window_right=0)
+    ta.WINDOW_OVERRIDE = None
+    exp = ref.attention_varlen(q.double(), k.double(), v.double(), cu_q, cu_k, scale=0.125,
+                               sinks=None if s is None else s.double(), causal=True, window=(left, left))
+    check(f"window kernel {cfg} left={left} sinks={sinks} lens_q={lens_q} lens_k={lens_k}", out, exp)
+
+
 def decode(b, sq, cache, paged, fused, splits, window):
     kc = torch.randn(b, cache, HKV, D, dtype=dt)
     vc = torch.randn_like(kc)
@@ -107,6 +126,10 @@ for cfg in cfgs:
     for window, causal in (((11, 11), True), ((-1, -1), True), ((5, 5), False), ((-1, -1), False)):
         varlen([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], window, causal, True, cfg)
 varlen([70], [70], (11, 11), True, False, cfgs[2])
+for cfg in (dict(BLOCK_P=16), dict(BLOCK_P=32), dict(BLOCK_P=16, HEADS_PER_STEP=2)):
+    for left in (0, 5, 16, 40):
+        window_kernel([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], left, True, cfg)
+    window_kernel([70, 33], [70, 33], 40, False, cfg)
 ta.FUSED_MAX_SPLITS = 64
 for fused in (False, True):
     for splits in (2, 3, 5):
@@ -114,16 +137,11 @@ for fused in (False, True):
     decode(2, 1, 128, True, fused, 4, (-1, -1))
     decode(2, 3, 128, False, fused, 3, (-1, -1))
     decode(2, 1, 128, False, fused, 4, (40, 40))
-# decode v4 (`_decode`, Sq = 1): fused wide merge or `_combine`, EARLY first block, paged, window
+# `_decode` (Sq = 1) + `_combine`: batched and paged caches, windows, split counts
 ta.DECODE_V4 = True
-for fused in (False, True):
-    ta.V4_FUSED = fused
-    for early in (False, True):
-        ta.V4_EARLY = early
-        for splits in (2, 3, 5):
-            decode(3, 1, 128, False, fused, splits, (-1, -1))
-        decode(2, 1, 128, True, fused, 4, (-1, -1))
-        decode(2, 1, 128, False, fused, 3, (40, 40))
-        decode(2, 1, 128, True, fused, 3, (40, 40))
-ta.DECODE_V4 = False
+for splits in (2, 3, 5):
+    decode(3, 1, 128, False, False, splits, (-1, -1))
+decode(2, 1, 128, True, False, 4, (-1, -1))
+decode(2, 1, 128, False, False, 3, (40, 40))
+decode(2, 1, 128, True, False, 3, (40, 40))
 print(f"all ok, worst rel. err {worst:.1e}")

@@ -130,6 +130,47 @@ def test_kvcache_append_and_decode(kernel, ref, device, paged, window, sq):
         assert rel_err(out[i], expected) < TOL[dtype], (i, past[i])
 
 
+@pytest.mark.parametrize("paged", [False, True])
+@pytest.mark.parametrize("window", [(127, 127), (5, 5), (300, 300)])
+def test_kvcache_chunked_prefill_window(kernel, ref, device, paged, window):
+    """A prompt chunk of 70 tokens appended to caches of 0 / 37 / 300 tokens under a sliding window:
+    on CUDA the packed-cache case runs the window kernel (keys before the chunk come from the cache),
+    the paged one the general kernel; NaN in the unused cache slots must not leak."""
+    hq, hkv, d = _heads(device)
+    past, sq, page = [0, 37, 300], 70, 16
+    b, cap = len(past), 384
+    dtype = torch.bfloat16
+    if paged:
+        pages = cap // page
+        k_cache = torch.randn(b * pages, page, hkv, d, device=device, dtype=dtype)
+        block_table = torch.randperm(b * pages, device=device).reshape(b, pages).to(torch.int32)
+    else:
+        k_cache = torch.randn(b, cap, hkv, d, device=device, dtype=dtype)
+        block_table = None
+    v_cache = torch.randn_like(k_cache)
+
+    def seq(cache, i, lo, hi):
+        if paged:
+            return cache[block_table[i].long()].reshape(-1, hkv, d)[lo:hi]
+        return cache[i, lo:hi]
+
+    for i, n in enumerate(past):
+        seq(k_cache, i, n + sq, cap).fill_(float("nan"))
+        seq(v_cache, i, n + sq, cap).fill_(float("nan"))
+    q = torch.randn(b, sq, hq, d, device=device, dtype=dtype)
+    k_new = torch.randn(b, sq, hkv, d, device=device, dtype=dtype)
+    v_new = torch.randn_like(k_new)
+    sinks = torch.randn(hq, device=device)
+    out = kernel.flash_attn_with_kvcache(q, k_cache, v_cache, k_new, v_new,
+                                         cache_seqlens=torch.tensor(past, dtype=torch.int32, device=device),
+                                         block_table=block_table, causal=True, window_size=window, s_aux=sinks)
+    for i, n in enumerate(past):
+        kk, vv = seq(k_cache, i, 0, n + sq), seq(v_cache, i, 0, n + sq)
+        expected = ref.attention(q[i].double(), kk.double(), vv.double(), scale=d**-0.5, sinks=sinks.double(),
+                                 causal=True, window=window)
+        assert rel_err(out[i], expected) < TOL[dtype], (i, n)
+
+
 def test_kvcache_without_new_tokens_ignores_garbage(kernel, ref, device):
     """Decode against cache_seqlens keys only: NaN in the unused cache slots must not leak."""
     hq, hkv, d = _heads(device)
@@ -169,14 +210,16 @@ def test_awkward_inputs(kernel, ref, device):
     v = torch.randn_like(k)
     sinks = 50 * torch.randn(hq, device=device)
     cu = _cu([n], device)
-    out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, s_aux=sinks)
-    expected = _ref_varlen(ref, q, k, v, cu, cu, d**-0.5, sinks, True, (-1, -1))
-    assert rel_err(out, expected) < TOL[torch.bfloat16]
+    for window in ((-1, -1), (127, 127)):
+        out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, window_size=window, s_aux=sinks)
+        expected = _ref_varlen(ref, q, k, v, cu, cu, d**-0.5, sinks, True, window)
+        assert rel_err(out, expected) < TOL[torch.bfloat16], window
     # NaN in one query row stays in that row
     q = torch.randn(n, hq, d, device=device, dtype=torch.bfloat16)
     q[3, 0, 0] = float("nan")
-    out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True)
-    assert torch.isnan(out[3, 0]).all() and torch.isfinite(out[4:]).all() and torch.isfinite(out[:3]).all()
+    for window in ((-1, -1), (127, 127)):
+        out = kernel.flash_attn_varlen_func(q, k, v, cu, cu, n, n, causal=True, window_size=window)
+        assert torch.isnan(out[3, 0]).all() and torch.isfinite(out[4:]).all() and torch.isfinite(out[:3]).all()
 
 
 def test_output_fully_written(kernel, device):

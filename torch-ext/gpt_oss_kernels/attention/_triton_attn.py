@@ -360,70 +360,38 @@ def _combine(
     tl.store(Out + row * HEAD_DIM + offs_d, out.to(Out.dtype.element_ty))
 
 
-# --- decode v4: one query position per sequence (flash_attn_with_kvcache, Sq = 1) ----------------
 @triton.jit
-def _dstep(acc, m_i, l_i, q, k, v, valid, qk_scale):
-    # one block of keys for a single-position tile; `valid` [BLOCK_N] masks keys outside the range
-    qk = tl.dot(q, tl.trans(k)) * qk_scale
-    qk = tl.where(valid[None, :], qk, float("-inf"))
-    m_new = tl.maximum(m_i, tl.max(qk, 1))
+def _softmax_step(acc, m_i, l_i, q, kt, v, valid, qk_scale):
+    # Online softmax (base 2) over one block of keys: `kt` (D, N) keys transposed, `valid`
+    # broadcastable to (M, N); masked scores are -inf, a row with none so far keeps m = -inf.
+    # The scale is applied inside the exponent (one FMA per score): max(s) * scale == max(s * scale).
+    s = tl.where(valid, tl.dot(q, kt), float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1) * qk_scale)
     m_use = tl.where(m_new == float("-inf"), 0.0, m_new)
-    p = tl.math.exp2(qk - m_use[:, None])
+    p = tl.math.exp2(s * qk_scale - m_use[:, None])
     alpha = tl.math.exp2(m_i - m_use)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = tl.dot(p.to(v.dtype), v, acc * alpha[:, None])
     return acc, m_new, l_i
 
 
-@triton.jit
-def _merge_wide(OPart, MPart, LPart, Sinks, Out, b, kvh, total_rows, n_splits,
-                HQ: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr,
-                HAS_SINK: tl.constexpr, BLOCK_S: tl.constexpr):
-    # Every split's partial of the G rows of one (sequence, KV head) loaded in one go: a
-    # [splits, G, D] tile (G x D floats contiguous per split), one L2 round trip, no loop.
-    offs_s = tl.arange(0, BLOCK_S)
-    offs_g = tl.arange(0, BLOCK_G)
-    offs_d = tl.arange(0, HEAD_DIM)
-    rows = b.to(tl.int64) * HQ + kvh * G + offs_g
-    ok = (offs_s < n_splits)[:, None] & (offs_g < G)[None, :]
-    part = offs_s.to(tl.int64)[:, None] * total_rows + rows[None, :]  # [BLOCK_S, BLOCK_G]
-    m_s = tl.load(MPart + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
-    l_s = tl.load(LPart + part, mask=ok, other=0.0, cache_modifier=".cg")
-    o_s = tl.load(OPart + part[:, :, None] * HEAD_DIM + offs_d[None, None, :], mask=ok[:, :, None], other=0.0,
-                  cache_modifier=".cg")
-    m_all = tl.max(m_s, 0)
-    if HAS_SINK:
-        sink = tl.load(Sinks + kvh * G + offs_g, mask=offs_g < G, other=0.0).to(tl.float32) * 1.4426950408889634
-        m_all = tl.maximum(m_all, sink)
-    m_all = tl.where(m_all == float("-inf"), 0.0, m_all)
-    w = tl.math.exp2(m_s - m_all[None, :])
-    l_all = tl.sum(l_s * w, 0)
-    if HAS_SINK:
-        l_all += tl.math.exp2(sink - m_all)
-    l_all = tl.where(l_all == 0.0, 1.0, l_all)
-    out = tl.sum(o_s * w[:, :, None], 0) / l_all[:, None]
-    tl.store(Out + rows[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
-             mask=(offs_g < G)[:, None])
-
-
+# --- decode: one query position per sequence (flash_attn_with_kvcache, Sq = 1) --------------------
 @triton.jit
 def _decode(
-    Q, K, V, Out, OPart, MPart, LPart, Sinks, SeqK, BlockTable, Counter,
+    Q, K, V, Out, OPart, MPart, LPart, Sinks, SeqK, BlockTable,
     qk_scale, total_rows, stride_qt, stride_qh,
     stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh, stride_btb,
-    keys_per_split, cap, window_left,
-    HQ: tl.constexpr, G: tl.constexpr, BLOCK_G: tl.constexpr, HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr,
+    keys_per_split, window_left,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr, KV_MODE: tl.constexpr,
     PAGE: tl.constexpr, HAS_WL: tl.constexpr, HAS_SINK: tl.constexpr, BLOCK_M: tl.constexpr,
-    BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, SPLIT: tl.constexpr, FUSED: tl.constexpr,
-    EARLY: tl.constexpr, PDL: tl.constexpr,
+    BLOCK_N: tl.constexpr, SPLIT: tl.constexpr, PDL: tl.constexpr,
 ):
     # Program (split, sequence x KV head): the G query heads of one KV head at the sequence's one
     # query position (rows padded to BLOCK_M >= 16 for the dot) against keys
     # [split * keys_per_split, + keys_per_split) of the cache (KV_MODE 1 batched, 2 paged), causal
-    # (all cached keys visible), optionally a left window. Partials in `_attn_fwd`'s layout (so
-    # `_combine` merges them), or FUSED: the last split program of the (sequence, KV head) merges
-    # them all in one wide load (`_merge_wide`). EARLY (KV_MODE 1, no window): the split's first
-    # block is loaded before the sequence length is known (bounded by the cache capacity `cap`).
+    # (all cached keys visible), optionally a left window. Partials in `_attn_fwd`'s layout, merged
+    # by `_combine`. Against the general kernel's decode: splits on the fastest grid axis, one
+    # masked loop without the three-part key range, split bounds not rounded to BLOCK_N.
     pid_s = tl.program_id(0)
     pid_bh = tl.program_id(1)
     HKV: tl.constexpr = HQ // G
@@ -447,13 +415,6 @@ def _decode(
         k_base = (kvh * stride_kh).to(tl.int64)
         v_base = (kvh * stride_vh).to(tl.int64)
     BT = BlockTable + b.to(tl.int64) * stride_btb
-    if EARLY:
-        kpos0 = s_lo + offs_n
-        in0 = kpos0 < tl.minimum(s_end, cap)
-        k0 = tl.load(K + k_base + (kpos0.to(tl.int64) * stride_kt)[:, None] + offs_d[None, :], mask=in0[:, None],
-                     other=0.0)
-        v0 = tl.load(V + v_base + (kpos0.to(tl.int64) * stride_vt)[:, None] + offs_d[None, :], mask=in0[:, None],
-                     other=0.0)
     q = tl.load(Q + b.to(tl.int64) * stride_qt + head[:, None] * stride_qh + offs_d[None, :], mask=row_ok[:, None],
                 other=0.0)
     seqlen = tl.load(SeqK + b)
@@ -461,8 +422,6 @@ def _decode(
     start = s_lo
     if HAS_WL:
         start = tl.maximum(start, seqlen - 1 - window_left)
-    if EARLY:
-        start = s_lo + BLOCK_N
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
@@ -478,26 +437,12 @@ def _decode(
             voff = kpos.to(tl.int64) * stride_vt
         k = tl.load(K + k_base + koff[:, None] + offs_d[None, :], mask=kin[:, None], other=0.0)
         v = tl.load(V + v_base + voff[:, None] + offs_d[None, :], mask=kin[:, None], other=0.0)
-        acc, m_i, l_i = _dstep(acc, m_i, l_i, q, k, v, kin, qk_scale)
-    if EARLY:  # the block loaded first, processed last (its registers were free during the loop)
-        v0 = tl.where((kpos0 < hi)[:, None], v0, 0.0)  # keys past the sequence may hold NaN (0 * NaN)
-        acc, m_i, l_i = _dstep(acc, m_i, l_i, q, k0, v0, kpos0 < hi, qk_scale)
+        acc, m_i, l_i = _softmax_step(acc, m_i, l_i, q, tl.trans(k), v, kin[None, :], qk_scale)
     if SPLIT:
         part = pid_s.to(tl.int64) * total_rows + out_row
         tl.store(OPart + part[:, None] * HEAD_DIM + offs_d[None, :], acc, mask=row_ok[:, None])
         tl.store(MPart + part, m_i, mask=row_ok)
         tl.store(LPart + part, l_i, mask=row_ok)
-        if FUSED:
-            # last split program of this (sequence, KV head) to arrive merges; the barrier orders
-            # every thread's stores before the counter's release; the counter returns to 0
-            tl.debug_barrier()
-            cnt = Counter + pid_bh
-            n_splits = tl.num_programs(0)
-            old = tl.atomic_add(cnt, 1, sem="acq_rel", scope="gpu")
-            if old == n_splits - 1:
-                tl.atomic_xchg(cnt, 0, sem="relaxed", scope="gpu")
-                _merge_wide(OPart, MPart, LPart, Sinks, Out, b, kvh, total_rows, n_splits,
-                            HQ, G, BLOCK_G, HEAD_DIM, HAS_SINK, BLOCK_S)
     else:
         if HAS_SINK:
             sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
@@ -510,6 +455,101 @@ def _decode(
         out = acc / l_safe[:, None]
         tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
+
+
+@triton.jit
+def _window_fwd(
+    Q, K, V, Out, Sinks, CuQ, CuK, SeqK,
+    qk_scale, seq_q_fixed, window_left,
+    stride_qt, stride_qh,
+    stride_kb, stride_kt, stride_kh,
+    stride_vb, stride_vt, stride_vh,
+    HQ: tl.constexpr, G: tl.constexpr, HEAD_DIM: tl.constexpr,
+    VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr, HAS_SINK: tl.constexpr,
+    KEYS_LEFT: tl.constexpr, BLOCK_P: tl.constexpr, HEADS_PER_STEP: tl.constexpr = 1,
+):
+    # Causal sliding-window prefill (window_left <= KEYS_LEFT keys back, window_right = 0).
+    # A program owns BLOCK_P query positions of one (sequence, KV head) and every one of the G
+    # query heads that share it. Its whole key range is two blocks, loaded once before the head
+    # loop and reused by all G heads: the KEYS_LEFT keys before the tile's first position and the
+    # BLOCK_P keys of the tile itself (the diagonal). Each step takes HEADS_PER_STEP heads stacked
+    # as rows (row r: position r % BLOCK_P, head h + r // BLOCK_P): one q load, two dots for the
+    # scores, a one-pass softmax (all keys are at hand: no online rescale), two dots for the
+    # output. The loop pipelines the next steps' q loads behind this step's math.
+    pid_p = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    HKV: tl.constexpr = HQ // G
+    ROWS: tl.constexpr = BLOCK_P * HEADS_PER_STEP
+    b = pid_bh // HKV
+    kvh = pid_bh % HKV
+    if VARLEN_Q:
+        q_start = tl.load(CuQ + b)
+        seqlen_q = tl.load(CuQ + b + 1) - q_start
+    else:
+        q_start = b * seq_q_fixed
+        seqlen_q = seq_q_fixed
+    if KV_MODE == 0:
+        k_start = tl.load(CuK + b)
+        seqlen_k = tl.load(CuK + b + 1) - k_start
+        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
+        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
+    else:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
+        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    p0 = pid_p * BLOCK_P
+    if p0 >= seqlen_q:
+        return
+
+    offs_d = tl.arange(0, HEAD_DIM)
+    k0 = p0 + seqlen_k - seqlen_q  # key of the tile's first query (bottom-right aligned)
+    kpos_l = k0 - KEYS_LEFT + tl.arange(0, KEYS_LEFT)
+    kpos_d = k0 + tl.arange(0, BLOCK_P)
+    in_l = kpos_l >= 0  # (every left key precedes the tile's first query, so < seqlen_k)
+    in_d = (kpos_d >= 0) & (kpos_d < seqlen_k)
+    k_l = tl.load(K + k_base + kpos_l.to(tl.int64)[:, None] * stride_kt + offs_d[None, :], mask=in_l[:, None], other=0.0)
+    v_l = tl.load(V + v_base + kpos_l.to(tl.int64)[:, None] * stride_vt + offs_d[None, :], mask=in_l[:, None], other=0.0)
+    k_d = tl.load(K + k_base + kpos_d.to(tl.int64)[:, None] * stride_kt + offs_d[None, :], mask=in_d[:, None], other=0.0)
+    v_d = tl.load(V + v_base + kpos_d.to(tl.int64)[:, None] * stride_vt + offs_d[None, :], mask=in_d[:, None], other=0.0)
+    kt_l = tl.trans(k_l)
+    kt_d = tl.trans(k_d)
+
+    offs_r = tl.arange(0, ROWS)
+    qi = p0 + offs_r % BLOCK_P
+    row_ok = qi < seqlen_q
+    qpos = k0 + offs_r % BLOCK_P
+    q_ptrs = Q + (q_start + qi).to(tl.int64)[:, None] * stride_qt + (kvh * G + offs_r // BLOCK_P)[:, None] * stride_qh
+    o_ptrs = Out + ((q_start + qi).to(tl.int64) * HQ + kvh * G + offs_r // BLOCK_P)[:, None] * HEAD_DIM
+    wl = window_left
+    for h in tl.range(0, G, HEADS_PER_STEP):
+        q = tl.load(q_ptrs + h * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
+        # Query row r sees keys lo_r..hi_r (the window, keys >= 0, causal; hi_r < seqlen_k for
+        # every stored row). The masks are the same at every step, but held across the loop they
+        # take ~60 registers per thread (2-D boolean tiles): they are recomputed per step from the
+        # loop-carried `wl` (always window_left), which keeps the compiler from hoisting them.
+        lo = tl.maximum(qpos - wl, 0)
+        hi = qpos + (wl - window_left)
+        ok_l = kpos_l[None, :] >= lo[:, None]
+        ok_d = (kpos_d[None, :] >= lo[:, None]) & (kpos_d[None, :] <= hi[:, None])
+        # raw scores; the scale goes inside the exponent (one FMA each): max(s) * scale == max(s * scale)
+        s_l = tl.where(ok_l, tl.dot(q, kt_l), float("-inf"))
+        s_d = tl.where(ok_d, tl.dot(q, kt_d), float("-inf"))
+        m = tl.maximum(tl.max(s_l, 1), tl.max(s_d, 1)) * qk_scale
+        if HAS_SINK:
+            sink = tl.load(Sinks + kvh * G + h + offs_r // BLOCK_P).to(tl.float32) * 1.4426950408889634
+            m = tl.maximum(m, sink)
+        m = tl.where(m == float("-inf"), 0.0, m)
+        p_l = tl.math.exp2(s_l * qk_scale - m[:, None])
+        p_d = tl.math.exp2(s_d * qk_scale - m[:, None])
+        l = tl.sum(p_l, 1) + tl.sum(p_d, 1)
+        if HAS_SINK:
+            l += tl.math.exp2(sink - m)
+        acc = tl.dot(p_l.to(v_l.dtype), v_l)
+        acc = tl.dot(p_d.to(v_d.dtype), v_d, acc)
+        l = tl.where(l == 0.0, 1.0, l)
+        out = acc / l[:, None]
+        tl.store(o_ptrs + h * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
+        wl = tl.maximum(wl, window_left)
 
 
 # Prefill configurations (rows per program, keys per step, warps, pipeline stages).
@@ -546,6 +586,24 @@ _attn_fwd_window = triton.autotune(
     key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_WR", "HAS_SINK", "window_left"],
 )(_attn_fwd) if not INTERPRET else None
 
+# Causal sliding windows of at most WINDOW_KEYS_MAX keys back (GPT-OSS: 127), packed or batched K/V:
+# `_window_fwd` (all G heads of a KV head per program, K/V loaded once). Other narrow windows (paged
+# K/V, a right edge > 0, wider windows) take `_attn_fwd_window`.
+WINDOW_KEYS_MAX = 256
+_WINDOW_FWD_CONFIGS = [  # H100 probe w1 (docs/NOTES-attention.md "v4"): 94.5 / 95.4 / 97.1 / 105.5 µs
+    triton.Config({"BLOCK_P": 32, "HEADS_PER_STEP": 2}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=3),
+    triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=4),
+    triton.Config({"BLOCK_P": 32, "HEADS_PER_STEP": 2}, num_warps=4, num_stages=2),
+]
+_window_fwd_tuned = triton.autotune(
+    configs=_WINDOW_FWD_CONFIGS,
+    key=["HQ", "G", "HEAD_DIM", "KV_MODE", "HAS_SINK", "KEYS_LEFT"],
+)(_window_fwd) if not INTERPRET else None
+# Explicit `_window_fwd` configuration (dict of BLOCK_P, num_warps, num_stages, maxnreg) instead of the
+# autotuner: for sweeps and the interpreter checks (which also take this path for short sequences).
+WINDOW_OVERRIDE: dict | None = None
+
 
 # Decode: the key axis is split (flash-decoding) until there are ~CTAS_PER_SM programs per SM,
 # each split keeping at least MIN_KEYS_PER_SPLIT keys. FUSED_COMBINE: the last split program to
@@ -566,23 +624,17 @@ FUSED_MAX_SPLITS = 4  # the merging program reads splits x rows partials alone: 
 # attention kernel runs and waits on the grid dependency (B=1: 12.59 -> 11.72 µs).
 DECODE_PDL = True
 DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
-# Decode v4: one query position per sequence against a batched or paged cache (the
-# flash_attn_with_kvcache decode step) goes to the dedicated `_decode` kernel when DECODE_V4:
-# grid (splits, B x Hkv); V4_FUSED: the last split program of each (sequence, KV head) merges all
-# splits in one wide load (one launch); else `_combine` (two launches, PDL). V4_EARLY: the split's
-# first block is loaded before the sequence length (batched cache, no window only).
-# Measured (H100, 2026-11-22 10:43 UTC, docs/NOTES-attention.md "decode v4"), v3 default -> v4
-# unfused: B=1 11.74 -> 10.79 µs, B=1 paged 13.96 -> 12.75, B=32 196.7 -> 197.4, B=32 paged
-# 228.8 -> 197.6. Fused is slower at B=1 (13.9 µs), EARLY too (12.0). Off until the GPU tests
-# have run with V4_FUSED = False (that run covered `_decode` with FUSED only).
-DECODE_V4 = False
-V4_FUSED = False
-V4_EARLY = False
+# One query position per sequence against a batched or paged cache (the flash_attn_with_kvcache
+# decode step) goes to `_decode` (grid (splits, B x Hkv)) + `_combine`, both with PDL.
+# Measured (H100, 2026-11-22 10:43 UTC, docs/NOTES-attention.md "decode v4"), general kernel ->
+# `_decode`: B=1 11.74 -> 10.79 µs, B=1 paged 13.96 -> 12.75, B=32 196.7 -> 197.4, B=32 paged
+# 228.8 -> 197.6. A last-program merge in one wide load was slower at B=1 (13.9 µs), and so was
+# loading the first block before the sequence length (12.0): both removed.
+DECODE_V4 = True
 V4_BLOCK_N = 64
 V4_WARPS = 4
 V4_STAGES = 3
 V4_SPLITS = 0  # 0: from the shapes, as above
-V4_FUSED_MAX_SPLITS = 64
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
 PREFILL_OVERRIDE: dict | None = None
@@ -675,6 +727,21 @@ def attn_fwd(
         q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
     ]
 
+    keys_left = max(16, triton.next_power_of_2(window_left)) if window_left > 0 else 16
+    if (((rows > 256 and not INTERPRET) or WINDOW_OVERRIDE is not None) and kv_mode != 2 and window_right == 0
+            and 0 <= window_left <= WINDOW_KEYS_MAX and PREFILL_OVERRIDE is None):
+        wargs = [q, k, v, out, sinks if sinks is not None else dummy, args[8], args[9], args[10],
+                 scale * LOG2E, seq_q_fixed, window_left, q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh]
+        wconst = dict(HQ=hq, G=g, HEAD_DIM=d, VARLEN_Q=cu_q is not None, KV_MODE=kv_mode,
+                      HAS_SINK=sinks is not None, KEYS_LEFT=keys_left)
+        if WINDOW_OVERRIDE is not None:
+            cfg = dict(WINDOW_OVERRIDE)
+            launch = {k: cfg.pop(k) for k in ("num_warps", "num_stages", "maxnreg") if k in cfg}
+            _window_fwd[(triton.cdiv(max_seqlen_q, cfg["BLOCK_P"]), batch * hkv)](*wargs, **cfg, **launch, **wconst)
+        else:
+            _window_fwd_tuned[lambda meta: (triton.cdiv(max_seqlen_q, meta["BLOCK_P"]), batch * hkv)](*wargs, **wconst)
+        return out
+
     if (rows > 256 and not INTERPRET) or (PREFILL_OVERRIDE is not None and rows > 16):
         # Prefill: many row tiles, no split, autotuned tile shape.
         args[4:7] = [dummy, dummy, dummy]
@@ -697,7 +764,7 @@ def attn_fwd(
         return out
 
     if DECODE_V4 and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0:
-        return _decode_v4(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left)
+        return _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left)
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
     if INTERPRET:
@@ -741,7 +808,7 @@ def attn_fwd(
         FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), PDL=pdl,
         launch_pdl=pdl, **common,
     )
-    if splits > 1 and not fused:
+    if splits > 1:
         _combine[(total_rows,)](
             opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
             HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
@@ -750,8 +817,8 @@ def attn_fwd(
     return out
 
 
-def _decode_v4(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
-    """Sq = 1 decode through `_decode` (see DECODE_V4)."""
+def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
+    """Sq = 1 decode: `_decode` + `_combine` (see DECODE_V4)."""
     import torch
 
     tq, hq, d = q.shape
@@ -773,34 +840,27 @@ def _decode_v4(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page
     splits = triton.cdiv(cap, per)
     total_rows = tq * hq
     dummy = out
-    counter = None
     if splits > 1:
         opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
         mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
         lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
-        if V4_FUSED and splits <= V4_FUSED_MAX_SPLITS:
-            counter = _counter(q.device, batch * hkv)
     else:
         opart = mpart = lpart = dummy
-    fused = counter is not None
     block_s = max(2, triton.next_power_of_2(splits))
     pdl = _pdl_ok(q.device)
-    skb = k.stride(0)
-    svb = v.stride(0)
     _decode[(splits, batch * hkv)](
         q, k, v, out, opart, mpart, lpart, sinks if sinks is not None else dummy, seqlens_k,
-        block_table if block_table is not None else dummy, counter if fused else dummy,
+        block_table if block_table is not None else dummy,
         scale * LOG2E, total_rows, q.stride(0), q.stride(1),
-        skb, k.stride(1), k.stride(2), svb, v.stride(1), v.stride(2),
+        k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         block_table.stride(0) if block_table is not None else 0,
-        per, cap, window_left,
-        HQ=hq, G=g, BLOCK_G=triton.next_power_of_2(g), HEAD_DIM=d, KV_MODE=kv_mode, PAGE=page,
+        per, window_left,
+        HQ=hq, G=g, HEAD_DIM=d, KV_MODE=kv_mode, PAGE=page,
         HAS_WL=window_left >= 0, HAS_SINK=sinks is not None, BLOCK_M=max(16, triton.next_power_of_2(g)),
-        BLOCK_N=block_n, BLOCK_S=block_s, SPLIT=splits > 1, FUSED=fused,
-        EARLY=V4_EARLY and kv_mode == 1 and window_left < 0, PDL=pdl,
+        BLOCK_N=block_n, SPLIT=splits > 1, PDL=pdl,
         num_warps=V4_WARPS, num_stages=V4_STAGES, launch_pdl=pdl,
     )
-    if splits > 1 and not fused:
+    if splits > 1:
         _combine[(total_rows,)](
             opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
             HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,

@@ -265,8 +265,9 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
                 Cfg(256, 64, 8, 4, 16, split_m=True, split_n=True)]
     # 128 x 256 tiles, 2 warpgroups. v3 (no split): 990 + 531 us (T=4096), 3801 + 1838 (T=16384), 426 + 247
     # (T=1024). v4 probe, back to back in a CUDA graph: T=4096 1521-1534, T=16384 5340 (3 stages: 5716).
-    return [Cfg(256, 64, 8, 4, 8, True, True, True, True), Cfg(256, 64, 8, 4, 4, True, True, True, True),
-            Cfg(256, 64, 8, 4, 16, True, True, True, True)]
+    # GROUP_M 4 was slower than 8 at every size (v4-2 probe) and is gone; a persistent grid (v5) was
+    # slower still (docs/NOTES-moe.md "v5").
+    return [Cfg(256, 64, 8, 4, 8, True, True, True, True), Cfg(256, 64, 8, 4, 16, True, True, True, True)]
 
 
 def _tma_ok(device: torch.device) -> bool:
