@@ -168,9 +168,9 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         # overhead is counted once per call, and at B=1 the cache is L2-resident
         rows.append(row("attention", f"decode B={b} cache=8192", "ours (Triton, split-K)", t, floor,
                         GBps=round(kv_bytes / t / 1e3), caches=n_sets, same_cache_us=round(t_same, 2)))
+        # (the fused last-program merge belongs to the general kernel's split decode, which Sq = 1
+        # decode no longer takes: `_decode` + `_combine`)
         alts = [("ours, no programmatic dependent launch", "DECODE_PDL", False)]
-        if b > 1:  # (B=1 has 32 splits: more than FUSED_MAX_SPLITS, the fused form does not apply)
-            alts.append(("ours, fused merge (last split program)", "FUSED_COMBINE", True))
         for label, knob, value in alts:
             default = getattr(ta, knob)
             setattr(ta, knob, value)

@@ -40,17 +40,16 @@ dev, bf = "cuda", torch.bfloat16
 OUT = Path(os.environ.get("OUT", "probe_out"))
 OUT.mkdir(parents=True, exist_ok=True)
 
-CONFIGS = [  # ("window", _window_fwd config) or ("general", _attn_fwd config)
+CONFIGS = [  # ("window", _window_fwd config) or ("general", _attn_fwd config); probe w4
     ("general", dict(BLOCK_M=64, BLOCK_N=32, BLOCK_N_R=16, num_warps=4, num_stages=2, maxnreg=80)),
-    *[("window", dict(c.kwargs, num_warps=c.num_warps, num_stages=c.num_stages,
-                      **({"maxnreg": c.maxnreg} if c.maxnreg else {}))) for c in ta._WINDOW_FWD_CONFIGS],
-    ("window", dict(BLOCK_P=64, num_warps=4, num_stages=2, maxnreg=168)),
-    ("window", dict(BLOCK_P=64, num_warps=4, num_stages=4)),
-    ("window", dict(BLOCK_P=32, num_warps=4, num_stages=3, maxnreg=128)),
     ("window", dict(BLOCK_P=32, HEADS_PER_STEP=2, num_warps=4, num_stages=3)),
-    ("window", dict(BLOCK_P=32, HEADS_PER_STEP=2, num_warps=4, num_stages=2, maxnreg=168)),
-    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=4, num_warps=4, num_stages=2)),
-    ("window", dict(BLOCK_P=32, num_warps=2, num_stages=2)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=4, num_warps=4, num_stages=3)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=4, num_warps=4, num_stages=4)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=4, num_warps=4, num_stages=3, maxnreg=128)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=8, num_warps=8, num_stages=2)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=8, num_warps=8, num_stages=1)),
+    ("window", dict(BLOCK_P=32, HEADS_PER_STEP=4, num_warps=8, num_stages=3)),
+    ("window", dict(BLOCK_P=16, HEADS_PER_STEP=8, num_warps=8, num_stages=2, maxnreg=104)),
 ]
 
 

@@ -590,11 +590,11 @@ _attn_fwd_window = triton.autotune(
 # `_window_fwd` (all G heads of a KV head per program, K/V loaded once). Other narrow windows (paged
 # K/V, a right edge > 0, wider windows) take `_attn_fwd_window`.
 WINDOW_KEYS_MAX = 256
-_WINDOW_FWD_CONFIGS = [  # H100 probe w1 (docs/NOTES-attention.md "v4"): 94.5 / 95.4 / 97.1 / 105.5 µs
+# H100 probes w3 / w4 (docs/NOTES-attention.md "v4"), µs at S=8192, window 128: 89.7-90.4 / 94.1-94.9 / 95.1
+_WINDOW_FWD_CONFIGS = [
+    triton.Config({"BLOCK_P": 16, "HEADS_PER_STEP": 4}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 32, "HEADS_PER_STEP": 2}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=3),
-    triton.Config({"BLOCK_P": 64}, num_warps=4, num_stages=4),
-    triton.Config({"BLOCK_P": 32, "HEADS_PER_STEP": 2}, num_warps=4, num_stages=2),
 ]
 _window_fwd_tuned = triton.autotune(
     configs=_WINDOW_FWD_CONFIGS,
