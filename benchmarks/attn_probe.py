@@ -17,7 +17,6 @@ Loads _triton_attn.py straight from torch-ext (no build needed). Writes $OUT/pro
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -29,20 +28,11 @@ import triton
 import triton.testing
 
 ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import median_us_graph as graph_us  # noqa: E402  (the harness's timing, outputs kept alive)
+from harness import median_us_graph as graph_us, load_package_file  # noqa: E402  (the harness's timing, outputs kept alive)
 
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ta = _load("_triton_attn", PKG / "attention" / "_triton_attn.py")
-ref = _load("reference", PKG / "reference.py")
+ta = load_package_file("attention/_triton_attn.py")
+ref = load_package_file("reference.py")
 HQ, HKV, D, S, W = 64, 8, 64, 8192, 128
 dev, bf = "cuda", torch.bfloat16
 OUT = Path(os.environ.get("OUT", "probe_out"))

@@ -21,7 +21,6 @@ Loads _triton_attn.py straight from torch-ext (no build needed). Writes $OUT/dec
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import sys
@@ -34,9 +33,8 @@ import triton.language as tl
 import triton.testing
 
 ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
 sys.path.insert(0, str(Path(__file__).parent))
-from harness import median_us_graph, rotation  # noqa: E402
+from harness import median_us_graph, rotation, load_package_file  # noqa: E402
 
 try:
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
@@ -44,15 +42,9 @@ except ImportError:  # pragma: no cover
     gdc_launch_dependents = gdc_wait = None
 
 
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
-
-ta = _load("_triton_attn", PKG / "attention" / "_triton_attn.py")
-ref = _load("reference", PKG / "reference.py")
+ta = load_package_file("attention/_triton_attn.py")
+ref = load_package_file("reference.py")
 HQ, HKV, D, S = 64, 8, 64, 8192
 dev, bf = "cuda", torch.bfloat16
 OUT = Path(os.environ.get("OUT", "probe_out"))

@@ -167,6 +167,18 @@ def load_kernel():
     return kernels.get_local_kernel(ROOT / "build")
 
 
+def load_package_file(relpath: str):
+    """One module of the package straight from torch-ext, no build (the probes import the Triton kernel
+    files this way, to set their module-level knobs), e.g. ``load_package_file("attention/_triton_attn.py")``."""
+    import importlib.util
+
+    path = ROOT / "torch-ext" / "gpt_oss_kernels" / relpath
+    spec = importlib.util.spec_from_file_location(Path(relpath).stem, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "bench_out")))

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Every Triton attention variant under TRITON_INTERPRET=1 (CPU, no GPU) against the float64
-reference: prefill configurations (aligned / unaligned window start, narrow diagonal blocks, one
-masked loop) and split decode with the separate `_combine` and with the fused last-program merge.
+reference: the general kernel's prefill configurations (aligned / unaligned window start, narrow diagonal
+blocks, one masked loop), the sliding-window kernel `_window_fwd`, split decode with the separate
+`_combine` and with the fused last-program merge, and the Sq = 1 decode kernel `_decode`.
 
     TRITON_INTERPRET=1 python scripts/attn_interpret_check.py
 """
@@ -44,7 +45,9 @@ def check(tag, out, expected):
         sys.exit(1)
 
 
-def varlen(lens_q, lens_k, window, causal, sinks, cfg):
+def varlen(lens_q, lens_k, window, causal, sinks, cfg, knob="PREFILL_OVERRIDE"):
+    """Packed varlen prefill with an explicit configuration: of the general kernel (PREFILL_OVERRIDE) or
+    of `_window_fwd` (WINDOW_OVERRIDE: causal windows only)."""
     cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)
     cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32)
     q = torch.randn(sum(lens_q), HQ, D, dtype=dt)
@@ -55,33 +58,14 @@ def varlen(lens_q, lens_k, window, causal, sinks, cfg):
     if causal:
         right = 0
     out = torch.full_like(q, float("nan"))
-    ta.PREFILL_OVERRIDE = cfg
+    setattr(ta, knob, cfg)
     ta.attn_fwd(q, k, v, out, cu_q=cu_q, cu_k=cu_k, seqlens_k=None, block_table=None, sinks=s, batch=len(lens_q),
                 seq_q_fixed=0, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), scale=0.125,
                 window_left=left, window_right=right)
-    ta.PREFILL_OVERRIDE = None
+    setattr(ta, knob, None)
     exp = ref.attention_varlen(q.double(), k.double(), v.double(), cu_q, cu_k, scale=0.125,
                                sinks=None if s is None else s.double(), causal=causal, window=window)
-    check(f"prefill {cfg} window={window} causal={causal} sinks={sinks}", out, exp)
-
-
-def window_kernel(lens_q, lens_k, left, sinks, cfg):
-    """`_window_fwd` (causal window, all heads of a KV head per program), packed varlen K/V."""
-    cu_q = torch.tensor([0] + torch.tensor(lens_q).cumsum(0).tolist(), dtype=torch.int32)
-    cu_k = torch.tensor([0] + torch.tensor(lens_k).cumsum(0).tolist(), dtype=torch.int32)
-    q = torch.randn(sum(lens_q), HQ, D, dtype=dt)
-    k = torch.randn(sum(lens_k), HKV, D, dtype=dt)
-    v = torch.randn_like(k)
-    s = torch.randn(HQ) if sinks else None
-    out = torch.full_like(q, float("nan"))
-    ta.WINDOW_OVERRIDE = cfg
-    ta.attn_fwd(q, k, v, out, cu_q=cu_q, cu_k=cu_k, seqlens_k=None, block_table=None, sinks=s, batch=len(lens_q),
-                seq_q_fixed=0, max_seqlen_q=max(lens_q), max_seqlen_k=max(lens_k), scale=0.125,
-                window_left=left, window_right=0)
-    ta.WINDOW_OVERRIDE = None
-    exp = ref.attention_varlen(q.double(), k.double(), v.double(), cu_q, cu_k, scale=0.125,
-                               sinks=None if s is None else s.double(), causal=True, window=(left, left))
-    check(f"window kernel {cfg} left={left} sinks={sinks} lens_q={lens_q} lens_k={lens_k}", out, exp)
+    check(f"prefill {knob} {cfg} window={window} causal={causal} sinks={sinks} lens_q={lens_q} lens_k={lens_k}", out, exp)
 
 
 def decode(b, sq, cache, paged, fused, splits, window):
@@ -126,10 +110,11 @@ for cfg in cfgs:
     for window, causal in (((11, 11), True), ((-1, -1), True), ((5, 5), False), ((-1, -1), False)):
         varlen([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], window, causal, True, cfg)
 varlen([70], [70], (11, 11), True, False, cfgs[2])
+# `_window_fwd`: windows of 0 / 5 / 16 / 40 keys back, stacked heads
 for cfg in (dict(BLOCK_P=16), dict(BLOCK_P=32), dict(BLOCK_P=16, HEADS_PER_STEP=2)):
     for left in (0, 5, 16, 40):
-        window_kernel([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], left, True, cfg)
-    window_kernel([70, 33], [70, 33], 40, False, cfg)
+        varlen([1, 0, 45, 9, 70], [1, 5, 45, 20, 70], (left, left), True, True, cfg, "WINDOW_OVERRIDE")
+    varlen([70, 33], [70, 33], (40, 40), True, False, cfg, "WINDOW_OVERRIDE")
 ta.FUSED_MAX_SPLITS = 64
 for fused in (False, True):
     for splits in (2, 3, 5):

@@ -131,6 +131,21 @@ def _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n
 
 
 @triton.jit
+def _normalize(acc, m_i, l_i, Sinks, head, row_ok, HAS_SINK: tl.constexpr):
+    # The output rows of an online softmax (base 2): the sink of each row's head joins the
+    # denominator only, once, at the end; a row that saw no key (and no sink) gives 0, not NaN.
+    if HAS_SINK:
+        sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
+        m_fin = tl.maximum(m_i, sink)
+        m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
+        alpha = tl.math.exp2(m_i - m_fin)
+        l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
+        acc = acc * alpha[:, None]
+    l_safe = tl.where(l_i == 0.0, 1.0, l_i)
+    return acc / l_safe[:, None]
+
+
+@triton.jit
 def _tile(
     q, row0, Q, K, V, Out, OPart, MPart, LPart, Sinks, BT, Counter,
     q_start, seqlen_q, seqlen_k, k_base, v_base, kvh, pid_m, pid_bh, pid_s,
@@ -225,17 +240,37 @@ def _tile(
                 _merge(OPart, MPart, LPart, Sinks, Out, out_row, head, row_ok, total_rows, n_splits,
                        HEAD_DIM, HAS_SINK, BLOCK_M, BLOCK_S, CHUNK_S)
     else:
-        if HAS_SINK:
-            sink = tl.load(Sinks + head).to(tl.float32) * 1.4426950408889634
-            m_fin = tl.maximum(m_i, sink)
-            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
-            alpha = tl.math.exp2(m_i - m_fin)
-            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
-            acc = acc * alpha[:, None]
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
+        out = _normalize(acc, m_i, l_i, Sinks, head, row_ok, HAS_SINK)
         tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty), mask=row_ok[:, None])
 
+
+
+@triton.jit
+def _sequence(b, kvh, CuQ, CuK, SeqK, seq_q_fixed, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+              VARLEN_Q: tl.constexpr, KV_MODE: tl.constexpr):
+    # Sequence b: its first query row and query count (packed by CuQ, or seq_q_fixed each), its key
+    # count, and where KV head kvh's keys / values start (KV_MODE 0 packed by CuK, 1 batched cache,
+    # 2 paged: the page offset is added per key).
+    if VARLEN_Q:
+        q_start = tl.load(CuQ + b)
+        seqlen_q = tl.load(CuQ + b + 1) - q_start
+    else:
+        q_start = b * seq_q_fixed
+        seqlen_q = seq_q_fixed
+    if KV_MODE == 0:
+        k_start = tl.load(CuK + b)
+        seqlen_k = tl.load(CuK + b + 1) - k_start
+        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
+        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
+    elif KV_MODE == 1:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
+        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    else:
+        seqlen_k = tl.load(SeqK + b)
+        k_base = (kvh * stride_kh).to(tl.int64)
+        v_base = (kvh * stride_vh).to(tl.int64)
+    return q_start, seqlen_q, seqlen_k, k_base, v_base
 
 
 @triton.jit
@@ -267,25 +302,9 @@ def _attn_fwd(
         gdc_wait()
         gdc_launch_dependents()
 
-    if VARLEN_Q:
-        q_start = tl.load(CuQ + b)
-        seqlen_q = tl.load(CuQ + b + 1) - q_start
-    else:
-        q_start = b * seq_q_fixed
-        seqlen_q = seq_q_fixed
-    if KV_MODE == 0:
-        k_start = tl.load(CuK + b)
-        seqlen_k = tl.load(CuK + b + 1) - k_start
-        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
-        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
-    elif KV_MODE == 1:
-        seqlen_k = tl.load(SeqK + b)
-        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
-        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
-    else:
-        seqlen_k = tl.load(SeqK + b)
-        k_base = kvh * stride_kh
-        v_base = kvh * stride_vh
+    q_start, seqlen_q, seqlen_k, k_base, v_base = _sequence(
+        b, kvh, CuQ, CuK, SeqK, seq_q_fixed, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+        VARLEN_Q, KV_MODE)
     BT = BlockTable + b.to(tl.int64) * stride_btb
 
     rows_total = seqlen_q * G
@@ -444,15 +463,7 @@ def _decode(
         tl.store(MPart + part, m_i, mask=row_ok)
         tl.store(LPart + part, l_i, mask=row_ok)
     else:
-        if HAS_SINK:
-            sink = tl.load(Sinks + head, mask=row_ok, other=0.0).to(tl.float32) * 1.4426950408889634
-            m_fin = tl.maximum(m_i, sink)
-            m_fin = tl.where(m_fin == float("-inf"), 0.0, m_fin)
-            alpha = tl.math.exp2(m_i - m_fin)
-            l_i = l_i * alpha + tl.math.exp2(sink - m_fin)
-            acc = acc * alpha[:, None]
-        l_safe = tl.where(l_i == 0.0, 1.0, l_i)
-        out = acc / l_safe[:, None]
+        out = _normalize(acc, m_i, l_i, Sinks, head, row_ok, HAS_SINK)
         tl.store(Out + out_row[:, None] * HEAD_DIM + offs_d[None, :], out.to(Out.dtype.element_ty),
                  mask=row_ok[:, None])
 
@@ -482,21 +493,9 @@ def _window_fwd(
     ROWS: tl.constexpr = BLOCK_P * HEADS_PER_STEP
     b = pid_bh // HKV
     kvh = pid_bh % HKV
-    if VARLEN_Q:
-        q_start = tl.load(CuQ + b)
-        seqlen_q = tl.load(CuQ + b + 1) - q_start
-    else:
-        q_start = b * seq_q_fixed
-        seqlen_q = seq_q_fixed
-    if KV_MODE == 0:
-        k_start = tl.load(CuK + b)
-        seqlen_k = tl.load(CuK + b + 1) - k_start
-        k_base = k_start.to(tl.int64) * stride_kt + kvh * stride_kh
-        v_base = k_start.to(tl.int64) * stride_vt + kvh * stride_vh
-    else:
-        seqlen_k = tl.load(SeqK + b)
-        k_base = b.to(tl.int64) * stride_kb + kvh * stride_kh
-        v_base = b.to(tl.int64) * stride_vb + kvh * stride_vh
+    q_start, seqlen_q, seqlen_k, k_base, v_base = _sequence(
+        b, kvh, CuQ, CuK, SeqK, seq_q_fixed, stride_kb, stride_kt, stride_kh, stride_vb, stride_vt, stride_vh,
+        VARLEN_Q, KV_MODE)
     p0 = pid_p * BLOCK_P
     if p0 >= seqlen_q:
         return
@@ -686,6 +685,20 @@ def _counter(device, n: int):
     return buf
 
 
+def _split_count(q, base: int, cap: int, block_n: int, override: int) -> int:
+    """Splits of the key axis for `base` programs over up to `cap` keys: until there are ~CTAS_PER_SM
+    programs per SM, each split keeping at least MIN_KEYS_PER_SPLIT keys (`override`: sweeps)."""
+    n_sm = _num_sms(q.device) if q.is_cuda else 132
+    splits = 1
+    if base < CTAS_PER_SM * n_sm and cap > 512:
+        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
+    if override and cap > 512:
+        splits = override
+    if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
+        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
+    return splits
+
+
 def attn_fwd(
     q, k, v, out, *, cu_q, cu_k, seqlens_k, block_table, sinks, batch, seq_q_fixed, max_seqlen_q, max_seqlen_k,
     scale, window_left, window_right,
@@ -774,14 +787,7 @@ def attn_fwd(
     tiles_m = triton.cdiv(rows, block_m)
     base = tiles_m * batch * hkv
     cap = max_seqlen_k
-    n_sm = _num_sms(q.device) if q.is_cuda else 132
-    splits = 1
-    if base < CTAS_PER_SM * n_sm and cap > 512:
-        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
-    if DECODE_SPLITS and cap > 512:
-        splits = DECODE_SPLITS
-    if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
-        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
+    splits = _split_count(q, base, cap, block_n, DECODE_SPLITS)
     if splits > 1:
         per = triton.cdiv(triton.cdiv(cap, splits), block_n) * block_n
         splits = triton.cdiv(cap, per)
@@ -828,14 +834,7 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
     block_n = V4_BLOCK_N if kv_mode != 2 or page % V4_BLOCK_N == 0 else 16
     block_n = 16 if INTERPRET else block_n
     base = batch * hkv
-    n_sm = _num_sms(q.device) if q.is_cuda else 132
-    splits = 1
-    if base < CTAS_PER_SM * n_sm and cap > 512:
-        splits = min(triton.cdiv(CTAS_PER_SM * n_sm, base), triton.cdiv(cap, MIN_KEYS_PER_SPLIT), 64)
-    if V4_SPLITS and cap > 512:
-        splits = V4_SPLITS
-    if INTERPRET and cap > 2 * block_n and _INTERPRET_SPLIT:
-        splits = 2 if not _INTERPRET_SPLITS else _INTERPRET_SPLITS
+    splits = _split_count(q, base, cap, block_n, V4_SPLITS)
     per = triton.cdiv(cap, splits)
     splits = triton.cdiv(cap, per)
     total_rows = tq * hq
