@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Decode B=1 physical floor and decode v4 variants, in one device call (issue 4).
+"""Decode B=1 physical floor and the decode variants, in one device call (issue 4).
 
 Every number is device time per call from CUDA-graph replays (benchmarks/harness.py's
 `median_us_graph`) over rotating inputs that together exceed 3x L2 (`rotation`: 10 buffers of
@@ -11,10 +11,10 @@ Every number is device time per call from CUDA-graph replays (benchmarks/harness
    access pattern (one program per (split, KV head), 128-byte rows 1 KB apart in K and in V)
    without any attention arithmetic; torch's `x.sum()`; a same-size device copy (16.8 MB read +
    16.8 MB written); an empty Triton kernel (one program and 256), i.e. the cost of a graph node.
-2. decode, B=1 and B=32, contiguous and paged (64-token pages, shuffled): today's default
-   (`_attn_fwd` + `_combine`, PDL) against the v4 kernel (`_decode`, fused wide merge or
-   `_combine`, EARLY, splits, block, warps, stages); each variant checked against float64 first
-   (poisoned output, run twice so the fused counters must have been reset).
+2. decode, B=1 and B=32, contiguous and paged (64-token pages, shuffled): the general kernel
+   (`_attn_fwd` + `_combine`, PDL; at B=32 also its fused merge) against `_decode` + `_combine`
+   (the default, SQ1_DECODE) at other splits / blocks / stages; each variant checked against
+   float64 first (poisoned output, run twice so the fused merge's counters must have been reset).
 
 Loads _triton_attn.py straight from torch-ext (no build needed). Writes $OUT/decode_floor.json.
 """
@@ -183,7 +183,7 @@ def run_floor():
 
 
 # --- decode ---------------------------------------------------------------------------------------
-KNOBS = ("DECODE_V4", "V4_BLOCK_N", "V4_WARPS", "V4_STAGES", "V4_SPLITS")
+KNOBS = ("SQ1_DECODE", "SQ1_BLOCK_N", "SQ1_WARPS", "SQ1_STAGES", "SQ1_SPLITS")
 DEFAULTS = {k: getattr(ta, k) for k in KNOBS}
 
 
@@ -194,15 +194,15 @@ def V(name, **kw):
 # (the fused wide-merge and EARLY variants of the 10:43 UTC run are gone from the code; their
 # numbers are in docs/results/2026-11-22-h100-decode-v4.json and docs/NOTES-attention.md)
 B1 = [
-    V("v3 (_attn_fwd + _combine, PDL)", DECODE_V4=False),
-    V("v3, no PDL", DECODE_V4=False, _NOPDL=True),
-    V("_decode + _combine, 32 splits (default)", DECODE_V4=True),
-    V("_decode, 24 splits", DECODE_V4=True, V4_SPLITS=24),
-    V("_decode, 16 splits, 128/4w/3s", DECODE_V4=True, V4_SPLITS=16, V4_BLOCK_N=128),
-    V("_decode, 64 splits, 64/4w/2s", DECODE_V4=True, V4_SPLITS=64, V4_STAGES=2),
+    V("general kernel (_attn_fwd + _combine, PDL)", SQ1_DECODE=False),
+    V("general kernel, no PDL", SQ1_DECODE=False, _NOPDL=True),
+    V("_decode + _combine, 32 splits (default)", SQ1_DECODE=True),
+    V("_decode, 24 splits", SQ1_DECODE=True, SQ1_SPLITS=24),
+    V("_decode, 16 splits, 128/4w/3s", SQ1_DECODE=True, SQ1_SPLITS=16, SQ1_BLOCK_N=128),
+    V("_decode, 64 splits, 64/4w/2s", SQ1_DECODE=True, SQ1_SPLITS=64, SQ1_STAGES=2),
 ]
 B1_PAGED = [B1[0], B1[2]]
-B32 = [B1[0], V("v3 fused merge (FUSED_COMBINE)", DECODE_V4=False, FUSED_COMBINE=True), B1[2]]
+B32 = [B1[0], V("general kernel, fused merge (FUSED_COMBINE)", SQ1_DECODE=False, FUSED_COMBINE=True), B1[2]]
 B32_PAGED = [B1[0], B1[2]]
 
 

@@ -123,7 +123,7 @@ for fused in (False, True):
     decode(2, 3, 128, False, fused, 3, (-1, -1))
     decode(2, 1, 128, False, fused, 4, (40, 40))
 # `_decode` (Sq = 1) + `_combine`: batched and paged caches, windows, split counts
-ta.DECODE_V4 = True
+ta.SQ1_DECODE = True
 for splits in (2, 3, 5):
     decode(3, 1, 128, False, False, splits, (-1, -1))
 decode(2, 1, 128, True, False, 4, (-1, -1))

@@ -1,18 +1,24 @@
 """Triton kernels for attention with sinks, sliding window and GQA (CUDA only; imported lazily).
 
-One kernel serves every layout. A program owns BLOCK_M rows of one (sequence, KV head): the rows
-are the G query heads that share that KV head times the query positions (row r -> position r // G,
-head kvh * G + r % G), so each K/V tile is loaded once for all G heads (what makes decode
-bandwidth-bound instead of latency-bound). The key range a tile needs is cut into three parts:
-masked blocks at the window's left edge, unmasked blocks in the middle (no mask arithmetic, no
-bounds checks), masked blocks at the causal diagonal / sequence end. With SPLIT the key axis is also
-cut into splits (flash-decoding); each writes an unnormalised partial and `_combine` merges them
-and adds the sink (launched with programmatic dependent launch, so it is resident and waiting
-while the attention kernel runs; or, opt-in, the last split program merges: FUSED). Online softmax
-in base 2, fp32 accumulators; the sink joins the denominator only, once, at the end.
+Three kernels, one online-softmax convention (base 2, fp32 accumulators; the sink joins the
+denominator only, once, at the end):
 
-Prefill: narrow sliding windows have their own autotuned configurations (`_WINDOW_CONFIGS`: short
-key loops, a narrower block at the diagonal); everything else `_PREFILL_CONFIGS`.
+- `_attn_fwd`, the general kernel (every layout; prefill, chunked append, decode with several query
+  positions). A program owns BLOCK_M rows of one (sequence, KV head): the rows are the G query heads
+  that share that KV head times the query positions (row r -> position r // G, head kvh * G + r % G),
+  so each K/V tile is loaded once for all G heads. The key range a tile needs is cut into three
+  parts: masked blocks at the window's left edge, unmasked blocks in the middle (no mask arithmetic,
+  no bounds checks), masked blocks at the causal diagonal / sequence end. With SPLIT the key axis is
+  also cut into splits (flash-decoding); each writes an unnormalised partial and `_combine` merges
+  them and adds the sink (launched with programmatic dependent launch, so it is resident and waiting
+  while the attention kernel runs; or, opt-in, the last split program merges: FUSED). Narrow
+  windows the next kernel does not take have their own autotuned configurations (`_WINDOW_CONFIGS`);
+  everything else `_PREFILL_CONFIGS`.
+- `_window_fwd`, causal sliding windows of at most WINDOW_KEYS_MAX keys back on packed or batched
+  K/V (GPT-OSS's 128-token layers): the whole window of keys is loaded once per (position tile, KV
+  head) and reused by all G heads, one-pass softmax per head.
+- `_decode`, one query position per sequence against a batched or paged cache (SQ1_DECODE), split
+  along the keys and merged by `_combine`.
 
 KV layouts (KV_MODE): 0 packed varlen (Tk, Hkv, D) + cu_seqlens_k; 1 batched cache
 (B, S, Hkv, D) + seqlens_k; 2 paged cache (blocks, PAGE, Hkv, D) + block_table + seqlens_k.
@@ -523,9 +529,11 @@ def _window_fwd(
     for h in tl.range(0, G, HEADS_PER_STEP):
         q = tl.load(q_ptrs + h * stride_qh + offs_d[None, :], mask=row_ok[:, None], other=0.0)
         # Query row r sees keys lo_r..hi_r (the window, keys >= 0, causal; hi_r < seqlen_k for
-        # every stored row). The masks are the same at every step, but held across the loop they
-        # take ~60 registers per thread (2-D boolean tiles): they are recomputed per step from the
-        # loop-carried `wl` (always window_left), which keeps the compiler from hoisting them.
+        # every stored row). The masks are the same at every step; computing them from the
+        # loop-carried `wl` (always window_left) keeps them inside the loop instead of hoisted
+        # 2-D boolean tiles. At the shipped tiles the sm_90a resource report shows the same
+        # register count either way (168 / 206 / ~250); this is the form the H100 numbers were
+        # measured with (docs/NOTES-attention.md "v4"), the plain form was not timed.
         lo = tl.maximum(qpos - wl, 0)
         hi = qpos + (wl - window_left)
         ok_l = kpos_l[None, :] >= lo[:, None]
@@ -629,11 +637,11 @@ DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: fr
 # `_decode`: B=1 11.74 -> 10.79 µs, B=1 paged 13.96 -> 12.75, B=32 196.7 -> 197.4, B=32 paged
 # 228.8 -> 197.6. A last-program merge in one wide load was slower at B=1 (13.9 µs), and so was
 # loading the first block before the sequence length (12.0): both removed.
-DECODE_V4 = True
-V4_BLOCK_N = 64
-V4_WARPS = 4
-V4_STAGES = 3
-V4_SPLITS = 0  # 0: from the shapes, as above
+SQ1_DECODE = True
+SQ1_BLOCK_N = 64
+SQ1_WARPS = 4
+SQ1_STAGES = 3
+SQ1_SPLITS = 0  # 0: from the shapes, as above
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
 PREFILL_OVERRIDE: dict | None = None
@@ -776,7 +784,7 @@ def attn_fwd(
                                   **common)
         return out
 
-    if DECODE_V4 and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0:
+    if SQ1_DECODE and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0:
         return _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left)
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
@@ -824,17 +832,17 @@ def attn_fwd(
 
 
 def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
-    """Sq = 1 decode: `_decode` + `_combine` (see DECODE_V4)."""
+    """Sq = 1 decode: `_decode` + `_combine` (see SQ1_DECODE)."""
     import torch
 
     tq, hq, d = q.shape
     hkv = k.shape[-2]
     g = hq // hkv
     cap = k.shape[1] if kv_mode == 1 else block_table.shape[1] * page  # keys the cache can hold
-    block_n = V4_BLOCK_N if kv_mode != 2 or page % V4_BLOCK_N == 0 else 16
+    block_n = SQ1_BLOCK_N if kv_mode != 2 or page % SQ1_BLOCK_N == 0 else 16
     block_n = 16 if INTERPRET else block_n
     base = batch * hkv
-    splits = _split_count(q, base, cap, block_n, V4_SPLITS)
+    splits = _split_count(q, base, cap, block_n, SQ1_SPLITS)
     per = triton.cdiv(cap, splits)
     splits = triton.cdiv(cap, per)
     total_rows = tq * hq
@@ -857,7 +865,7 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
         HQ=hq, G=g, HEAD_DIM=d, KV_MODE=kv_mode, PAGE=page,
         HAS_WL=window_left >= 0, HAS_SINK=sinks is not None, BLOCK_M=max(16, triton.next_power_of_2(g)),
         BLOCK_N=block_n, SPLIT=splits > 1, PDL=pdl,
-        num_warps=V4_WARPS, num_stages=V4_STAGES, launch_pdl=pdl,
+        num_warps=SQ1_WARPS, num_stages=SQ1_STAGES, launch_pdl=pdl,
     )
     if splits > 1:
         _combine[(total_rows,)](
