@@ -49,6 +49,17 @@ def floor_for(ceilings: dict, T: int) -> float:
     return floor_us(ceilings, bytes_moved=touched * expert_bytes + T * H * 4, flops=flops)
 
 
+def _tiles(kernel, T: int) -> str:
+    """The tiles the one-shot tuner kept for this T (GEMM 1 / GEMM 2; g0: expert groups), or 'default'."""
+    import sys
+
+    gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
+    bm, mb = gg.block_m_for(T * K, E), (T * K).bit_length()
+    picked = {key[1]: c for key, c in gg._CHOSEN.items() if key[0] == bm and key[4] == mb}
+    fmt = lambda c: f"{bm}x{c.bn}x{c.bk}/{c.warps}w/{c.stages}s/g{c.group_m}" if c else "default"  # noqa: E731
+    return f"{fmt(picked.get(True))} + {fmt(picked.get(False))}"
+
+
 def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
     rows = []
     mlp = _mlp()
@@ -99,7 +110,8 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         best = min(timings.values()) if timings else float("nan")
         rows.append(row("moe", case, "ours MoeMLP (CUDA graph)", ours, floor, eager_us=round(ours_eager, 2),
                         vs_best_transformers_eager=round(best / ours_eager, 2), target_us=TARGET_US[T],
-                        meets_target=ours <= TARGET_US[T], rel_err_vs_grouped_mm=f"{err:.1e}"))
+                        meets_target=ours <= TARGET_US[T], rel_err_vs_grouped_mm=f"{err:.1e}",
+                        tiles=_tiles(kernel, T)))
         for name, us in experiments.items():
             rows.append(row("moe", case, f"ours MoeMLP, {name} (experiment)", us, floor))
         for impl, us in timings.items():

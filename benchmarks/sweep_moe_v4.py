@@ -48,6 +48,23 @@ def torch_dispatch(ids: torch.Tensor, num_experts: int, block_m: int):
     return sp, be
 
 
+def random_experts(num_experts=32, hidden=2880, inter2=5760, device="cuda"):
+    """gpt-oss-20b expert weights for the probes: (w1, b1, w2, b2), bf16, std 0.02, seed 0."""
+    torch.manual_seed(0)
+    rnd = lambda *s: (torch.randn(*s, device=device) * 0.02).to(torch.bfloat16)  # noqa: E731
+    return rnd(num_experts, hidden, inter2), rnd(num_experts, inter2), rnd(num_experts, inter2 // 2, hidden), \
+        rnd(num_experts, hidden)
+
+
+def random_routing(t, num_experts, top_k, block_m, hidden=2880, device="cuda"):
+    """(hidden (t, H) bf16, topk weights fp32, sorted_pos, block_expert) for a random router."""
+    x = torch.randn(t, hidden, device=device, dtype=torch.bfloat16)
+    top = torch.randn(t, num_experts, device=device).topk(top_k, dim=1)
+    wts, ids = torch.softmax(top.values, dim=1).contiguous(), top.indices.to(torch.int32)
+    sorted_pos, block_expert = torch_dispatch(ids, num_experts, block_m)
+    return x, wts, sorted_pos, block_expert
+
+
 def _gg():
     spec = importlib.util.spec_from_file_location("gg", ROOT / "torch-ext/gpt_oss_kernels/moe/grouped_gemm.py")
     gg = importlib.util.module_from_spec(spec)

@@ -190,9 +190,11 @@ def _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_p
     if m == 0:
         return hidden.new_zeros(hidden.shape), w, ids, w_lo
     m_bucket = m.bit_length()
+    groups = grouped_gemm.block_groups(block_expert, block_m)
     grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k,
-                              alpha, limit, block_m, m_bucket)
-    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket)
+                              alpha, limit, block_m, m_bucket, groups)
+    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket,
+                                groups)
     return _FINALIZE(y, ids, e), w, ids, w_lo
 
 
@@ -219,10 +221,12 @@ def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj
     sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
     nb = block_expert.shape[0]
     act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
+    groups = grouped_gemm.block_groups(block_expert, block_m)
     grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, k,
-                              alpha, limit, block_m, m_bucket)
+                              alpha, limit, block_m, m_bucket, groups)
     y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
-    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket)
+    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket,
+                                groups)
     return ops.moe_finalize(y, ids, e)
 
 

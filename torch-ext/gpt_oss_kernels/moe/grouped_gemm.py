@@ -12,8 +12,9 @@ One kernel, two epilogues, selected by the constexpr ``FIRST``:
 
 Each program takes one ``BLOCK_M`` row block (all rows of one expert, padding rows masked; the
 block's expert comes from ``block_expert``; -1 ends the program at once) and one ``BLOCK_N``
-column tile. Programs are ordered in groups of ``GROUP_M`` row blocks, row block fastest, so the
-blocks of one expert run together and share the expert's weight tiles through L2.
+column tile. Programs are ordered in groups of row blocks, row block fastest, so the blocks of one
+expert run together and share the expert's weight tiles through L2: for 128-row blocks a group is
+the blocks of one expert (``block_groups``; at most GROUP_CAP), otherwise ``GROUP_M`` blocks.
 
 Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read.
 Only ``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32) exists today; an MXFP4 or FP8 format adds
@@ -113,9 +114,37 @@ def _moe_tile(
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
 
 
+@triton.jit
+def _max_i32(a, b):
+    return tl.maximum(a, b)
+
+
+@triton.jit
+def _min_i32(a, b):
+    return tl.minimum(a, b)
+
+
+@triton.jit(do_not_specialize=["nb"])
+def _block_groups_kernel(block_expert_ptr, groups_ptr, nb, CAP: tl.constexpr, NB_P2: tl.constexpr):
+    # groups[b] = first block of b's group, groups[nb + b] = its number of blocks: a group is a run of
+    # at most CAP consecutive blocks of one expert (unused blocks: groups of one).
+    b = tl.arange(0, NB_P2)
+    ok = b < nb
+    e = tl.load(block_expert_ptr + b, mask=ok, other=-1)
+    e_prev = tl.load(block_expert_ptr + b - 1, mask=ok & (b > 0), other=-2)
+    e_next = tl.load(block_expert_ptr + b + 1, mask=b + 1 < nb, other=-2)
+    first = tl.associative_scan(tl.where(e != e_prev, b, 0), 0, _max_i32)
+    end = tl.associative_scan(tl.where(e != e_next, b + 1, NB_P2), 0, _min_i32, reverse=True)
+    first = first + ((b - first) // CAP) * CAP
+    cnt = tl.minimum(end - first, CAP)
+    used = e >= 0
+    tl.store(groups_ptr + b, tl.where(used, first, b), mask=ok)
+    tl.store(groups_ptr + nb + b, tl.where(used, cnt, 1), mask=ok)
+
+
 @triton.jit(do_not_specialize=["nb", "top_k", "M_BUCKET"])
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
+    a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, groups_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
     N, K, nb, top_k, alpha, limit, M_BUCKET,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
@@ -131,12 +160,23 @@ def _moe_gemm_kernel(
     # descriptor with that block when W_TMA). Both remove MMA work on padding only.
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
-    per_group = GROUP_M * num_n
-    group = pid // per_group
-    first_m = group * GROUP_M
-    group_m = tl.minimum(nb - first_m, GROUP_M)
-    pid_m = first_m + (pid % per_group) % group_m
-    pid_n = (pid % per_group) // group_m
+    if GROUP_M == 0:
+        # expert groups (``block_groups``): the tiles of a group of blocks [first, first + cnt) are
+        # [first * num_n, (first + cnt) * num_n), row block fastest; no group straddles two experts, so
+        # each weight tile is read from DRAM once (GROUP_M groups split ~half the experts at T=4096).
+        b = pid // num_n
+        first_m = tl.load(groups_ptr + b)
+        group_m = tl.load(groups_ptr + nb + b)
+        local = pid - first_m * num_n
+        pid_m = first_m + local % group_m
+        pid_n = local // group_m
+    else:
+        per_group = GROUP_M * num_n
+        group = pid // per_group
+        first_m = group * GROUP_M
+        group_m = tl.minimum(nb - first_m, GROUP_M)
+        pid_m = first_m + (pid % per_group) % group_m
+        pid_n = (pid % per_group) // group_m
 
     e32 = tl.load(block_expert_ptr + pid_m)
     if e32 < 0:
@@ -255,8 +295,11 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
     """Tile candidates, best first (H100 sweep of 2026-11-22, docs/NOTES-moe.md "v3"). ``tma``: the
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors."""
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
-        return [Cfg(64 if first else 32, 128, 4, 4, 64), Cfg(64, 128, 4, 5, 64),
-                Cfg(128 if first else 64, 64, 4, 6, 64), Cfg(32, 256, 4, 3, 64)]
+        # Fixed (not tuned): in CUDA graphs the first is the fastest at T = 1 / 4 / 64 for both GEMMs
+        # (probe of 2026-11-22 ~12:50 UTC, docs/NOTES-moe.md "v6"); the do_bench tuner ranked them
+        # differently from run to run (T=4 whole block 230-280 us). The rest serve sweeps.
+        return [Cfg(128 if first else 64, 64, 4, 6, 64), Cfg(64 if first else 32, 128, 4, 4, 64),
+                Cfg(64, 128, 4, 5, 64), Cfg(32, 256, 4, 3, 64)]
     if block_m == 64:
         return [Cfg(128, 64, 4, 4, 8), Cfg(128, 64, 4, 4, 256)]
     # BLOCK_M 128: split tiles (half-height last block of an expert, narrow last column tile; "v4").
@@ -267,7 +310,8 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
     # (T=1024). v4 probe, back to back in a CUDA graph: T=4096 1521-1534, T=16384 5340 (3 stages: 5716).
     # GROUP_M 4 was slower than 8 at every size (v4-2 probe) and is gone; a persistent grid (v5) was
     # slower still (docs/NOTES-moe.md "v5").
-    return [Cfg(256, 64, 8, 4, 8, True, True, True, True), Cfg(256, 64, 8, 4, 16, True, True, True, True)]
+    # group_m 0: expert groups (block_groups), the first choice wherever the caller passes them.
+    return [Cfg(256, 64, 8, 4, 0, True, True, True, True), Cfg(256, 64, 8, 4, 8, True, True, True, True)]
 
 
 def _tma_ok(device: torch.device) -> bool:
@@ -334,16 +378,16 @@ def _descs(first, cfg, a, w, block_m, tail):
     return ad, ah, wd, wt
 
 
-_N_ARGS = 25  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
+_N_ARGS = 26  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
 
 
-def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, m_bucket,
-          block_m):
+def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
+          m_bucket, block_m):
     tail = bn_tail(n, cfg)
     ad, ah, wd, wt = _descs(first, cfg, a, w, block_m, tail)
     has_bias = bias is not None
     return (
-        ad, wd, bias if has_bias else w, out, sorted_pos, block_expert, topk_w, ah, wt,
+        ad, wd, bias if has_bias else w, out, sorted_pos, block_expert, groups, topk_w, ah, wt,
         n, k, nb, top_k, alpha, limit, m_bucket,
         a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
@@ -369,17 +413,20 @@ def _run(kern, grid0, args):
              *args)
 
 
-def _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
+def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
           m_bucket, tma):
     """The tile for this key: forced, default, or timed once (autotune, eager calls only)."""
     forced = FORCE.get((block_m, first))
     if forced is not None:
-        return forced
+        return forced if forced.group_m or groups is not None else forced._replace(group_m=8)
     cands = candidates(block_m, first, tma)
     if not tma:
         cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
+    if groups is None:  # expert groups need the caller's block_groups table
+        cands = list(dict.fromkeys(c._replace(group_m=c.group_m or 8) for c in cands))
     fp32 = a.dtype == torch.float32
-    if fp32 or len(cands) == 1 or not _use_autotune(a.device, n, k) or torch.cuda.is_current_stream_capturing():
+    if (fp32 or len(cands) == 1 or block_m <= 32 or not _use_autotune(a.device, n, k)
+            or torch.cuda.is_current_stream_capturing()):
         return cands[0]
     ckey = (block_m, first, n, k, m_bucket, a.dtype, tma)
     cfg = _CHOSEN.get(ckey)
@@ -388,8 +435,8 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, to
 
         runs = {}
         for c in cands:
-            args = _args(first, c, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
-                         m_bucket, block_m)
+            args = _args(first, c, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha,
+                         limit, m_bucket, block_m)
             try:
                 runs[c] = (_compile(args, c, fp32), nb * triton.cdiv(n, c.bn), args)
             except Exception:  # e.g. out of shared memory on a smaller part
@@ -406,7 +453,7 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, to
     return cfg
 
 
-def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
+def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
             m_bucket):
     a_st, w_st, o_st = a.stride(), w.stride(), out.stride()
     has_bias = bias is not None
@@ -414,23 +461,25 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, 
     ap, wp, tp = a.data_ptr(), w.data_ptr(), topk_w.data_ptr()
     bp = bias.data_ptr() if has_bias else wp
     key = (first, block_m, m_bucket, n, k, top_k, a.dtype, w.dtype, a_st, w_st, o_st, b_st, has_bias,
-           ap % 16, wp % 16, bp % 16, tp % 16, a.get_device())
+           ap % 16, wp % 16, bp % 16, tp % 16, a.get_device(), groups is not None)
+    gp = groups if groups is not None else block_expert  # a placeholder pointer when there are no groups
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
         kern, cfg, tail, tma = hit
         if tma:  # descriptors (large T only: the host is not the bottleneck there)
-            args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha,
+            args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha,
                          limit, m_bucket, block_m)
         else:  # raw pointers: the launcher skips its per-pointer driver query
-            args = (ap, wp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), tp, ap, wp,
+            args = (ap, wp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
+                    ap, wp,
                     n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, *o_st) + tail
         _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn), args)
         return
     tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and _tma_able(w)
            and (first or _tma_able(a)))
-    cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit, block_m,
-                m_bucket, tma)
-    args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, top_k, alpha, limit,
+    cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
+                block_m, m_bucket, tma)
+    args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha, limit,
                  m_bucket, block_m)
     kern = _compile(args, cfg, a.dtype == torch.float32)
     _run(kern, nb * triton.cdiv(n, cfg.bn), args)
@@ -438,15 +487,34 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, topk_w, n, k, nb, 
         _FAST[key] = (kern, cfg, args[_N_ARGS:], cfg.w_tma or (cfg.a_tma and not first))
 
 
+# Expert groups: the row blocks of one expert (at most GROUP_CAP of them) form one group of the
+# tile order. Only the 128-row blocks use them (several blocks per expert); other sizes keep GROUP_M.
+GROUP_CAP = 32
+_GROUPS_MAX_BLOCKS = 8192
+
+
+def block_groups(block_expert: torch.Tensor, block_m: int) -> torch.Tensor | None:
+    """(2 * nb,) int32 on the device: first block and block count of each block's group (one launch,
+    no host sync), or None where the GEMMs keep GROUP_M order."""
+    nb = block_expert.shape[0]
+    if block_m < 128 or nb == 0 or nb > _GROUPS_MAX_BLOCKS or os.environ.get("GOK_MOE_EXPERT_GROUPS", "1") == "0":
+        return None
+    groups = torch.empty(2 * nb, dtype=torch.int32, device=block_expert.device)
+    _block_groups_kernel[(1,)](block_expert, groups, nb, CAP=GROUP_CAP, NB_P2=max(16, triton.next_power_of_2(nb)),
+                               num_warps=4)
+    return groups
+
+
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
-                 block_m, m_bucket):
+                 block_m, m_bucket, groups=None):
     """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row."""
-    _launch(True, hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, sorted_pos,
+    _launch(True, hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, groups, sorted_pos,
             gate_up_proj.shape[2], gate_up_proj.shape[1], block_expert.shape[0], top_k, float(alpha), float(limit),
             block_m, m_bucket)
 
 
-def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket):
+def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket,
+                   groups=None):
     """y[slot] = w[slot] * (act[row] @ W2[e] + b2[e]) with slot = sorted_pos[row]."""
-    _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, topk_w,
+    _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, groups, topk_w,
             down_proj.shape[2], down_proj.shape[1], block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket)
