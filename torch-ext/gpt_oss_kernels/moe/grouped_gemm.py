@@ -295,9 +295,9 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
     """Tile candidates, best first (H100 sweep of 2026-11-22, docs/NOTES-moe.md "v3"). ``tma``: the
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors."""
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
-        # Fixed (not tuned): in CUDA graphs the first is the fastest at T = 1 / 4 / 64 for both GEMMs
-        # (probe of 2026-11-22 ~12:50 UTC, docs/NOTES-moe.md "v6"); the do_bench tuner ranked them
-        # differently from run to run (T=4 whole block 230-280 us). The rest serve sweeps.
+        # Fixed (not tuned): in CUDA graphs the first is the fastest (or within 2%) at T = 1 / 4 / 64 for
+        # both GEMMs (probe of 2026-11-22 ~12:42 UTC, docs/NOTES-moe.md "v6"), and the do_bench tuner did not
+        # always pick it. The rest serve sweeps.
         return [Cfg(128 if first else 64, 64, 4, 6, 64), Cfg(64 if first else 32, 128, 4, 4, 64),
                 Cfg(64, 128, 4, 5, 64), Cfg(32, 256, 4, 3, 64)]
     if block_m == 64:
