@@ -642,6 +642,14 @@ SQ1_BLOCK_N = 64
 SQ1_WARPS = 4
 SQ1_STAGES = 3
 SQ1_SPLITS = 0  # 0: from the shapes, as above
+# Sq = 1 decode on sm_90+ with head_dim 64 and G <= 16: the CUDA kernel of the package's native ops
+# (kernel_src/attention/attn_decode_cuda.cu: the key splits of one (sequence, KV head) are one thread-block
+# cluster and merge through distributed shared memory, one launch) where B x Hkv <= SQ1_CUDA_MAX_BH;
+# `_decode` + `_combine` elsewhere (and where the native op is not built).
+SQ1_CUDA = True
+SQ1_CUDA_MAX_BH = 1 << 30
+SQ1_CUDA_STAGES = 4  # ring stages of 16 keys per warp (2 or 4)
+SQ1_CUDA_SPLITS = 0  # CTAs per (sequence, KV head), 1..16 (0: the op's choice)
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
 PREFILL_OVERRIDE: dict | None = None
@@ -831,10 +839,46 @@ def attn_fwd(
     return out
 
 
-def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
-    """Sq = 1 decode: `_decode` + `_combine` (see SQ1_DECODE)."""
+_CAP: dict[int, tuple] = {}
+
+
+def _native_decode(q, k, v, seqlens_k, sinks, batch):
+    """The native CUDA decode op where it applies (see SQ1_CUDA), else None."""
+    if not SQ1_CUDA or INTERPRET or not q.is_cuda or batch * k.shape[-2] > SQ1_CUDA_MAX_BH:
+        return None
     import torch
 
+    if seqlens_k is None or seqlens_k.dtype != torch.int32 or not seqlens_k.is_contiguous():
+        return None
+
+    hq, d = q.shape[1], q.shape[2]
+    if d != 64 or hq // k.shape[-2] > 16 or q.dtype not in (torch.bfloat16, torch.float16):
+        return None
+    if sinks is not None and sinks.dtype not in (torch.float32, q.dtype):
+        return None
+    if q.stride(2) != 1 or q.stride(1) % 2 or q.stride(0) % 2 or q.data_ptr() % 4:
+        return None
+    for c in (k, v):
+        if c.stride(3) != 1 or any(st % 8 for st in c.stride()[:3]) or c.data_ptr() % 16:
+            return None
+    idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    if idx not in _CAP:
+        try:
+            from .._ops import ops
+        except ImportError:  # loaded outside the package (probes): no native ops
+            ops = None
+        op = getattr(ops, "attn_decode", None) if ops is not None else None
+        _CAP[idx] = (op if torch.cuda.get_device_capability(idx)[0] >= 9 else None,)
+    return _CAP[idx][0]
+
+
+def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
+    """Sq = 1 decode: the native CUDA kernel (SQ1_CUDA) or `_decode` + `_combine` (see SQ1_DECODE)."""
+    import torch
+
+    native = _native_decode(q, k, v, seqlens_k, sinks, batch)
+    if native is not None:
+        return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_SPLITS, SQ1_CUDA_STAGES)
     tq, hq, d = q.shape
     hkv = k.shape[-2]
     g = hq // hkv

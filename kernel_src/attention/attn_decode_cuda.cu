@@ -1,0 +1,638 @@
+// Sq = 1 decode attention for Hopper (the decode step of flash_attn_with_kvcache): one query
+// position per sequence against a batched or paged KV cache, GQA, per-head sinks, optional left
+// window. Semantics are those of the Triton `_decode` + `_combine` pair
+// (torch-ext/gpt_oss_kernels/attention/_triton_attn.py), which serves every other shape.
+//
+// Why a hand kernel: at batch 1 the step is a 16.8 MB read (8192 keys, 8 KV heads, D = 64) that
+// has to finish in ~8 us, and the Triton pair spends ~2 us of it on a second launch that merges
+// the key splits through global memory. Here the splits of one (sequence, KV head) are the CTAs
+// of one thread-block cluster and merge through distributed shared memory: one launch.
+//
+// Layout of the work:
+//   grid (C, B * Hkv), cluster (C, 1, 1), 8 warps per CTA. CTA `rank` of the cluster of
+//   (b, kvh) takes a contiguous 16-key-aligned slice of the visible keys [start, seqlen); each warp
+//   a contiguous part of that, streamed in blocks of 16 keys through its own ring of NST stages
+//   (cp.async, 16 bytes per lane, zero-fill past the slice: cache slots past the sequence are never
+//   read, so garbage there cannot reach the output).
+//   Per block: S = Q K^T and O += P V with mma.m16n8k16 (the G <= 16 query heads of the KV head
+//   are the MMA's 16 rows), online softmax in base 2 (scale folded into the exponent's argument).
+//   Merge: warps -> CTA through shared memory, CTAs -> output through DSMEM after a cluster
+//   barrier; CTA `rank` finalizes its 1/C of the G x 64 outputs, adding the sink to the
+//   denominator (out = sum_i p_i v_i / (sum_i p_i + exp(sink - m))).
+// Shared memory rows are 128 bytes (one key); the 16-byte chunk c of key r is stored at chunk
+// c ^ (r & 7), so the 8 rows an ldmatrix reads hit 8 different bank groups.
+// PDL: the kernel waits for the previous grid (griddepcontrol.wait) before its first global read
+// and lets the next one launch at once (its prologue overlaps this kernel's tail).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cooperative_groups.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdlib>
+#include <map>
+#include <mutex>
+#include <type_traits>
+#include <utility>
+
+#include "torch-ext/torch_binding.h"
+
+namespace {
+
+namespace cg = cooperative_groups;
+
+constexpr int kD = 64;                       // head_dim
+constexpr int kWarps = 8;
+constexpr int kThreads = kWarps * 32;
+constexpr int kKeys = 16;                    // keys per block (one ring stage of one warp)
+constexpr int kRows = 16;                    // MMA rows: the G <= 16 query heads of a KV head
+constexpr int kRowBytes = kD * 2;            // one key of K (or V) in shared memory
+constexpr int kStageBytes = 2 * kKeys * kRowBytes;  // K then V of one block: 4 KB
+constexpr int kMaxCluster = 16;
+constexpr float kLog2e = 1.4426950408889634f;
+
+struct Params {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  const int* seqlens;
+  const int* block_table;
+  const void* sinks;
+  int64_t q_sb, q_sh;            // q (B, Hq, D): element strides of a sequence, a head
+  int64_t k_sb, k_st, k_sh;      // cache (B or blocks, S or page, Hkv, D)
+  int64_t v_sb, v_st, v_sh;
+  int64_t bt_sb;                 // block_table row stride
+  int64_t o_sb, o_sh;            // out (B, Hq, D)
+  int page;                      // 0: batched cache; else keys per page (paged cache)
+  int hkv, g;
+  int window_left;               // -1: none
+  int sink_mode;                 // 0: none, 1: fp32 sinks, 2: sinks in q's dtype
+  float scale_log2;              // softmax_scale * log2(e)
+};
+
+// Shared memory: the warps' rings; after the key loop the first part is reused for the warps'
+// partials (m, l, O of 16 rows each); the CTA partial that other CTAs of the cluster read stays
+// in its own region.
+struct WarpPart {
+  float m[kRows];
+  float l[kRows];
+  float o[kRows][kD];
+};
+struct CtaPart {
+  float m[kRows];
+  float l[kRows];
+  float o[kRows][kD];
+};
+
+template <int NST>
+constexpr int smem_bytes() {
+  constexpr int ring = kWarps * NST * kStageBytes;
+  constexpr int parts = kWarps * static_cast<int>(sizeof(WarpPart));
+  return (ring > parts ? ring : parts) + static_cast<int>(sizeof(CtaPart));
+}
+
+template <typename T> struct MmaType;
+template <> struct MmaType<__nv_bfloat16> { using pair = __nv_bfloat162; };
+template <> struct MmaType<__half> { using pair = __half2; };
+
+__device__ __forceinline__ uint32_t smem_addr(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
+  const int n = ok ? 16 : 0;  // 0: zero-fill, nothing read
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// d += a (16x16, row) * b (16x8, col), fp32 accumulate.
+template <typename T>
+__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
+template <>
+__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                        uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+      "{%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  typename MmaType<T>::pair p;
+  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+    p = __floats2bfloat162_rn(lo, hi);
+  } else {
+    p = __floats2half2_rn(lo, hi);
+  }
+  return *reinterpret_cast<uint32_t*>(&p);
+}
+
+template <typename T>
+__device__ __forceinline__ float to_f32(T v);
+template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
+template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
+template <typename T>
+__device__ __forceinline__ T from_f32(float v);
+template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
+template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
+
+template <typename T, int NST>
+__global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  extern __shared__ __align__(128) unsigned char smem[];
+  cg::cluster_group cluster = cg::this_cluster();
+  const int splits = static_cast<int>(cluster.num_blocks());
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int b = blockIdx.y / p.hkv;
+  const int kvh = blockIdx.y % p.hkv;
+  const int warp = threadIdx.x / 32;
+  const int lane = threadIdx.x % 32;
+  CtaPart* cta = reinterpret_cast<CtaPart*>(smem + smem_bytes<NST>() - sizeof(CtaPart));
+
+  asm volatile("griddepcontrol.wait;\n" ::: "memory");
+  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+
+  // Keys of this warp: [w0, w1), inside the CTA's slice of [start, seqlen).
+  const int seqlen = max(p.seqlens[b], 0);
+  const int start = p.window_left >= 0 ? max(seqlen - 1 - p.window_left, 0) : 0;
+  const int n = max(seqlen - start, 0);
+  const int per_cta = ((n + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
+  const int c0 = start + min(rank * per_cta, n);
+  const int c1 = start + min((rank + 1) * per_cta, n);
+  const int per_warp = ((c1 - c0 + kWarps - 1) / kWarps + kKeys - 1) / kKeys * kKeys;
+  const int w0 = min(c0 + warp * per_warp, c1);
+  const int w1 = min(w0 + per_warp, c1);
+  const int nblk = (w1 - w0 + kKeys - 1) / kKeys;
+
+  const T* kp = static_cast<const T*>(p.k);
+  const T* vp = static_cast<const T*>(p.v);
+  unsigned char* ring = smem + warp * NST * kStageBytes;
+  const uint32_t ring_s = smem_addr(ring);
+  const int* bt = p.block_table + static_cast<int64_t>(b) * p.bt_sb;
+
+  // Lane l loads 16-byte chunk (l % 8) of keys l / 8 + 4 j (j < 4) of a block, K and V.
+  auto issue = [&](int i) {
+    const uint32_t st = ring_s + (i % NST) * kStageBytes;
+    const int kb = w0 + i * kKeys;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int row = lane / 8 + 4 * j;
+      const int ch = lane % 8;
+      const int pos = kb + row;
+      const bool ok = pos < w1;
+      int64_t koff = 0, voff = 0;
+      if (ok) {
+        if (p.page > 0) {
+          const int64_t blk = bt[pos / p.page];
+          const int64_t in = pos % p.page;
+          koff = blk * p.k_sb + in * p.k_st;
+          voff = blk * p.v_sb + in * p.v_st;
+        } else {
+          koff = b * p.k_sb + static_cast<int64_t>(pos) * p.k_st;
+          voff = b * p.v_sb + static_cast<int64_t>(pos) * p.v_st;
+        }
+        koff += kvh * p.k_sh + ch * 8;
+        voff += kvh * p.v_sh + ch * 8;
+      }
+      const uint32_t sw = row * kRowBytes + ((ch ^ (row & 7)) * 16);
+      cp_async16(st + sw, kp + koff, ok);
+      cp_async16(st + kKeys * kRowBytes + sw, vp + voff, ok);
+    }
+  };
+
+#pragma unroll
+  for (int i = 0; i < NST; ++i) {
+    if (i < nblk) issue(i);
+    cp_async_commit();
+  }
+
+  // Q as the MMA's A operand (rows = query heads kvh * G + r, r < G; other rows 0), 4 k-steps.
+  const int r0 = lane / 4;
+  const int cq = (lane % 4) * 2;
+  uint32_t qa[4][4];
+  {
+    const T* qb = static_cast<const T*>(p.q) + static_cast<int64_t>(b) * p.q_sb +
+                  static_cast<int64_t>(kvh) * p.g * p.q_sh;
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+#pragma unroll
+      for (int h = 0; h < 4; ++h) {  // a0 (r0, c), a1 (r0 + 8, c), a2 (r0, c + 8), a3 (r0 + 8, c + 8)
+        const int r = r0 + (h % 2) * 8;
+        const int c = ks * 16 + cq + (h / 2) * 8;
+        qa[ks][h] = r < p.g ? *reinterpret_cast<const uint32_t*>(qb + r * p.q_sh + c) : 0u;
+      }
+    }
+  }
+
+  float o[8][4];
+#pragma unroll
+  for (int j = 0; j < 8; ++j) o[j][0] = o[j][1] = o[j][2] = o[j][3] = 0.f;
+  float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;  // rows r0, r0 + 8 (l: this lane's part)
+  const int mi = lane / 8, mr = lane % 8;  // ldmatrix: matrix and row this lane addresses
+
+  for (int i = 0; i < nblk; ++i) {
+    cp_async_wait<NST - 1>();
+    __syncwarp();
+    const uint32_t sk = ring_s + (i % NST) * kStageBytes;
+    const uint32_t sv = sk + kKeys * kRowBytes;
+
+    // S = Q K^T: n-tile 0 keys 0-7, n-tile 1 keys 8-15.
+    float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+    for (int ks = 0; ks < 4; ++ks) {
+      const int key = (mi / 2) * 8 + mr;
+      const int ch = 2 * ks + (mi % 2);
+      uint32_t kb[4];
+      ldmatrix_x4(sk + key * kRowBytes + ((ch ^ (key & 7)) * 16), kb);
+      mma16816<T>(s[0], qa[ks], kb[0], kb[1]);
+      mma16816<T>(s[1], qa[ks], kb[2], kb[3]);
+    }
+
+    // Online softmax over the block (base 2); keys past the warp's range are -inf.
+    const int kb0 = w0 + i * kKeys;
+    float mx0 = -INFINITY, mx1 = -INFINITY;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const bool in = kb0 + nt * 8 + cq + e < w1;
+        s[nt][e] = in ? s[nt][e] * p.scale_log2 : -INFINITY;
+        s[nt][2 + e] = in ? s[nt][2 + e] * p.scale_log2 : -INFINITY;
+        mx0 = fmaxf(mx0, s[nt][e]);
+        mx1 = fmaxf(mx1, s[nt][2 + e]);
+      }
+    }
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+    mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+    mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+    const float n0 = fmaxf(m0, mx0), n1 = fmaxf(m1, mx1);
+    const float u0 = n0 == -INFINITY ? 0.f : n0, u1 = n1 == -INFINITY ? 0.f : n1;
+    const float a0 = exp2f(m0 - u0), a1 = exp2f(m1 - u1);
+    m0 = n0;
+    m1 = n1;
+    float ps0 = 0.f, ps1 = 0.f;
+#pragma unroll
+    for (int nt = 0; nt < 2; ++nt) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        s[nt][e] = exp2f(s[nt][e] - u0);
+        s[nt][2 + e] = exp2f(s[nt][2 + e] - u1);
+        ps0 += s[nt][e];
+        ps1 += s[nt][2 + e];
+      }
+    }
+    l0 = l0 * a0 + ps0;
+    l1 = l1 * a1 + ps1;
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      o[j][0] *= a0;
+      o[j][1] *= a0;
+      o[j][2] *= a1;
+      o[j][3] *= a1;
+    }
+
+    // O += P V: P (16 x 16 keys) from the score registers, V^T fragments by ldmatrix.trans.
+    const uint32_t pa[4] = {pack2<T>(s[0][0], s[0][1]), pack2<T>(s[0][2], s[0][3]), pack2<T>(s[1][0], s[1][1]),
+                            pack2<T>(s[1][2], s[1][3])};
+#pragma unroll
+    for (int jj = 0; jj < 4; ++jj) {
+      const int key = (mi % 2) * 8 + mr;
+      const int ch = 2 * jj + mi / 2;
+      uint32_t vb[4];
+      ldmatrix_x4_trans(sv + key * kRowBytes + ((ch ^ (key & 7)) * 16), vb);
+      mma16816<T>(o[2 * jj], pa, vb[0], vb[1]);
+      mma16816<T>(o[2 * jj + 1], pa, vb[2], vb[3]);
+    }
+
+    __syncwarp();
+    if (i + NST < nblk) issue(i + NST);
+    cp_async_commit();
+  }
+  cp_async_wait<0>();
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+  l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+  l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+  __syncthreads();  // every warp is done with its ring: reuse it for the warps' partials
+
+  WarpPart* wp = reinterpret_cast<WarpPart*>(smem);
+  if (lane % 4 == 0) {
+    wp[warp].m[r0] = m0;
+    wp[warp].m[r0 + 8] = m1;
+    wp[warp].l[r0] = l0;
+    wp[warp].l[r0 + 8] = l1;
+  }
+#pragma unroll
+  for (int j = 0; j < 8; ++j) {
+    *reinterpret_cast<float2*>(&wp[warp].o[r0][j * 8 + cq]) = make_float2(o[j][0], o[j][1]);
+    *reinterpret_cast<float2*>(&wp[warp].o[r0 + 8][j * 8 + cq]) = make_float2(o[j][2], o[j][3]);
+  }
+  __syncthreads();
+
+  {  // warps -> CTA: thread t merges row t / 16, columns 4 (t % 16) .. + 3
+    const int h = threadIdx.x / 16;
+    const int d4 = (threadIdx.x % 16) * 4;
+    float mw = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) mw = fmaxf(mw, wp[w].m[h]);
+    const float mu = mw == -INFINITY ? 0.f : mw;
+    float lw = 0.f;
+    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+    for (int w = 0; w < kWarps; ++w) {
+      const float sc = exp2f(wp[w].m[h] - mu);
+      lw += wp[w].l[h] * sc;
+      const float4 x = *reinterpret_cast<const float4*>(&wp[w].o[h][d4]);
+      acc.x += x.x * sc;
+      acc.y += x.y * sc;
+      acc.z += x.z * sc;
+      acc.w += x.w * sc;
+    }
+    *reinterpret_cast<float4*>(&cta->o[h][d4]) = acc;
+    if (threadIdx.x % 16 == 0) {
+      cta->m[h] = mw;
+      cta->l[h] = lw;
+    }
+  }
+  cluster.sync();  // every CTA partial of the cluster is written and visible
+
+  {  // CTAs -> output: this CTA finalizes elements [rank * per, (rank + 1) * per) of the G x 64
+    const int total = p.g * kD;
+    const int per = (total + splits - 1) / splits;
+    const int e_end = min((rank + 1) * per, total);
+    float sink = -INFINITY;
+    for (int e = rank * per + threadIdx.x; e < e_end; e += kThreads) {
+      const int h = e / kD, d = e % kD;
+      const int head = kvh * p.g + h;
+      float mc = -INFINITY;
+      for (int j = 0; j < splits; ++j) mc = fmaxf(mc, cluster.map_shared_rank(cta, j)->m[h]);
+      if (p.sink_mode != 0) {
+        sink = (p.sink_mode == 1 ? static_cast<const float*>(p.sinks)[head]
+                                 : to_f32<T>(static_cast<const T*>(p.sinks)[head])) * kLog2e;
+        mc = fmaxf(mc, sink);
+      }
+      const float mu = mc == -INFINITY ? 0.f : mc;
+      float lc = p.sink_mode != 0 ? exp2f(sink - mu) : 0.f;
+      float acc = 0.f;
+      for (int j = 0; j < splits; ++j) {
+        const CtaPart* r = cluster.map_shared_rank(cta, j);
+        const float sc = exp2f(r->m[h] - mu);
+        lc += r->l[h] * sc;
+        acc += r->o[h][d] * sc;
+      }
+      const float res = lc == 0.f ? 0.f : acc / lc;
+      static_cast<T*>(p.out)[static_cast<int64_t>(b) * p.o_sb + static_cast<int64_t>(head) * p.o_sh + d] =
+          from_f32<T>(res);
+    }
+  }
+  cluster.sync();  // no CTA leaves while another may still read its partial
+#else
+  __trap();  // launched only on sm_90+ (host check)
+#endif
+}
+
+// Kernel attributes (shared memory above 48 KB, clusters of up to 16) once per (kernel, device).
+template <typename T, int NST>
+void prepare(int device) {
+  static std::mutex mu;
+  static std::map<int, bool> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  if (done[device]) return;
+  auto kern = attn_decode_kernel<T, NST>;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<NST>()));
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+  done[device] = true;
+}
+
+template <typename T, int NST>
+cudaLaunchConfig_t config(int splits, int bh, cudaStream_t stream, cudaLaunchAttribute* attrs, bool pdl) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(splits, bh, 1);
+  cfg.blockDim = dim3(kThreads, 1, 1);
+  cfg.dynamicSmemBytes = smem_bytes<NST>();
+  cfg.stream = stream;
+  attrs[0].id = cudaLaunchAttributeClusterDimension;
+  attrs[0].val.clusterDim.x = splits;
+  attrs[0].val.clusterDim.y = 1;
+  attrs[0].val.clusterDim.z = 1;
+  // Spread the CTAs of a cluster over SMs (GOK_DECODE_CLUSTER_POLICY=0: the default placement).
+  static const int policy = [] {
+    const char* env = std::getenv("GOK_DECODE_CLUSTER_POLICY");
+    return env != nullptr ? std::atoi(env) : 1;
+  }();
+  attrs[1].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
+  attrs[1].val.clusterSchedulingPolicyPreference = static_cast<cudaClusterSchedulingPolicy>(policy);
+  attrs[2].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attrs[2].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attrs;
+  cfg.numAttrs = pdl ? 3 : 2;
+  return cfg;
+}
+
+template <typename T, int NST>
+void launch(const Params& p, int splits, int bh, int device, cudaStream_t stream) {
+  prepare<T, NST>(device);
+  cudaLaunchAttribute attrs[3];
+  const cudaLaunchConfig_t cfg = config<T, NST>(splits, bh, stream, attrs, true);
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, NST>, p));
+}
+
+// Clusters of `splits` CTAs that can be resident at once (0: none), per (kernel, device, splits).
+template <typename T, int NST>
+int max_clusters(int splits, int device) {
+  static std::mutex mu;
+  static std::map<std::pair<int, int>, int> cache;
+  prepare<T, NST>(device);
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(device, splits);
+  auto it = cache.find(key);
+  if (it != cache.end()) return it->second;
+  cudaLaunchAttribute attrs[3];
+  const cudaLaunchConfig_t cfg = config<T, NST>(splits, 1, nullptr, attrs, false);
+  int n = 0;
+  if (cudaOccupancyMaxActiveClusters(&n, attn_decode_kernel<T, NST>, &cfg) != cudaSuccess) {
+    (void)cudaGetLastError();
+    n = 0;
+  }
+  cache[key] = n;
+  return n;
+}
+
+template <typename T, int NST>
+int choose_splits(int bh, int keys, int sms, int device) {
+  // The most CTAs per (sequence, KV head), a power of two up to 16, such that every cluster is
+  // resident at once, there are no more CTAs than SMs, and each CTA keeps >= 256 keys.
+  int best = 1;
+  for (int c = 2; c <= kMaxCluster; c *= 2) {
+    if (static_cast<int64_t>(bh) * c > sms || keys < 256 * c) break;
+    if (max_clusters<T, NST>(c, device) < bh) break;
+    best = c;
+  }
+  return best;
+}
+
+template <typename T, int NST>
+void run(const Params& p, int64_t splits, int bh, int keys, int sms, int device, cudaStream_t stream) {
+  int c = static_cast<int>(splits);
+  if (c == 0) {
+    c = choose_splits<T, NST>(bh, keys, sms, device);
+  } else {
+    const int resident = max_clusters<T, NST>(c, device);
+    TORCH_CHECK(resident > 0, "attn_decode: a cluster of ", c,
+                " CTAs cannot be resident on this GPU (splits=", c, ", stages=", NST, ")");
+  }
+  launch<T, NST>(p, c, bh, device, stream);
+}
+
+// (compute capability major, SM count) of a device, queried once.
+std::pair<int, int> device_info(int device) {
+  static std::mutex mu;
+  static std::map<int, std::pair<int, int>> cache;
+  const std::lock_guard<std::mutex> lock(mu);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  int major = 0, sms = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
+  return cache[device] = std::make_pair(major, sms);
+}
+
+template <typename T>
+void dispatch_stages(const Params& p, int64_t splits, int64_t stages, int bh, int keys, int device,
+                     cudaStream_t stream) {
+  const int sms = device_info(device).second;
+  if (stages == 2) {
+    run<T, 2>(p, splits, bh, keys, sms, device, stream);
+  } else if (stages == 3) {
+    run<T, 3>(p, splits, bh, keys, sms, device, stream);
+  } else if (stages == 4) {
+    run<T, 4>(p, splits, bh, keys, sms, device, stream);
+  } else {
+    run<T, 6>(p, splits, bh, keys, sms, device, stream);
+  }
+}
+
+}  // namespace
+
+at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                       const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
+                       const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t splits,
+                       int64_t stages) {
+  // Validated in Python (flash.py); the checks here are the ones memory safety and the kernel's
+  // layout assumptions need.
+  TORCH_CHECK(q.is_cuda() && q.dim() == 3, "attn_decode: q must be a CUDA (B, Hq, D) tensor");
+  TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
+              "attn_decode: q must be bfloat16 or float16, got ", q.scalar_type());
+  TORCH_CHECK(k_cache.dim() == 4 && v_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
+              "attn_decode: k_cache and v_cache must be 4-D with the same shape");
+  TORCH_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
+              "attn_decode: caches must have q's dtype");
+  const int64_t bsz = q.size(0), hq = q.size(1), d = q.size(2), hkv = k_cache.size(2);
+  TORCH_CHECK(d == kD && k_cache.size(3) == kD, "attn_decode: head_dim must be 64, got ", d);
+  TORCH_CHECK(hkv >= 1 && hq % hkv == 0 && hq / hkv <= kRows, "attn_decode: Hq / Hkv must be an integer <= 16");
+  TORCH_CHECK(q.stride(2) == 1 && q.stride(1) % 2 == 0 && q.stride(0) % 2 == 0 &&
+                  reinterpret_cast<uintptr_t>(q.data_ptr()) % 4 == 0,
+              "attn_decode: q rows must be contiguous and 4-byte aligned");
+  for (const at::Tensor* c : {&k_cache, &v_cache}) {
+    TORCH_CHECK(c->stride(3) == 1 && c->stride(0) % 8 == 0 && c->stride(1) % 8 == 0 && c->stride(2) % 8 == 0 &&
+                    reinterpret_cast<uintptr_t>(c->data_ptr()) % 16 == 0,
+                "attn_decode: cache rows must be contiguous and 16-byte aligned");
+  }
+  TORCH_CHECK(seqlens.is_cuda() && seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == bsz &&
+                  seqlens.is_contiguous(),
+              "attn_decode: seqlens must be a contiguous int32 (B,) CUDA tensor");
+  const bool paged = block_table.has_value();
+  if (paged) {
+    TORCH_CHECK(block_table->is_cuda() && block_table->scalar_type() == at::kInt && block_table->dim() == 2 &&
+                    block_table->size(0) == bsz && block_table->stride(1) == 1,
+                "attn_decode: block_table must be an int32 (B, pages) CUDA tensor with contiguous rows");
+  } else {
+    TORCH_CHECK(k_cache.size(0) >= bsz, "attn_decode: the cache must hold q's batch");
+  }
+  TORCH_CHECK(splits >= 0 && splits <= kMaxCluster, "attn_decode: splits must be in [0, 16]");
+  TORCH_CHECK(stages >= 2 && stages <= 6 && stages != 5, "attn_decode: stages must be 2, 3, 4 or 6");
+  TORCH_CHECK(window_left >= -1, "attn_decode: window_left must be >= -1");
+  const c10::cuda::CUDAGuard guard(q.device());
+  TORCH_CHECK(device_info(q.get_device()).first >= 9, "attn_decode: needs sm_90 or newer");
+  auto out = at::empty({bsz, hq, d}, q.options());
+  if (bsz == 0 || hq == 0) return out;
+  int sink_mode = 0;
+  if (s_aux.has_value()) {
+    TORCH_CHECK(s_aux->is_cuda() && s_aux->dim() == 1 && s_aux->size(0) == hq && s_aux->is_contiguous(),
+                "attn_decode: s_aux must be a contiguous (Hq,) CUDA tensor");
+    if (s_aux->scalar_type() == at::kFloat) {
+      sink_mode = 1;
+    } else {
+      TORCH_CHECK(s_aux->scalar_type() == q.scalar_type(), "attn_decode: s_aux must be float32 or q's dtype");
+      sink_mode = 2;
+    }
+  }
+  Params p{};
+  p.q = q.data_ptr();
+  p.k = k_cache.data_ptr();
+  p.v = v_cache.data_ptr();
+  p.out = out.data_ptr();
+  p.seqlens = seqlens.data_ptr<int>();
+  p.block_table = paged ? block_table->data_ptr<int>() : nullptr;
+  p.sinks = s_aux.has_value() ? s_aux->data_ptr() : nullptr;
+  p.q_sb = q.stride(0);
+  p.q_sh = q.stride(1);
+  p.k_sb = k_cache.stride(0);
+  p.k_st = k_cache.stride(1);
+  p.k_sh = k_cache.stride(2);
+  p.v_sb = v_cache.stride(0);
+  p.v_st = v_cache.stride(1);
+  p.v_sh = v_cache.stride(2);
+  p.bt_sb = paged ? block_table->stride(0) : 0;
+  p.o_sb = out.stride(0);
+  p.o_sh = out.stride(1);
+  p.page = paged ? static_cast<int>(k_cache.size(1)) : 0;
+  p.hkv = static_cast<int>(hkv);
+  p.g = static_cast<int>(hq / hkv);
+  p.window_left = static_cast<int>(window_left);
+  p.sink_mode = sink_mode;
+  p.scale_log2 = static_cast<float>(scale) * kLog2e;
+  // Keys a sequence can have (host-known): the cache's capacity, or the window.
+  int64_t keys = paged ? block_table->size(1) * k_cache.size(1) : k_cache.size(1);
+  if (window_left >= 0) keys = std::min<int64_t>(keys, window_left + 1);
+  const int bh = static_cast<int>(bsz * hkv);
+  TORCH_CHECK(bsz * hkv < 65536, "attn_decode: B * Hkv must be < 65536");
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int keys32 = static_cast<int>(std::min<int64_t>(keys, INT32_MAX));
+  const int device = q.get_device();
+  if (q.scalar_type() == at::kBFloat16) {
+    dispatch_stages<__nv_bfloat16>(p, splits, stages, bh, keys32, device, stream);
+  } else {
+    dispatch_stages<__half>(p, splits, stages, bh, keys32, device, stream);
+  }
+  return out;
+}
