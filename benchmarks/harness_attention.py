@@ -166,11 +166,17 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         ta = kernel.attention._triton_attn
         # same_cache_us: one call per graph replay on one cache (v2's method): the replay's own launch
         # overhead is counted once per call, and at B=1 the cache is L2-resident
-        rows.append(row("attention", f"decode B={b} cache=8192", "ours (Triton, split-K)", t, floor,
+        # large batches take the native CUDA kernel (one CTA per sequence x KV head), small ones the Triton pair
+        native = ta._native_decode(qd[:, 0], kc, vc, lens, sinks, b) is not None
+        label = "ours (CUDA, one CTA per sequence x KV head)" if native else "ours (Triton, split-K)"
+        rows.append(row("attention", f"decode B={b} cache=8192", label, t, floor,
                         GBps=round(kv_bytes / t / 1e3), caches=n_sets, same_cache_us=round(t_same, 2)))
         # (the fused last-program merge belongs to the general kernel's split decode, which Sq = 1
         # decode no longer takes: `_decode` + `_combine`)
-        alts = [("ours, no programmatic dependent launch", "DECODE_PDL", False)]
+        if native:
+            alts = [("ours, Triton split-K instead (SQ1_CUDA off)", "SQ1_CUDA", False)]
+        else:
+            alts = [("ours, no programmatic dependent launch", "DECODE_PDL", False)]
         for label, knob, value in alts:
             default = getattr(ta, knob)
             setattr(ta, knob, value)

@@ -352,8 +352,8 @@ def _native_decode_op(kernel):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("paged", [False, True])
 def test_native_decode(kernel, ref, heads, dtype, paged):
-    """Every cluster size and ring depth, odd and empty sequences, NaN past the sequence, a window, sinks
-    in fp32 and in q's dtype, large logits, poisoned output memory: against float64."""
+    """Both ring depths, odd and empty sequences, NaN past the sequence, windows, sinks in fp32 and in q's
+    dtype, large logits, poisoned output memory: against float64."""
     op = _native_decode_op(kernel)
     hq, hkv = heads
     d = 64
@@ -369,53 +369,79 @@ def test_native_decode(kernel, ref, heads, dtype, paged):
         k_cache = torch.randn(b, cap, hkv, d, device="cuda", dtype=dtype)
         bt = None
     v_cache = torch.randn_like(k_cache)
-    k_cache[0].mul_(8)  # large logits in some rows (fp32 softmax keeps them exact)
 
     def seq(cache, i, n):
         return cache[bt[i].long()].reshape(-1, hkv, d)[:n] if paged else cache[i, :n]
 
     for i, n in enumerate(lens):  # NaN in every slot past the sequence: never read
         if paged:
-            cache_rows = bt[i].long()
+            rows = bt[i].long()
             for c in (k_cache, v_cache):
-                flat = c[cache_rows].reshape(-1, hkv, d)
+                flat = c[rows].reshape(-1, hkv, d)
                 flat[n:] = float("nan")
-                c[cache_rows] = flat.reshape(-1, page, hkv, d)
+                c[rows] = flat.reshape(-1, page, hkv, d)
         else:
             k_cache[i, n:] = float("nan")
             v_cache[i, n:] = float("nan")
+    seq(k_cache, 6, lens[6]).mul_(8)  # large logits in one sequence (fp32 softmax keeps them exact)
     q = torch.randn(b, hq, d, device="cuda", dtype=dtype)
     seqlens = torch.tensor(lens, dtype=torch.int32, device="cuda")
     sinks32 = 3 * torch.randn(hq, device="cuda")
-    cases = [(s, st, None, -1) for s in (0, 1, 2, 4, 8, 16) for st in (2, 4)]
-    cases += [(0, 4, sinks32, -1), (4, 2, sinks32.to(dtype), -1), (8, 4, sinks32, 127), (2, 4, None, 5),
-              (16, 4, sinks32, 0)]
-    for splits, stages, sinks, wl in cases:
+    cases = [(st, None, -1) for st in (0, 2, 4)]
+    cases += [(0, sinks32, -1), (2, sinks32.to(dtype), -1), (4, sinks32, 127), (2, None, 5), (0, sinks32, 0)]
+    for stages, sinks, wl in cases:
         poison_allocator("cuda", q.numel() * q.element_size())
-        out = op(q, k_cache, v_cache, seqlens, bt, sinks, d**-0.5, wl, splits, stages)
+        out = op(q, k_cache, v_cache, seqlens, bt, sinks, d**-0.5, wl, stages)
         for i, n in enumerate(lens):
             kk, vv = seq(k_cache, i, n), seq(v_cache, i, n)
             expected = ref.attention(q[i : i + 1].double(), kk.double(), vv.double(), scale=d**-0.5,
                                      sinks=None if sinks is None else sinks.double(), causal=True, window=(wl, wl))
-            assert torch.isfinite(out[i]).all(), (splits, stages, wl, i)
-            assert rel_err(out[i : i + 1], expected) < TOL[dtype], (splits, stages, wl, i, n)
+            assert torch.isfinite(out[i]).all(), (stages, wl, i)
+            assert rel_err(out[i : i + 1], expected) < TOL[dtype], (stages, wl, i, n)
     # NaN in one query head stays in that head
     q[1, 0, 0] = float("nan")
-    out = op(q, k_cache, v_cache, seqlens, bt, None, d**-0.5, -1, 0, 4)
+    out = op(q, k_cache, v_cache, seqlens, bt, None, d**-0.5, -1, 0)
     assert torch.isnan(out[1, 0]).all() and torch.isfinite(out[1, 1:]).all() and torch.isfinite(out[2:]).all()
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
-def test_native_decode_is_the_public_route(kernel):
-    """flash_attn_with_kvcache's Sq = 1 decode reaches the native kernel (same bits) on sm_90+."""
+@pytest.mark.parametrize("paged", [False, True])
+def test_native_decode_is_the_public_route(kernel, ref, paged):
+    """flash_attn_with_kvcache's Sq = 1 decode of a large batch reaches the native kernel (same bits) on sm_90+,
+    also inside a CUDA graph replayed with new lengths."""
     op = _native_decode_op(kernel)
     ta = kernel.attention._triton_attn
-    k_cache = torch.randn(1, 8192, 8, 64, device="cuda", dtype=torch.bfloat16)
+    b, cap, page = 32, 1024, 64
+    assert b * 8 >= ta.SQ1_CUDA_MIN_BH
+    if paged:
+        k_cache = torch.randn(b * cap // page, page, 8, 64, device="cuda", dtype=torch.bfloat16)
+        bt = torch.randperm(b * cap // page, device="cuda").reshape(b, cap // page).to(torch.int32)
+    else:
+        k_cache = torch.randn(b, cap, 8, 64, device="cuda", dtype=torch.bfloat16)
+        bt = None
     v_cache = torch.randn_like(k_cache)
-    q = torch.randn(1, 1, 64, 64, device="cuda", dtype=torch.bfloat16)
+    q = torch.randn(b, 1, 64, 64, device="cuda", dtype=torch.bfloat16)
     sinks = torch.randn(64, device="cuda")
-    lens = torch.tensor([8000], dtype=torch.int32, device="cuda")
-    got = kernel.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, causal=True, s_aux=sinks)
-    direct = op(q[:, 0], k_cache, v_cache, lens, None, sinks, 0.125, -1, ta.SQ1_CUDA_SPLITS, ta.SQ1_CUDA_STAGES)
+    lens = torch.randint(1, cap + 1, (b,), dtype=torch.int32, device="cuda")
+
+    def step():
+        return kernel.flash_attn_with_kvcache(q, k_cache, v_cache, cache_seqlens=lens, block_table=bt, causal=True,
+                                              s_aux=sinks)
+
+    got = step()
+    direct = op(q[:, 0], k_cache, v_cache, lens, bt, sinks, 0.125, -1, ta.SQ1_CUDA_STAGES)
     assert torch.equal(got[:, 0], direct)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    lens.copy_(torch.randint(1, cap + 1, (b,), dtype=torch.int32))
+    q.normal_()
+    g.replay()
+    torch.cuda.synchronize()
+    for i in (0, 13, 31):
+        n = int(lens[i])
+        kk = k_cache[bt[i].long()].reshape(-1, 8, 64)[:n] if paged else k_cache[i, :n]
+        vv = v_cache[bt[i].long()].reshape(-1, 8, 64)[:n] if paged else v_cache[i, :n]
+        expected = ref.attention(q[i].double(), kk.double(), vv.double(), scale=0.125, sinks=sinks.double())
+        assert rel_err(out[i], expected) < TOL[torch.bfloat16]

@@ -46,10 +46,10 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 
   // --- attention ---
 #if defined(CUDA_KERNEL)
-  // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py) for Sq = 1 decode on sm_90+.
+  // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py): Sq = 1 decode of large batches on sm_90+.
   ops.def(
       "attn_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seqlens, Tensor? block_table, Tensor? s_aux, "
-      "float scale, int window_left, int splits, int stages) -> Tensor");
+      "float scale, int window_left, int stages) -> Tensor");
   ops.impl("attn_decode", BACKEND, &attn_decode);
 #endif
 }

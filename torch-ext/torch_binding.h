@@ -32,10 +32,9 @@ at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, con
 
 // --- attention ---------------------------------------------------------------------------
 // The public attention op (attn_fwd) is a Python custom op (Triton on CUDA, torch on CPU); this
-// CUDA-only helper is its Sq = 1 decode path on sm_90+ (kernel_src/attention/attn_decode_cuda.cu).
+// CUDA-only helper is its Sq = 1 decode path for large batches on sm_90+ (kernel_src/attention/attn_decode_cuda.cu).
 #if defined(CUDA_KERNEL)
 at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
-                       const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t splits,
-                       int64_t stages);
+                       const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t stages);
 #endif

@@ -1,41 +1,38 @@
-// Sq = 1 decode attention for Hopper (the decode step of flash_attn_with_kvcache): one query
-// position per sequence against a batched or paged KV cache, GQA, per-head sinks, optional left
-// window. Semantics are those of the Triton `_decode` + `_combine` pair
-// (torch-ext/gpt_oss_kernels/attention/_triton_attn.py), which serves every other shape.
+// Sq = 1 decode attention for many sequences (the decode step of flash_attn_with_kvcache at batch
+// x KV heads >= about the SM count): one query position per sequence against a batched or paged KV
+// cache, GQA, per-head sinks, optional left window. Semantics are those of the Triton `_decode` +
+// `_combine` pair (torch-ext/gpt_oss_kernels/attention/_triton_attn.py), which serves smaller batches.
 //
-// Why a hand kernel: at batch 1 the step is a 16.8 MB read (8192 keys, 8 KV heads, D = 64) that
-// has to finish in ~8 us, and the Triton pair spends ~2 us of it on a second launch that merges
-// the key splits through global memory. Here the splits of one (sequence, KV head) are the CTAs
-// of one thread-block cluster and merge through distributed shared memory: one launch.
+// Why a hand kernel: with one CTA per (sequence, KV head) there is no key split, so no partials and
+// no second launch to merge them; each CTA streams its sequence's keys with 128 KB in flight (the
+// Triton pair splits B=32 three ways to fill the GPU and merges in a second kernel: 197 vs 189 us).
+// (A version that also split the keys of small batches over a thread-block cluster, merging through
+// distributed shared memory, was slower than the Triton pair at B=1: clusters of 16 CTAs do not all
+// fit one per SM on an H100; branch decode-cluster, docs/NOTES-attention.md "session 5".)
 //
 // Layout of the work:
-//   grid (C, B * Hkv), cluster (C, 1, 1), 8 warps per CTA. CTA `rank` of the cluster of
-//   (b, kvh) takes a contiguous 16-key-aligned slice of the visible keys [start, seqlen); each warp
-//   a contiguous part of that, streamed in blocks of 16 keys through its own ring of NST stages
-//   (cp.async, 16 bytes per lane, zero-fill past the slice: cache slots past the sequence are never
+//   grid (B * Hkv), 8 warps per CTA. Each warp takes a contiguous, 16-key-aligned part of the visible
+//   keys [start, seqlen) and streams it in blocks of 16 keys through its own ring of NST stages
+//   (cp.async, 16 bytes per lane, zero-fill past its part: cache slots past the sequence are never
 //   read, so garbage there cannot reach the output).
-//   Per block: S = Q K^T and O += P V with mma.m16n8k16 (the G <= 16 query heads of the KV head
-//   are the MMA's 16 rows), online softmax in base 2 (scale folded into the exponent's argument).
-//   Merge: warps -> CTA through shared memory, CTAs -> output through DSMEM after a cluster
-//   barrier; CTA `rank` finalizes its 1/C of the G x 64 outputs, adding the sink to the
-//   denominator (out = sum_i p_i v_i / (sum_i p_i + exp(sink - m))).
+//   Per block: S = Q K^T and O += P V with mma.m16n8k16 (the G <= 16 query heads of the KV head are
+//   the MMA's 16 rows), online softmax in base 2 (scale folded into the exponent's argument).
+//   Merge: the 8 warps' (m, l, O) through shared memory; the sink joins the denominator there
+//   (out = sum_i p_i v_i / (sum_i p_i + exp(sink - m))).
 // Shared memory rows are 128 bytes (one key); the 16-byte chunk c of key r is stored at chunk
 // c ^ (r & 7), so the 8 rows an ldmatrix reads hit 8 different bank groups.
 // PDL: the kernel waits for the previous grid (griddepcontrol.wait) before its first global read
-// and lets the next one launch at once (its prologue overlaps this kernel's tail).
+// and lets the next one launch at once (its CTAs become resident as this kernel's retire).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
-#include <cooperative_groups.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
-#include <algorithm>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <map>
 #include <mutex>
 #include <type_traits>
@@ -45,8 +42,6 @@
 
 namespace {
 
-namespace cg = cooperative_groups;
-
 constexpr int kD = 64;                       // head_dim
 constexpr int kWarps = 8;
 constexpr int kThreads = kWarps * 32;
@@ -54,7 +49,6 @@ constexpr int kKeys = 16;                    // keys per block (one ring stage o
 constexpr int kRows = 16;                    // MMA rows: the G <= 16 query heads of a KV head
 constexpr int kRowBytes = kD * 2;            // one key of K (or V) in shared memory
 constexpr int kStageBytes = 2 * kKeys * kRowBytes;  // K then V of one block: 4 KB
-constexpr int kMaxCluster = 16;
 constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
@@ -77,15 +71,9 @@ struct Params {
   float scale_log2;              // softmax_scale * log2(e)
 };
 
-// Shared memory: the warps' rings; after the key loop the first part is reused for the warps'
-// partials (m, l, O of 16 rows each); the CTA partial that other CTAs of the cluster read stays
-// in its own region.
+// Shared memory: the warps' rings; after the key loop, reused for the warps' partials (m, l, O of
+// 16 rows each).
 struct WarpPart {
-  float m[kRows];
-  float l[kRows];
-  float o[kRows][kD];
-};
-struct CtaPart {
   float m[kRows];
   float l[kRows];
   float o[kRows][kD];
@@ -95,7 +83,7 @@ template <int NST>
 constexpr int smem_bytes() {
   constexpr int ring = kWarps * NST * kStageBytes;
   constexpr int parts = kWarps * static_cast<int>(sizeof(WarpPart));
-  return (ring > parts ? ring : parts) + static_cast<int>(sizeof(CtaPart));
+  return ring > parts ? ring : parts;
 }
 
 template <typename T> struct MmaType;
@@ -159,37 +147,25 @@ template <typename T>
 __device__ __forceinline__ float to_f32(T v);
 template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
 template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-template <typename T>
-__device__ __forceinline__ T from_f32(float v);
-template <> __device__ __forceinline__ __nv_bfloat16 from_f32<__nv_bfloat16>(float v) { return __float2bfloat16_rn(v); }
-template <> __device__ __forceinline__ __half from_f32<__half>(float v) { return __float2half_rn(v); }
-
 template <typename T, int NST>
 __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   extern __shared__ __align__(128) unsigned char smem[];
-  cg::cluster_group cluster = cg::this_cluster();
-  const int splits = static_cast<int>(cluster.num_blocks());
-  const int rank = static_cast<int>(cluster.block_rank());
-  const int b = blockIdx.y / p.hkv;
-  const int kvh = blockIdx.y % p.hkv;
+  const int b = blockIdx.x / p.hkv;
+  const int kvh = blockIdx.x % p.hkv;
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
-  CtaPart* cta = reinterpret_cast<CtaPart*>(smem + smem_bytes<NST>() - sizeof(CtaPart));
 
   asm volatile("griddepcontrol.wait;\n" ::: "memory");
   asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
 
-  // Keys of this warp: [w0, w1), inside the CTA's slice of [start, seqlen).
+  // Keys of this warp: [w0, w1), a part of [start, seqlen).
   const int seqlen = max(p.seqlens[b], 0);
   const int start = p.window_left >= 0 ? max(seqlen - 1 - p.window_left, 0) : 0;
   const int n = max(seqlen - start, 0);
-  const int per_cta = ((n + splits - 1) / splits + kKeys - 1) / kKeys * kKeys;
-  const int c0 = start + min(rank * per_cta, n);
-  const int c1 = start + min((rank + 1) * per_cta, n);
-  const int per_warp = ((c1 - c0 + kWarps - 1) / kWarps + kKeys - 1) / kKeys * kKeys;
-  const int w0 = min(c0 + warp * per_warp, c1);
-  const int w1 = min(w0 + per_warp, c1);
+  const int per_warp = ((n + kWarps - 1) / kWarps + kKeys - 1) / kKeys * kKeys;
+  const int w0 = start + min(warp * per_warp, n);
+  const int w1 = start + min((warp + 1) * per_warp, n);
   const int nblk = (w1 - w0 + kKeys - 1) / kKeys;
 
   const T* kp = static_cast<const T*>(p.k);
@@ -358,69 +334,44 @@ __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p
   }
   __syncthreads();
 
-  {  // warps -> CTA: thread t merges row t / 16, columns 4 (t % 16) .. + 3
+  {  // warps -> output: thread t merges row t / 16 (a query head, if < G), columns 4 (t % 16) .. + 3
     const int h = threadIdx.x / 16;
     const int d4 = (threadIdx.x % 16) * 4;
-    float mw = -INFINITY;
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) mw = fmaxf(mw, wp[w].m[h]);
-    const float mu = mw == -INFINITY ? 0.f : mw;
-    float lw = 0.f;
-    float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
-#pragma unroll
-    for (int w = 0; w < kWarps; ++w) {
-      const float sc = exp2f(wp[w].m[h] - mu);
-      lw += wp[w].l[h] * sc;
-      const float4 x = *reinterpret_cast<const float4*>(&wp[w].o[h][d4]);
-      acc.x += x.x * sc;
-      acc.y += x.y * sc;
-      acc.z += x.z * sc;
-      acc.w += x.w * sc;
-    }
-    *reinterpret_cast<float4*>(&cta->o[h][d4]) = acc;
-    if (threadIdx.x % 16 == 0) {
-      cta->m[h] = mw;
-      cta->l[h] = lw;
-    }
-  }
-  cluster.sync();  // every CTA partial of the cluster is written and visible
-
-  {  // CTAs -> output: this CTA finalizes elements [rank * per, (rank + 1) * per) of the G x 64
-    const int total = p.g * kD;
-    const int per = (total + splits - 1) / splits;
-    const int e_end = min((rank + 1) * per, total);
-    float sink = -INFINITY;
-    for (int e = rank * per + threadIdx.x; e < e_end; e += kThreads) {
-      const int h = e / kD, d = e % kD;
+    if (h < p.g) {
       const int head = kvh * p.g + h;
-      float mc = -INFINITY;
-      for (int j = 0; j < splits; ++j) mc = fmaxf(mc, cluster.map_shared_rank(cta, j)->m[h]);
+      float mw = -INFINITY;
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) mw = fmaxf(mw, wp[w].m[h]);
+      float sink = -INFINITY;
       if (p.sink_mode != 0) {
         sink = (p.sink_mode == 1 ? static_cast<const float*>(p.sinks)[head]
                                  : to_f32<T>(static_cast<const T*>(p.sinks)[head])) * kLog2e;
-        mc = fmaxf(mc, sink);
+        mw = fmaxf(mw, sink);
       }
-      const float mu = mc == -INFINITY ? 0.f : mc;
-      float lc = p.sink_mode != 0 ? exp2f(sink - mu) : 0.f;
-      float acc = 0.f;
-      for (int j = 0; j < splits; ++j) {
-        const CtaPart* r = cluster.map_shared_rank(cta, j);
-        const float sc = exp2f(r->m[h] - mu);
-        lc += r->l[h] * sc;
-        acc += r->o[h][d] * sc;
+      const float mu = mw == -INFINITY ? 0.f : mw;
+      float lw = p.sink_mode != 0 ? exp2f(sink - mu) : 0.f;
+      float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int w = 0; w < kWarps; ++w) {
+        const float sc = exp2f(wp[w].m[h] - mu);
+        lw += wp[w].l[h] * sc;
+        const float4 x = *reinterpret_cast<const float4*>(&wp[w].o[h][d4]);
+        acc.x += x.x * sc;
+        acc.y += x.y * sc;
+        acc.z += x.z * sc;
+        acc.w += x.w * sc;
       }
-      const float res = lc == 0.f ? 0.f : acc / lc;
-      static_cast<T*>(p.out)[static_cast<int64_t>(b) * p.o_sb + static_cast<int64_t>(head) * p.o_sh + d] =
-          from_f32<T>(res);
+      const float inv = lw == 0.f ? 0.f : 1.f / lw;  // no key and no sink: 0
+      T* dst = static_cast<T*>(p.out) + static_cast<int64_t>(b) * p.o_sb + static_cast<int64_t>(head) * p.o_sh + d4;
+      *reinterpret_cast<uint2*>(dst) = make_uint2(pack2<T>(acc.x * inv, acc.y * inv), pack2<T>(acc.z * inv, acc.w * inv));
     }
   }
-  cluster.sync();  // no CTA leaves while another may still read its partial
 #else
   __trap();  // launched only on sm_90+ (host check)
 #endif
 }
 
-// Kernel attributes (shared memory above 48 KB, clusters of up to 16) once per (kernel, device).
+// Shared memory above 48 KB: once per (kernel, device).
 template <typename T, int NST>
 void prepare(int device) {
   static std::mutex mu;
@@ -429,88 +380,23 @@ void prepare(int device) {
   if (done[device]) return;
   auto kern = attn_decode_kernel<T, NST>;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<NST>()));
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
   done[device] = true;
 }
 
 template <typename T, int NST>
-cudaLaunchConfig_t config(int splits, int bh, cudaStream_t stream, cudaLaunchAttribute* attrs, bool pdl) {
+void launch(const Params& p, int bh, int device, cudaStream_t stream) {
+  prepare<T, NST>(device);
   cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(splits, bh, 1);
+  cfg.gridDim = dim3(bh, 1, 1);
   cfg.blockDim = dim3(kThreads, 1, 1);
   cfg.dynamicSmemBytes = smem_bytes<NST>();
   cfg.stream = stream;
-  attrs[0].id = cudaLaunchAttributeClusterDimension;
-  attrs[0].val.clusterDim.x = splits;
-  attrs[0].val.clusterDim.y = 1;
-  attrs[0].val.clusterDim.z = 1;
-  // Spread the CTAs of a cluster over SMs (GOK_DECODE_CLUSTER_POLICY=0: the default placement).
-  static const int policy = [] {
-    const char* env = std::getenv("GOK_DECODE_CLUSTER_POLICY");
-    return env != nullptr ? std::atoi(env) : 1;
-  }();
-  attrs[1].id = cudaLaunchAttributeClusterSchedulingPolicyPreference;
-  attrs[1].val.clusterSchedulingPolicyPreference = static_cast<cudaClusterSchedulingPolicy>(policy);
-  attrs[2].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attrs[2].val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = attrs;
-  cfg.numAttrs = pdl ? 3 : 2;
-  return cfg;
-}
-
-template <typename T, int NST>
-void launch(const Params& p, int splits, int bh, int device, cudaStream_t stream) {
-  prepare<T, NST>(device);
-  cudaLaunchAttribute attrs[3];
-  const cudaLaunchConfig_t cfg = config<T, NST>(splits, bh, stream, attrs, true);
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, NST>, p));
-}
-
-// Clusters of `splits` CTAs that can be resident at once (0: none), per (kernel, device, splits).
-template <typename T, int NST>
-int max_clusters(int splits, int device) {
-  static std::mutex mu;
-  static std::map<std::pair<int, int>, int> cache;
-  prepare<T, NST>(device);
-  const std::lock_guard<std::mutex> lock(mu);
-  const auto key = std::make_pair(device, splits);
-  auto it = cache.find(key);
-  if (it != cache.end()) return it->second;
-  cudaLaunchAttribute attrs[3];
-  const cudaLaunchConfig_t cfg = config<T, NST>(splits, 1, nullptr, attrs, false);
-  int n = 0;
-  if (cudaOccupancyMaxActiveClusters(&n, attn_decode_kernel<T, NST>, &cfg) != cudaSuccess) {
-    (void)cudaGetLastError();
-    n = 0;
-  }
-  cache[key] = n;
-  return n;
-}
-
-template <typename T, int NST>
-int choose_splits(int bh, int keys, int sms, int device) {
-  // The most CTAs per (sequence, KV head), a power of two up to 16, such that every cluster is
-  // resident at once, there are no more CTAs than SMs, and each CTA keeps >= 256 keys.
-  int best = 1;
-  for (int c = 2; c <= kMaxCluster; c *= 2) {
-    if (static_cast<int64_t>(bh) * c > sms || keys < 256 * c) break;
-    if (max_clusters<T, NST>(c, device) < bh) break;
-    best = c;
-  }
-  return best;
-}
-
-template <typename T, int NST>
-void run(const Params& p, int64_t splits, int bh, int keys, int sms, int device, cudaStream_t stream) {
-  int c = static_cast<int>(splits);
-  if (c == 0) {
-    c = choose_splits<T, NST>(bh, keys, sms, device);
-  } else {
-    const int resident = max_clusters<T, NST>(c, device);
-    TORCH_CHECK(resident > 0, "attn_decode: a cluster of ", c,
-                " CTAs cannot be resident on this GPU (splits=", c, ", stages=", NST, ")");
-  }
-  launch<T, NST>(p, c, bh, device, stream);
 }
 
 // (compute capability major, SM count) of a device, queried once.
@@ -527,17 +413,20 @@ std::pair<int, int> device_info(int device) {
 }
 
 template <typename T>
-void dispatch_stages(const Params& p, int64_t splits, int64_t stages, int bh, int keys, int device,
-                     cudaStream_t stream) {
-  const int sms = device_info(device).second;
+void dispatch(const Params& p, int64_t stages, int bh, int device, cudaStream_t stream) {
+  // 0: 4 stages (128 KB in flight, one CTA per SM) when the last wave of one CTA per SM is >= 90% full,
+  // else 2 (3 CTAs per SM: a part-empty last wave would leave SMs idle). H100, 8192-key caches
+  // (docs/NOTES-attention.md "session 5"): B=32 (256 CTAs) 183.3 us with 4 stages vs 187.9 with 2;
+  // B=24 (192) 152.8 vs 150.0; B=16 (128) 93.5 vs 92.6.
+  if (stages == 0) {
+    const int sms = device_info(device).second;
+    const int tail = bh % sms;
+    stages = (tail == 0 || 10 * tail >= 9 * sms) ? 4 : 2;
+  }
   if (stages == 2) {
-    run<T, 2>(p, splits, bh, keys, sms, device, stream);
-  } else if (stages == 3) {
-    run<T, 3>(p, splits, bh, keys, sms, device, stream);
-  } else if (stages == 4) {
-    run<T, 4>(p, splits, bh, keys, sms, device, stream);
+    launch<T, 2>(p, bh, device, stream);
   } else {
-    run<T, 6>(p, splits, bh, keys, sms, device, stream);
+    launch<T, 4>(p, bh, device, stream);
   }
 }
 
@@ -545,8 +434,7 @@ void dispatch_stages(const Params& p, int64_t splits, int64_t stages, int bh, in
 
 at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
-                       const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t splits,
-                       int64_t stages) {
+                       const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t stages) {
   // Validated in Python (flash.py); the checks here are the ones memory safety and the kernel's
   // layout assumptions need.
   TORCH_CHECK(q.is_cuda() && q.dim() == 3, "attn_decode: q must be a CUDA (B, Hq, D) tensor");
@@ -578,8 +466,7 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
   } else {
     TORCH_CHECK(k_cache.size(0) >= bsz, "attn_decode: the cache must hold q's batch");
   }
-  TORCH_CHECK(splits >= 0 && splits <= kMaxCluster, "attn_decode: splits must be in [0, 16]");
-  TORCH_CHECK(stages >= 2 && stages <= 6 && stages != 5, "attn_decode: stages must be 2, 3, 4 or 6");
+  TORCH_CHECK(stages == 0 || stages == 2 || stages == 4, "attn_decode: stages must be 0 (auto), 2 or 4");
   TORCH_CHECK(window_left >= -1, "attn_decode: window_left must be >= -1");
   const c10::cuda::CUDAGuard guard(q.device());
   TORCH_CHECK(device_info(q.get_device()).first >= 9, "attn_decode: needs sm_90 or newer");
@@ -621,18 +508,14 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
   p.window_left = static_cast<int>(window_left);
   p.sink_mode = sink_mode;
   p.scale_log2 = static_cast<float>(scale) * kLog2e;
-  // Keys a sequence can have (host-known): the cache's capacity, or the window.
-  int64_t keys = paged ? block_table->size(1) * k_cache.size(1) : k_cache.size(1);
-  if (window_left >= 0) keys = std::min<int64_t>(keys, window_left + 1);
+  TORCH_CHECK(bsz * hkv <= INT32_MAX, "attn_decode: B * Hkv too large");
   const int bh = static_cast<int>(bsz * hkv);
-  TORCH_CHECK(bsz * hkv < 65536, "attn_decode: B * Hkv must be < 65536");
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int keys32 = static_cast<int>(std::min<int64_t>(keys, INT32_MAX));
   const int device = q.get_device();
   if (q.scalar_type() == at::kBFloat16) {
-    dispatch_stages<__nv_bfloat16>(p, splits, stages, bh, keys32, device, stream);
+    dispatch<__nv_bfloat16>(p, stages, bh, device, stream);
   } else {
-    dispatch_stages<__half>(p, splits, stages, bh, keys32, device, stream);
+    dispatch<__half>(p, stages, bh, device, stream);
   }
   return out;
 }

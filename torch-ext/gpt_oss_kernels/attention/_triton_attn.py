@@ -18,7 +18,8 @@ denominator only, once, at the end):
   K/V (GPT-OSS's 128-token layers): the whole window of keys is loaded once per (position tile, KV
   head) and reused by all G heads, one-pass softmax per head.
 - `_decode`, one query position per sequence against a batched or paged cache (SQ1_DECODE), split
-  along the keys and merged by `_combine`.
+  along the keys and merged by `_combine`. Large batches of that step go to the native CUDA kernel
+  instead (SQ1_CUDA, kernel_src/attention/attn_decode_cuda.cu).
 
 KV layouts (KV_MODE): 0 packed varlen (Tk, Hkv, D) + cu_seqlens_k; 1 batched cache
 (B, S, Hkv, D) + seqlens_k; 2 paged cache (blocks, PAGE, Hkv, D) + block_table + seqlens_k.
@@ -642,14 +643,15 @@ SQ1_BLOCK_N = 64
 SQ1_WARPS = 4
 SQ1_STAGES = 3
 SQ1_SPLITS = 0  # 0: from the shapes, as above
-# Sq = 1 decode on sm_90+ with head_dim 64 and G <= 16: the CUDA kernel of the package's native ops
-# (kernel_src/attention/attn_decode_cuda.cu: the key splits of one (sequence, KV head) are one thread-block
-# cluster and merge through distributed shared memory, one launch) where B x Hkv <= SQ1_CUDA_MAX_BH;
-# `_decode` + `_combine` elsewhere (and where the native op is not built).
+# Sq = 1 decode of many sequences (B x Hkv >= SQ1_CUDA_MIN_BH) on sm_90+ with head_dim 64 and G <= 16: the
+# CUDA kernel of the package's native ops (kernel_src/attention/attn_decode_cuda.cu: one CTA per (sequence,
+# KV head), no key split, so one launch and no partials); `_decode` + `_combine` elsewhere, and where the
+# native op is not built. H100, 8192-key caches, GPT-OSS heads (docs/NOTES-attention.md "session 5"),
+# Triton pair -> native: B=4 31.0 -> 58.3 us, B=8 55.7 -> 59.1, B=16 100.3 -> 92.6, B=24 148.9 -> 150.0,
+# B=32 195.5 -> 183.3 (paged 196.7 -> 194.3; 128-token window 10.3 -> 7.5): hence B x Hkv >= 128.
 SQ1_CUDA = True
-SQ1_CUDA_MAX_BH = 1 << 30
-SQ1_CUDA_STAGES = 4  # ring stages of 16 keys per warp (2 or 4)
-SQ1_CUDA_SPLITS = 0  # CTAs per (sequence, KV head), 1..16 (0: the op's choice)
+SQ1_CUDA_MIN_BH = 128
+SQ1_CUDA_STAGES = 0  # ring stages of 16 keys per warp: 2 or 4 (0: the op's choice)
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
 PREFILL_OVERRIDE: dict | None = None
@@ -844,7 +846,7 @@ _CAP: dict[int, tuple] = {}
 
 def _native_decode(q, k, v, seqlens_k, sinks, batch):
     """The native CUDA decode op where it applies (see SQ1_CUDA), else None."""
-    if not SQ1_CUDA or INTERPRET or not q.is_cuda or batch * k.shape[-2] > SQ1_CUDA_MAX_BH:
+    if not SQ1_CUDA or INTERPRET or not q.is_cuda or batch * k.shape[-2] < SQ1_CUDA_MIN_BH:
         return None
     import torch
 
@@ -878,7 +880,7 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
 
     native = _native_decode(q, k, v, seqlens_k, sinks, batch)
     if native is not None:
-        return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_SPLITS, SQ1_CUDA_STAGES)
+        return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_STAGES)
     tq, hq, d = q.shape
     hkv = k.shape[-2]
     g = hq // hkv
