@@ -37,7 +37,44 @@ def median_us(fn: Callable[[], object], *, warmup_ms: float = 25, rep_ms: float 
     return 1e3 * triton.testing.do_bench(fn, warmup=warmup_ms, rep=rep_ms, return_mode="median")
 
 
-def median_us_graph(calls: Callable[[], object] | Sequence[Callable[[], object]], *, replays: int = 40) -> float:
+LAST_GPU_STATE: dict = {}  # set by median_us_graph(..., gpu_state=True)
+
+
+def _sample_gpu_state(replay: Callable[[], None], seconds: float = 0.5) -> dict:
+    """Median SM clock (MHz) and board power (W) while `replay` runs back to back for `seconds`
+    (nvidia-smi sampling every 20 ms). Large shapes run at power-limited clocks; this records at
+    which, so run-to-run differences can be told apart from code changes. {} without nvidia-smi."""
+    import subprocess
+    import time
+
+    try:
+        mon = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                                "-lms", "20", "-i", str(torch.cuda.current_device())],
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    except OSError:
+        return {}
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        replay()
+        torch.cuda.synchronize()
+    mon.terminate()
+    out, _ = mon.communicate()
+    clocks, power = [], []
+    for line in out.splitlines():
+        try:
+            c, p = (float(x) for x in line.split(","))
+        except ValueError:
+            continue
+        clocks.append(c)
+        power.append(p)
+    if len(clocks) < 5:
+        return {}
+    clocks, power = sorted(clocks[2:]), sorted(power[2:])  # the first samples precede the load
+    return {"sm_clock_mhz": clocks[len(clocks) // 2], "power_w": power[len(power) // 2]}
+
+
+def median_us_graph(calls: Callable[[], object] | Sequence[Callable[[], object]], *, replays: int = 40,
+                    gpu_state: bool = False) -> float:
     """Device time per call, without host overhead: every call in `calls` (each bound to its own
     inputs; rotate enough sets that together they exceed L2, see `rotation`) is captured once
     in one CUDA graph, and the result is the median over replays of replay time / len(calls).
@@ -69,6 +106,9 @@ def median_us_graph(calls: Callable[[], object] | Sequence[Callable[[], object]]
         end.record()
     torch.cuda.synchronize()
     times = sorted(1e3 * s.elapsed_time(e) / len(calls) for s, e in zip(starts, ends))
+    if gpu_state:  # after the timing, so it cannot change the number reported
+        LAST_GPU_STATE.clear()
+        LAST_GPU_STATE.update(_sample_gpu_state(graph.replay))
     del graph, keep
     return times[len(times) // 2]
 

@@ -5,7 +5,9 @@ weights (std 0.02), on the same module and input, alternating.
 Our row's median_us is the CUDA-graph replay median (device time of the whole block, what the
 issue's targets are judged on); eager_us beside it is do_bench's eager median (L2 flushed, host
 launch cost included where the host is slower than the GPU). The transformers anchors are eager
-(do_bench); vs_best_transformers compares them with our eager number.
+(do_bench); vs_best_transformers compares them with our eager number. From T=1024 our row also
+has sm_clock_mhz / power_w: the median SM clock and board power while the same graph replays for
+0.5 s after the timing (these sizes run at power-limited clocks, which differ from machine to machine).
 
 Floor: max(bytes of the experts that uniform routing touches, E * (1 - (1 - k/E)^T) experts of
 (H*2I + I*H) * 2 bytes, over the copy bandwidth; FLOPs 2 * T * k * 3 * H * I over the bf16 matmul
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import torch
 
+import harness
 from harness import floor_us, median_us, median_us_graph, row
 
 H = I = 2880
@@ -75,7 +78,8 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
             out, _ = ours_fwd(mlp, x)
             err = ((out.float() - ref_out.float()).abs().max() / ref_out.float().abs().max()).item()
             ours_eager = median_us(lambda: ours_fwd(mlp, x))
-            ours = median_us_graph(lambda: ours_fwd(mlp, x), replays=40 if T <= 4096 else 20)
+            ours = median_us_graph(lambda: ours_fwd(mlp, x), replays=40 if T <= 4096 else 20, gpu_state=T >= 1024)
+            state = dict(harness.LAST_GPU_STATE) if T >= 1024 else {}
             timings = {}
             for impl in ("grouped_mm", "batched_mm"):
                 if impl == "batched_mm" and T > BATCHED_MM_MAX_T:
@@ -111,7 +115,7 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         rows.append(row("moe", case, "ours MoeMLP (CUDA graph)", ours, floor, eager_us=round(ours_eager, 2),
                         vs_best_transformers_eager=round(best / ours_eager, 2), target_us=TARGET_US[T],
                         meets_target=ours <= TARGET_US[T], rel_err_vs_grouped_mm=f"{err:.1e}",
-                        tiles=_tiles(kernel, T)))
+                        tiles=_tiles(kernel, T), **state))
         for name, us in experiments.items():
             rows.append(row("moe", case, f"ours MoeMLP, {name} (experiment)", us, floor))
         for impl, us in timings.items():
