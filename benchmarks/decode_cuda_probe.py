@@ -7,7 +7,7 @@ device time per call from CUDA-graph replays over rotating caches that together 
 Each variant is first checked against float64 (3 sequences). Variants: the Triton pair (SQ1_CUDA off),
 the native kernel with the op's choice of ring depth, and each depth; at B=32 also a paged cache
 (64-token pages, shuffled) and a 128-token window. Sets SQ1_CUDA_MIN_BH to 1 so every batch can take the
-native kernel. Writes $OUT/decode_cuda_probe.json. (The cluster version's probe is on branch decode-cluster.)
+native kernel. `--window`: batch 1..16 with a 128-token window instead. Writes $OUT/decode_cuda_probe*.json. (The cluster version's probe is on branch decode-cluster.)
 """
 
 from __future__ import annotations
@@ -28,6 +28,34 @@ OUT = Path(os.environ.get("OUT", "probe_out"))
 OUT.mkdir(parents=True, exist_ok=True)
 
 
+def window_rows(kernel, ta, ref, ceil, res) -> None:
+    """--window: batch 1..16 against 8192-token caches with a 128-token window (GPT-OSS's sliding layers)."""
+    dev, bf = "cuda", torch.bfloat16
+    sinks = torch.randn(HQ, device=dev)
+    for b in (1, 2, 4, 8, 16):
+        n_sets = rotation(2 * b * S * HKV * D * 2)
+        caches = [(torch.randn(b, S, HKV, D, device=dev, dtype=bf), torch.randn(b, S, HKV, D, device=dev, dtype=bf))
+                  for _ in range(n_sets)]
+        q = torch.randn(b, 1, HQ, D, device=dev, dtype=bf)
+        lens = torch.full((b,), S, dtype=torch.int32, device=dev)
+        expected = {i: ref.attention(q[i].double(), caches[0][0][i].double(), caches[0][1][i].double(),
+                                     scale=D**-0.5, sinks=sinks.double(), window=(127, 127)) for i in (0, b - 1)}
+        for name, native in (("triton _decode+_combine", False), ("native (op's choice)", True)):
+            ta.SQ1_CUDA, ta.SQ1_CUDA_MIN_BH, ta.SQ1_CUDA_STAGES = native, 1, 0
+            calls = [lambda kc=kc, vc=vc: kernel.flash_attn_with_kvcache(
+                q, kc, vc, cache_seqlens=lens, causal=True, s_aux=sinks, window_size=(127, 127)) for kc, vc in caches]
+            out = calls[0]()
+            torch.cuda.synchronize()
+            err = max(((out[i].double() - e).abs().max() / e.abs().max()).item() for i, e in expected.items())
+            r = dict(b=b, layout="window 127", variant=name, us=round(median_us_graph(calls), 2),
+                     us_repeat=round(median_us_graph(calls), 2), rel_err=err, caches=n_sets)
+            res["rows"].append(r)
+            print(r, flush=True)
+        del caches
+    ta.SQ1_CUDA, ta.SQ1_CUDA_MIN_BH, ta.SQ1_CUDA_STAGES = True, 128, 0
+    (OUT / "decode_cuda_probe_window.json").write_text(json.dumps(res, indent=1))
+
+
 def main() -> None:
     kernel = load_kernel()
     ta = importlib.import_module(kernel.__name__ + ".attention._triton_attn")  # imported lazily by the package
@@ -36,6 +64,8 @@ def main() -> None:
     ceil = measure_ceilings()
     res = {"ceilings": ceil, "device": torch.cuda.get_device_name(), "rows": []}
     print("ceilings", ceil, flush=True)
+    if "--window" in sys.argv:
+        return window_rows(kernel, ta, ref, ceil, res)
     sinks = torch.randn(HQ, device=dev)
     for b in (4, 8, 16, 24, 32):
         kv_bytes = 2 * b * S * HKV * D * 2

@@ -167,7 +167,7 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         # same_cache_us: one call per graph replay on one cache (v2's method): the replay's own launch
         # overhead is counted once per call, and at B=1 the cache is L2-resident
         # large batches take the native CUDA kernel (one CTA per sequence x KV head), small ones the Triton pair
-        native = ta._native_decode(qd[:, 0], kc, vc, lens, sinks, b) is not None
+        native = ta._native_decode(qd[:, 0], kc, vc, lens, sinks, b, -1) is not None
         label = "ours (CUDA, one CTA per sequence x KV head)" if native else "ours (Triton, split-K)"
         rows.append(row("attention", f"decode B={b} cache=8192", label, t, floor,
                         GBps=round(kv_bytes / t / 1e3), caches=n_sets, same_cache_us=round(t_same, 2)))

@@ -1,7 +1,9 @@
-// Sq = 1 decode attention for many sequences (the decode step of flash_attn_with_kvcache at batch
-// x KV heads >= about the SM count): one query position per sequence against a batched or paged KV
-// cache, GQA, per-head sinks, optional left window. Semantics are those of the Triton `_decode` +
-// `_combine` pair (torch-ext/gpt_oss_kernels/attention/_triton_attn.py), which serves smaller batches.
+// Sq = 1 decode attention where there is enough work per (sequence, KV head) pair or few keys (the
+// decode step of flash_attn_with_kvcache at batch x KV heads >= about the SM count, or with a narrow
+// left window): one query position per sequence against a batched or paged KV cache, GQA, per-head
+// sinks, optional left window. Semantics are those of the Triton `_decode` + `_combine` pair
+// (torch-ext/gpt_oss_kernels/attention/_triton_attn.py), which serves the other decode shapes; the
+// routing is in `_native_decode` there.
 //
 // Why a hand kernel: with one CTA per (sequence, KV head) there is no key split, so no partials and
 // no second launch to merge them; each CTA streams its sequence's keys with 128 KB in flight (the

@@ -643,14 +643,17 @@ SQ1_BLOCK_N = 64
 SQ1_WARPS = 4
 SQ1_STAGES = 3
 SQ1_SPLITS = 0  # 0: from the shapes, as above
-# Sq = 1 decode of many sequences (B x Hkv >= SQ1_CUDA_MIN_BH) on sm_90+ with head_dim 64 and G <= 16: the
-# CUDA kernel of the package's native ops (kernel_src/attention/attn_decode_cuda.cu: one CTA per (sequence,
-# KV head), no key split, so one launch and no partials); `_decode` + `_combine` elsewhere, and where the
-# native op is not built. H100, 8192-key caches, GPT-OSS heads (docs/NOTES-attention.md "session 5"),
-# Triton pair -> native: B=4 31.0 -> 58.3 us, B=8 55.7 -> 59.1, B=16 100.3 -> 92.6, B=24 148.9 -> 150.0,
-# B=32 195.5 -> 183.3 (paged 196.7 -> 194.3; 128-token window 10.3 -> 7.5): hence B x Hkv >= 128.
+# Sq = 1 decode on sm_90+ with head_dim 64 and G <= 16, for many sequences (B x Hkv >= SQ1_CUDA_MIN_BH) or a
+# narrow left window (< 1024 keys) and B >= SQ1_CUDA_WINDOW_MIN_B: the CUDA kernel of the package's native ops
+# (kernel_src/attention/attn_decode_cuda.cu: one CTA per (sequence, KV head), no key split, so one launch and
+# no partials); `_decode` + `_combine` elsewhere, and where the native op is not built. H100, 8192-key caches,
+# GPT-OSS heads (docs/NOTES-attention.md "session 5"), Triton pair -> native, µs: B=4 31.0 -> 58.3, B=8
+# 55.7 -> 59.1, B=16 100.3 -> 92.6, B=24 148.9 -> 150.0, B=32 195.5 -> 183.3 (paged 196.7 -> 194.3); with a
+# 128-token window B=1 5.1 -> 4.4-6.7 (two repeats), B=2 6.5 -> 4.6, B=4 7.9 -> 5.5, B=8 10.5-11.4 -> 10.4,
+# B=16 9.4 -> 8.3, B=32 10.3 -> 7.5.
 SQ1_CUDA = True
 SQ1_CUDA_MIN_BH = 128
+SQ1_CUDA_WINDOW_MIN_B = 2
 SQ1_CUDA_STAGES = 0  # ring stages of 16 keys per warp: 2 or 4 (0: the op's choice)
 # Explicit prefill configuration (dict of BLOCK_M, BLOCK_N, ..., num_warps, num_stages) instead of
 # the autotuner: for sweeps.
@@ -844,9 +847,12 @@ def attn_fwd(
 _CAP: dict[int, tuple] = {}
 
 
-def _native_decode(q, k, v, seqlens_k, sinks, batch):
+def _native_decode(q, k, v, seqlens_k, sinks, batch, window_left):
     """The native CUDA decode op where it applies (see SQ1_CUDA), else None."""
-    if not SQ1_CUDA or INTERPRET or not q.is_cuda or batch * k.shape[-2] < SQ1_CUDA_MIN_BH:
+    if not SQ1_CUDA or INTERPRET or not q.is_cuda:
+        return None
+    narrow = 0 <= window_left < 1024 and batch >= SQ1_CUDA_WINDOW_MIN_B
+    if batch * k.shape[-2] < SQ1_CUDA_MIN_BH and not narrow:
         return None
     import torch
 
@@ -878,7 +884,7 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
     """Sq = 1 decode: the native CUDA kernel (SQ1_CUDA) or `_decode` + `_combine` (see SQ1_DECODE)."""
     import torch
 
-    native = _native_decode(q, k, v, seqlens_k, sinks, batch)
+    native = _native_decode(q, k, v, seqlens_k, sinks, batch, window_left)
     if native is not None:
         return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_STAGES)
     tq, hq, d = q.shape
