@@ -481,3 +481,40 @@ def test_moe_deterministic(kernel):
     a = kernel.moe(x, *args)[0]
     b = kernel.moe(x, *args)[0]
     assert torch.equal(a, b)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("T", [1, 3, 16])
+@pytest.mark.parametrize("E,k", [(32, 4), (5, 3), (256, 4)])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_moe_prepare_decode_sizes_match_the_ops(kernel, T, E, k, dtype):
+    """moe_prepare at T * k <= 64 (one cluster launch on sm_90 for E <= 64: router GEMM + route + dispatch;
+    E = 256 takes the separate kernels) against the separate ops: F.linear logits, moe_route, moe_dispatch. Same experts and weights (the logits are rounded
+    to the activation dtype on both paths; a near-tie could flip only where the fp32 sums round differently),
+    the same blocks, every slot once in a block of its expert."""
+    if T * k > 64:
+        pytest.skip("not a decode size")
+    ops = kernel._ops.ops
+    H, block_m = 2880, 16
+    x = torch.randn(T, H, device="cuda").to(dtype)
+    rw = (0.05 * torch.randn(E, H, device="cuda")).to(dtype)
+    rb = (0.1 * torch.randn(E, device="cuda")).to(dtype)
+    poison_allocator("cuda", 1 << 16)
+    w, w_lo, ids, sp, be, act, y = ops.moe_prepare(x, rw, rb, k, block_m, 8)
+    logits = torch.nn.functional.linear(x, rw, rb)
+    w2, ids2 = ops.moe_route(logits, k)
+    assert torch.equal(logits.gather(1, ids.long()), logits.gather(1, ids2.long()))
+    assert rel_err(w, w2) <= 1e-2 and torch.equal(w_lo, w.to(dtype))
+    sp2, be2 = ops.moe_dispatch(ids, E, block_m)
+    assert torch.equal(be, be2)
+    m = T * k
+    spc, bec = sp.cpu().long(), be.cpu().long()
+    real = spc[spc >= 0]
+    assert torch.equal(real.sort().values, torch.arange(m))  # every slot exactly once
+    rows = torch.nonzero(spc >= 0).squeeze(1)
+    assert torch.equal(bec[rows // block_m], ids.flatten().cpu().long()[spc[rows]])  # in a block of its expert
+    # NaN logits rank highest (as torch.topk) on this path too
+    x[0, :] = float("nan")
+    w, w_lo, ids, sp, be, act, y = ops.moe_prepare(x, rw, rb, k, block_m, 8)
+    assert torch.equal(ids[0].sort().values.cpu(), torch.arange(k, dtype=torch.int32))

@@ -10,12 +10,17 @@
 //                nb = (M + min(E, M) * (block_m - 1)) / block_m blocks of block_m rows. Ids outside
 //                [0, E) are routed nowhere (clamp-and-flag: moe_finalize turns them into NaN).
 //   moe_finalize out[t] = sum_j y[t * k + j] in fp32, slot order (deterministic); 16-byte vectors.
+//   moe_prepare  the eager/graph fast path: router GEMM, route, dispatch in one host call; at
+//                decode sizes on sm_90 one cluster launch does all three (moe_small_prepare_kernel).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 
+#include <cooperative_groups.h>
+
 #include <climits>
+#include <cstdlib>
 
 #include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
@@ -25,6 +30,7 @@ namespace {
 using gok::from_float;
 using gok::to_float;
 using gok::Vec16;
+namespace cg = cooperative_groups;
 
 constexpr int kWarp = 32;
 
@@ -41,20 +47,12 @@ __device__ __forceinline__ bool route_better(float a, int ai, float b, int bi) {
 
 constexpr int kRouteWarps = 8;
 
+// One warp routes one token: v[j] is the logit of expert lane + 32 j. k rounds of a warp arg-max, then
+// the softmax over the k winners; lane r < k writes slot r of the token's weights and ids.
 template <typename T, int VPL>
-__global__ void __launch_bounds__(kRouteWarps * kWarp)
-moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, int top_k,
-                 float* __restrict__ weights, int32_t* __restrict__ ids, T* __restrict__ weights_lo) {
-  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRouteWarps + threadIdx.x / kWarp;
-  if (row >= rows) return;
-  const int lane = threadIdx.x % kWarp;
-  const T* src = logits + row * num_experts;
-  float v[VPL];
-#pragma unroll
-  for (int j = 0; j < VPL; ++j) {
-    const int e = lane + j * kWarp;
-    v[j] = e < num_experts ? to_float(src[e]) : 0.f;
-  }
+__device__ __forceinline__ void route_warp(const float (&v)[VPL], int64_t row, int lane, int num_experts, int top_k,
+                                           float* __restrict__ weights, int32_t* __restrict__ ids,
+                                           T* __restrict__ weights_lo) {
   unsigned taken = 0;
   float my_val = 0.f;
   int my_id = 0;
@@ -92,6 +90,23 @@ moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, in
     ids[row * top_k + lane] = my_id;
     if (weights_lo != nullptr) weights_lo[row * top_k + lane] = from_float<T>(ex / sum);
   }
+}
+
+template <typename T, int VPL>
+__global__ void __launch_bounds__(kRouteWarps * kWarp)
+moe_route_kernel(const T* __restrict__ logits, int64_t rows, int num_experts, int top_k,
+                 float* __restrict__ weights, int32_t* __restrict__ ids, T* __restrict__ weights_lo) {
+  const int64_t row = static_cast<int64_t>(blockIdx.x) * kRouteWarps + threadIdx.x / kWarp;
+  if (row >= rows) return;
+  const int lane = threadIdx.x % kWarp;
+  const T* src = logits + row * num_experts;
+  float v[VPL];
+#pragma unroll
+  for (int j = 0; j < VPL; ++j) {
+    const int e = lane + j * kWarp;
+    v[j] = e < num_experts ? to_float(src[e]) : 0.f;
+  }
+  route_warp<T, VPL>(v, row, lane, num_experts, top_k, weights, ids, weights_lo);
 }
 
 template <typename T>
@@ -380,6 +395,176 @@ void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
+// --- decode-sized batches: router GEMM + route + dispatch in one cluster launch ------------
+// At T * k <= 64 the router GEMM (cuBLAS split-K: two kernels), route and dispatch are four launches
+// of latency-bound work (ncu at T=1: 6.5 + 3.8 + 4.2 + 7.7 us). Here one cluster of 8 CTAs does all of
+// it: CTA r computes the logits of experts [r * ceil(E/8), ...) for every token (reading 1/8 of the
+// router weight: one SM alone reads 184 KB at only ~20 GB/s) and writes them into CTA 0's shared
+// memory (DSMEM); after the cluster barrier CTA 0 routes each token (one warp per token, route_warp,
+// logits rounded to the activation dtype first, as the cuBLAS path's output is) and dispatches: the
+// slots of each expert in slot order, padded to block_m rows, layout as moe_dispatch_kernel.
+constexpr int kSmallCluster = 8;
+constexpr int kSmallThreads = 256;
+constexpr int kSmallMaxT = 16;
+constexpr int kSmallMaxM = 64;  // T * k
+constexpr int kSmallMaxE = 64;
+constexpr int kSmallStageMax = 160 * 1024;  // staged router rows + hidden rows, bytes
+
+struct SmallShared {
+  float logits[kSmallMaxT * kSmallMaxE];
+  int ids[kSmallMaxM];
+  int count[kSmallMaxE];
+  int start[kSmallMaxE];
+};
+
+template <typename T, int VPL>
+__global__ void __launch_bounds__(kSmallThreads)
+moe_small_prepare_kernel(const T* __restrict__ hidden, int t_rows, int h, const T* __restrict__ rw,
+                         const T* __restrict__ rb, int num_experts, int top_k, int block_m, int nb,
+                         float* __restrict__ weights, T* __restrict__ weights_lo, int32_t* __restrict__ ids,
+                         int32_t* __restrict__ sorted_pos, int32_t* __restrict__ block_expert) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  __shared__ SmallShared sh;
+  extern __shared__ __align__(16) unsigned char stage[];  // this CTA's router rows, then the T hidden rows
+  cg::cluster_group cluster = cg::this_cluster();
+  const int rank = static_cast<int>(cluster.block_rank());
+  const int warp = threadIdx.x / kWarp, lane = threadIdx.x % kWarp;
+  const int per = (num_experts + kSmallCluster - 1) / kSmallCluster;
+  const int e0 = rank * per;
+  const int ne = max(min(per, num_experts - e0), 0);
+  // Stage the operands with cp.async, every 16-byte chunk in flight at once (a register loop waits one
+  // memory latency per vector: 15 us at T=1 under ncu).
+  T* ws = reinterpret_cast<T*>(stage);
+  T* xs = ws + static_cast<int64_t>(ne) * h;
+  const int wchunks = ne * h / 8, xchunks = ne > 0 ? t_rows * h / 8 : 0;
+  for (int c = threadIdx.x; c < wchunks + xchunks; c += kSmallThreads) {
+    const T* src = c < wchunks ? rw + static_cast<int64_t>(e0) * h + c * 8 : hidden + (c - wchunks) * 8;
+    const uint32_t dst = static_cast<uint32_t>(__cvta_generic_to_shared(ws + c * 8));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+  }
+  asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+  float* leader_logits = cluster.map_shared_rank(sh.logits, 0);
+  cluster.sync();  // staged rows visible to the CTA; every CTA of the cluster runs (CTA 0's shared memory exists)
+  // Logits: warp w takes (token, expert) pairs w, w + 8, ...; lanes stride over 16-byte vectors of H.
+  for (int pair = warp; pair < t_rows * ne; pair += kSmallThreads / kWarp) {
+    const int t = pair / ne, el = pair % ne, e = e0 + el;
+    const T* x = xs + static_cast<int64_t>(t) * h;
+    const T* w = ws + static_cast<int64_t>(el) * h;
+    float acc = 0.f;
+    for (int i = lane * 8; i < h; i += kWarp * 8) {
+      Vec16<T> xv, wv;
+      xv.raw = *reinterpret_cast<const uint4*>(x + i);
+      wv.raw = *reinterpret_cast<const uint4*>(w + i);
+#pragma unroll
+      for (int j = 0; j < 8; ++j) acc += to_float(xv.v[j]) * to_float(wv.v[j]);
+    }
+    acc = gok::warp_sum(acc);
+    if (lane == 0) {
+      if (rb != nullptr) acc += to_float(rb[e]);
+      leader_logits[t * num_experts + e] = to_float(from_float<T>(acc));
+    }
+  }
+  cluster.sync();  // every logit is in CTA 0's shared memory
+  if (rank != 0) return;
+  // Route: one warp per token.
+  for (int t = warp; t < t_rows; t += kSmallThreads / kWarp) {
+    float v[VPL];
+#pragma unroll
+    for (int j = 0; j < VPL; ++j) {
+      const int e = lane + j * kWarp;
+      v[j] = e < num_experts ? sh.logits[t * num_experts + e] : 0.f;
+    }
+    route_warp<T, VPL>(v, t, lane, num_experts, top_k, weights, ids, weights_lo);
+    if (lane < top_k) sh.ids[t * top_k + lane] = ids[static_cast<int64_t>(t) * top_k + lane];
+  }
+  const int m = t_rows * top_k;
+  for (int e = threadIdx.x; e < num_experts; e += kSmallThreads) sh.count[e] = 0;
+  for (int i = threadIdx.x; i < nb * block_m; i += kSmallThreads) sorted_pos[i] = -1;
+  for (int i = threadIdx.x; i < nb; i += kSmallThreads) block_expert[i] = -1;
+  __syncthreads();
+  if (threadIdx.x < m) atomicAdd(&sh.count[sh.ids[threadIdx.x]], 1);
+  __syncthreads();
+  if (threadIdx.x == 0) {  // padded start row of each expert (E <= 256 serial adds)
+    int row = 0;
+    for (int e = 0; e < num_experts; ++e) {
+      sh.start[e] = row;
+      row += (sh.count[e] + block_m - 1) / block_m * block_m;
+    }
+  }
+  __syncthreads();  // also orders the -1 fill before the placement below
+  for (int e = threadIdx.x; e < num_experts; e += kSmallThreads) {
+    const int blocks = (sh.count[e] + block_m - 1) / block_m;
+    for (int b = 0; b < blocks; ++b) block_expert[sh.start[e] / block_m + b] = e;
+  }
+  if (threadIdx.x < m) {  // slot p's place: after the earlier slots of its expert
+    const int p = threadIdx.x, e = sh.ids[p];
+    int rank_in = 0;
+    for (int q = 0; q < p; ++q) rank_in += sh.ids[q] == e;
+    sorted_pos[sh.start[e] + rank_in] = p;
+  }
+#else
+  __trap();  // launched only on sm_90+ (host check)
+#endif
+}
+
+// True when the decode-sized fused path ran.
+template <typename T>
+bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const std::optional<at::Tensor>& rb,
+                          int top_k, int block_m, int64_t nb, at::Tensor& w, at::Tensor& w_lo, at::Tensor& ids,
+                          at::Tensor& sorted_pos, at::Tensor& block_expert, cudaStream_t stream) {
+  const int64_t t = hidden.size(0), h = hidden.size(1), e = rw.size(0);
+  static const bool enabled = [] {
+    const char* env = std::getenv("GOK_MOE_SMALL_PREPARE");
+    return env == nullptr || env[0] != '0';
+  }();
+  const int64_t per = (e + kSmallCluster - 1) / kSmallCluster;
+  const int64_t stage = (per + t) * h * static_cast<int64_t>(sizeof(T));
+  if (!enabled || t < 1 || t > kSmallMaxT || t * top_k > kSmallMaxM || e > kSmallMaxE || h % 8 != 0 ||
+      stage > kSmallStageMax || !rw.is_contiguous() || !gok::is_aligned16(hidden.data_ptr()) ||
+      !gok::is_aligned16(rw.data_ptr()) || (rb.has_value() && !rb->is_contiguous())) {
+    return false;
+  }
+  static int major[64] = {};  // per device, queried once (0: not yet)
+  const int dev = hidden.get_device();
+  if (dev >= 64) return false;
+  if (major[dev] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&major[dev], cudaDevAttrComputeCapabilityMajor, dev));
+  if (major[dev] < 9) return false;
+  static bool attr_set[64][4] = {};  // per device and VPL: dynamic shared memory above 48 KB allowed
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = dim3(kSmallCluster, 1, 1);
+  cfg.blockDim = dim3(kSmallThreads, 1, 1);
+  cfg.dynamicSmemBytes = static_cast<size_t>(stage);
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeClusterDimension;
+  attr.val.clusterDim.x = kSmallCluster;
+  attr.val.clusterDim.y = 1;
+  attr.val.clusterDim.z = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  const T* hp = reinterpret_cast<const T*>(hidden.data_ptr());
+  const T* wp = reinterpret_cast<const T*>(rw.data_ptr());
+  const T* bp = rb.has_value() ? reinterpret_cast<const T*>(rb->data_ptr()) : nullptr;
+  T* lo = reinterpret_cast<T*>(w_lo.data_ptr());
+#define GOK_SMALL(VPL)                                                                                          \
+  if (!attr_set[dev][VPL / 2]) {                                                                                \
+    C10_CUDA_CHECK(cudaFuncSetAttribute(moe_small_prepare_kernel<T, VPL>,                                       \
+                                        cudaFuncAttributeMaxDynamicSharedMemorySize, kSmallStageMax));          \
+    attr_set[dev][VPL / 2] = true;                                                                              \
+  }                                                                                                             \
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_small_prepare_kernel<T, VPL>, hp, static_cast<int>(t),              \
+                                    static_cast<int>(h), wp, bp, static_cast<int>(e), top_k, block_m,            \
+                                    static_cast<int>(nb), w.data_ptr<float>(), lo, ids.data_ptr<int32_t>(),      \
+                                    sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>()))
+  if (e <= 32) {
+    GOK_SMALL(1);
+  } else {
+    GOK_SMALL(2);
+  }
+#undef GOK_SMALL
+  return true;
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
@@ -455,7 +640,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   const c10::cuda::CUDAGuard guard(hidden.device());
   const auto dt = hidden.scalar_type();
   const at::Tensor rw = router_weight.to(dt);
-  const at::Tensor logits = router_bias.has_value() ? at::linear(hidden, rw, router_bias->to(dt)) : at::linear(hidden, rw);
+  const std::optional<at::Tensor> rb =
+      router_bias.has_value() ? std::optional<at::Tensor>(router_bias->to(dt)) : std::nullopt;
   const int64_t t = hidden.size(0);
   const int64_t m = t * top_k;
   TORCH_CHECK(m < (int64_t{1} << 30), "moe_prepare: T * k too large");
@@ -469,6 +655,14 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   auto y = at::empty({m, hidden.size(1)}, hidden.options());
   if (m == 0) return {w, w_lo, ids, sorted_pos, block_expert, act, y};
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int k32 = static_cast<int>(top_k), bm32 = static_cast<int>(block_m);
+  if ((dt == at::kBFloat16 &&
+       launch_small_prepare<__nv_bfloat16>(hidden, rw, rb, k32, bm32, nb, w, w_lo, ids, sorted_pos, block_expert, stream)) ||
+      (dt == at::kHalf &&
+       launch_small_prepare<__half>(hidden, rw, rb, k32, bm32, nb, w, w_lo, ids, sorted_pos, block_expert, stream))) {
+    return {w, w_lo, ids, sorted_pos, block_expert, act, y};
+  }
+  const at::Tensor logits = rb.has_value() ? at::linear(hidden, rw, *rb) : at::linear(hidden, rw);
   switch (dt) {
     case at::kFloat: launch_route<float>(logits, static_cast<int>(top_k), w, ids, stream, &w_lo); break;
     case at::kBFloat16: launch_route<__nv_bfloat16>(logits, static_cast<int>(top_k), w, ids, stream, &w_lo); break;
