@@ -12,9 +12,7 @@ replays, then the SM clock and power while the graph replays (harness._sample_gp
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -22,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from sweep_moe_v4 import random_experts, random_routing  # noqa: E402
+from sweep_moe_v4 import probe_args, random_experts, random_routing  # noqa: E402
 
 E, H, I2, K_TOP = 32, 2880, 5760, 4
 
@@ -33,11 +31,7 @@ def timed(fn) -> dict:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=".")
-    args = ap.parse_args()
-    os.environ["GOK_MOE_AUTOTUNE"] = "0"
-    gg = harness.load_package_file("moe/grouped_gemm.py")
+    args, gg = probe_args()
     dev = torch.device("cuda")
     w1, b1, w2, b2 = random_experts(E, H, I2)
     w1_cm = w1.transpose(1, 2).contiguous().transpose(1, 2)  # (E, K, N) with K contiguous

@@ -10,9 +10,7 @@ GEMM 1, GEMM 2 and both, each in its own CUDA graph, three interleaved rounds, m
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -21,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from sweep_moe_v4 import random_experts, random_routing  # noqa: E402
+from sweep_moe_v4 import probe_args, random_experts, random_routing  # noqa: E402
 
 T0 = time.time()
 E, H, I2, K_TOP = 32, 2880, 5760, 4
@@ -32,11 +30,7 @@ def log(*a):
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=".")
-    args = ap.parse_args()
-    os.environ["GOK_MOE_AUTOTUNE"] = "0"
-    gg = harness.load_package_file("moe/grouped_gemm.py")
+    args, gg = probe_args()
     base = gg.Cfg(256, 64, 8, 4, 8, True, True, True, True)
     variants = {"GROUP_M 8": (base, None), "GROUP_M 16": (base._replace(group_m=16), None),
                 "expert groups cap 32": (base._replace(group_m=0), 32),

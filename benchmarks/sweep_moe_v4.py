@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from pathlib import Path
@@ -46,6 +47,15 @@ def torch_dispatch(ids: torch.Tensor, num_experts: int, block_m: int):
         row += blocks * block_m
         src += c
     return sp, be
+
+
+def probe_args():
+    """(args with --out, grouped_gemm loaded from torch-ext) for the MoE probes; the tuner off (fixed tiles)."""
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default=".")
+    args = ap.parse_args()
+    os.environ["GOK_MOE_AUTOTUNE"] = "0"
+    return args, _gg()
 
 
 def random_experts(num_experts=32, hidden=2880, inter2=5760, device="cuda"):
