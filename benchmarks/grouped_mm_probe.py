@@ -20,7 +20,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from sweep_moe_v4 import probe_args, random_experts, random_routing  # noqa: E402
+from sweep_moe_v4 import probe_args, random_experts, routed_case  # noqa: E402
 
 E, H, I2, K_TOP = 32, 2880, 5760, 4
 
@@ -39,13 +39,8 @@ def main():
     rows = []
     for t in (4096, 16384):
         m = t * K_TOP
-        block_m = gg.block_m_for(m, E)
-        hidden, wts, sorted_pos, block_expert = random_routing(t, E, K_TOP, block_m, H)
-        nb = block_expert.shape[0]
-        mb = m.bit_length()
+        block_m, mb, hidden, wts, sorted_pos, block_expert, act, y = routed_case(gg, t, E, K_TOP, H, I2)
         groups = gg.block_groups(block_expert, block_m)
-        act = torch.empty(nb * block_m, I2 // 2, device=dev, dtype=torch.bfloat16)
-        y = torch.empty(m, H, device=dev, dtype=torch.bfloat16)
         # the same routing, unpadded and pre-gathered, for torch._grouped_mm
         real = sorted_pos[sorted_pos >= 0].long()
         a1 = hidden[real // K_TOP].contiguous()

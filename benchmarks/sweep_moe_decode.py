@@ -9,35 +9,23 @@ The one-shot tuner times candidates with do_bench instead; this shows what each 
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from sweep_moe_v4 import random_experts, random_routing  # noqa: E402
+from sweep_moe_v4 import probe_args, random_experts, routed_case  # noqa: E402
 
 E, H, I2, K_TOP = 32, 2880, 5760, 4
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default=".")
-    args = ap.parse_args()
-    gg = harness.load_package_file("moe/grouped_gemm.py")
-    dev = torch.device("cuda")
+    args, gg = probe_args()  # tiles are forced below, so the tuner setting does not matter
     w1, b1, w2, b2 = random_experts(E, H, I2)
     results = []
     for t in (1, 4, 64):
-        m = t * K_TOP
-        bm = gg.block_m_for(m, E)
-        hidden, wts, sorted_pos, block_expert = random_routing(t, E, K_TOP, bm, H)
-        act = torch.empty(sorted_pos.numel(), I2 // 2, device=dev, dtype=torch.bfloat16)
-        y = torch.empty(m, H, device=dev, dtype=torch.bfloat16)
-        mb = m.bit_length()
+        bm, mb, hidden, wts, sorted_pos, block_expert, act, y = routed_case(gg, t, E, K_TOP, H, I2)
         gg.gemm1_swiglu(hidden, w1, b1, act, sorted_pos, block_expert, K_TOP, 1.702, 7.0, bm, mb)
 
         def gemm(first, c):

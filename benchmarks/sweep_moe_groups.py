@@ -19,7 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import harness  # noqa: E402
-from sweep_moe_v4 import probe_args, random_experts, random_routing  # noqa: E402
+from sweep_moe_v4 import probe_args, random_experts, routed_case  # noqa: E402
 
 T0 = time.time()
 E, H, I2, K_TOP = 32, 2880, 5760, 4
@@ -35,17 +35,10 @@ def main():
     variants = {"GROUP_M 8": (base, None), "GROUP_M 16": (base._replace(group_m=16), None),
                 "expert groups cap 32": (base._replace(group_m=0), 32),
                 "expert groups cap 16": (base._replace(group_m=0), 16)}
-    dev = torch.device("cuda")
     w1, b1, w2, b2 = random_experts(E, H, I2)
     results = []
     for t in (4096, 1024, 16384):
-        m = t * K_TOP
-        block_m = gg.block_m_for(m, E)
-        hidden, wts, sorted_pos, block_expert = random_routing(t, E, K_TOP, block_m, H)
-        nb = block_expert.shape[0]
-        act = torch.empty(nb * block_m, I2 // 2, device=dev, dtype=torch.bfloat16)
-        y = torch.empty(m, H, device=dev, dtype=torch.bfloat16)
-        mb = m.bit_length()
+        block_m, mb, hidden, wts, sorted_pos, block_expert, act, y = routed_case(gg, t, E, K_TOP, H, I2)
         groups = {}
         for name, (cfg, cap) in variants.items():
             if cap is not None:

@@ -75,6 +75,17 @@ def random_routing(t, num_experts, top_k, block_m, hidden=2880, device="cuda"):
     return x, wts, sorted_pos, block_expert
 
 
+def routed_case(gg, t, num_experts=32, top_k=4, hidden=2880, inter2=5760, device="cuda"):
+    """One probe size: (block_m, m_bucket, hidden, weights, sorted_pos, block_expert, act, y) for a random router
+    at T = t, with GEMM 1's output (padded sorted rows) and GEMM 2's (T*k slots) allocated."""
+    m = t * top_k
+    block_m = gg.block_m_for(m, num_experts)
+    x, wts, sorted_pos, block_expert = random_routing(t, num_experts, top_k, block_m, hidden, device)
+    act = torch.empty(sorted_pos.numel(), inter2 // 2, device=device, dtype=torch.bfloat16)
+    y = torch.empty(m, hidden, device=device, dtype=torch.bfloat16)
+    return block_m, m.bit_length(), x, wts, sorted_pos, block_expert, act, y
+
+
 def _gg():
     spec = importlib.util.spec_from_file_location("gg", ROOT / "torch-ext/gpt_oss_kernels/moe/grouped_gemm.py")
     gg = importlib.util.module_from_spec(spec)

@@ -40,6 +40,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "common/device.cuh"
 #include "torch-ext/torch_binding.h"
 
 namespace {
@@ -402,19 +403,6 @@ void launch(const Params& p, int bh, int device, cudaStream_t stream) {
   C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, NST>, p));
 }
 
-// (compute capability major, SM count) of a device, queried once.
-std::pair<int, int> device_info(int device) {
-  static std::mutex mu;
-  static std::map<int, std::pair<int, int>> cache;
-  const std::lock_guard<std::mutex> lock(mu);
-  auto it = cache.find(device);
-  if (it != cache.end()) return it->second;
-  int major = 0, sms = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
-  return cache[device] = std::make_pair(major, sms);
-}
-
 template <typename T>
 void dispatch(const Params& p, int64_t stages, int bh, int device, cudaStream_t stream) {
   // 0: 4 stages (128 KB in flight, one CTA per SM) when the last wave of one CTA per SM is >= 90% full,
@@ -422,7 +410,7 @@ void dispatch(const Params& p, int64_t stages, int bh, int device, cudaStream_t 
   // (docs/NOTES-attention.md "session 5"): B=32 (256 CTAs) 183.3 us with 4 stages vs 187.9 with 2;
   // B=24 (192) 152.8 vs 150.0; B=16 (128) 93.5 vs 92.6.
   if (stages == 0) {
-    const int sms = device_info(device).second;
+    const int sms = gok::device_info(device).second;
     const int tail = bh % sms;
     stages = (tail == 0 || 10 * tail >= 9 * sms) ? 4 : 2;
   }
@@ -472,7 +460,7 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
   TORCH_CHECK(stages == 0 || stages == 2 || stages == 4, "attn_decode: stages must be 0 (auto), 2 or 4");
   TORCH_CHECK(window_left >= -1, "attn_decode: window_left must be >= -1");
   const c10::cuda::CUDAGuard guard(q.device());
-  TORCH_CHECK(device_info(q.get_device()).first >= 9, "attn_decode: needs sm_90 or newer");
+  TORCH_CHECK(gok::device_info(q.get_device()).first >= 9, "attn_decode: needs sm_90 or newer");
   auto out = at::empty({bsz, hq, d}, q.options());
   if (bsz == 0 || hq == 0) return out;
   int sink_mode = 0;

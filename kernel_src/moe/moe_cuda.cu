@@ -22,6 +22,7 @@
 #include <climits>
 #include <cstdlib>
 
+#include "common/device.cuh"
 #include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
 
@@ -399,8 +400,9 @@ void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m
 // At T * k <= 64 the router GEMM (cuBLAS split-K: two kernels), route and dispatch are four launches
 // of latency-bound work (ncu at T=1: 6.5 + 3.8 + 4.2 + 7.7 us). Here one cluster of 8 CTAs does all of
 // it: CTA r computes the logits of experts [r * ceil(E/8), ...) for every token (reading 1/8 of the
-// router weight: one SM alone reads 184 KB at only ~20 GB/s) and writes them into CTA 0's shared
-// memory (DSMEM); after the cluster barrier CTA 0 routes each token (one warp per token, route_warp,
+// router weight: in the decode probes one SM read only ~20-25 GB/s, so one CTA alone would spend
+// ~8 us on its 184 KB) and writes them into CTA 0's shared memory (DSMEM); after the cluster
+// barrier CTA 0 routes each token (one warp per token, route_warp,
 // logits rounded to the activation dtype first, as the cuBLAS path's output is) and dispatches: the
 // slots of each expert in slot order, padded to block_m rows, layout as moe_dispatch_kernel.
 constexpr int kSmallCluster = 8;
@@ -524,11 +526,8 @@ bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const 
       !gok::is_aligned16(rw.data_ptr()) || (rb.has_value() && !rb->is_contiguous())) {
     return false;
   }
-  static int major[64] = {};  // per device, queried once (0: not yet)
   const int dev = hidden.get_device();
-  if (dev >= 64) return false;
-  if (major[dev] == 0) C10_CUDA_CHECK(cudaDeviceGetAttribute(&major[dev], cudaDevAttrComputeCapabilityMajor, dev));
-  if (major[dev] < 9) return false;
+  if (dev >= 64 || gok::device_info(dev).first < 9) return false;
   static bool attr_set[64][4] = {};  // per device and VPL: dynamic shared memory above 48 KB allowed
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(kSmallCluster, 1, 1);

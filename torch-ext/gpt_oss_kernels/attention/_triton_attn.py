@@ -817,10 +817,8 @@ def attn_fwd(
     grid = (tiles_m, batch * hkv, splits)
     counter = None
     if splits > 1:
-        opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
-        mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
-        lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
-        args[4:7] = [opart, mpart, lpart]
+        parts = _partials(splits, total_rows, d, q.device)
+        args[4:7] = list(parts)
         if FUSED_COMBINE and splits <= FUSED_MAX_SPLITS:
             counter = _counter(q.device, tiles_m * batch * hkv)
     else:
@@ -835,16 +833,30 @@ def attn_fwd(
         FUSED=fused, BLOCK_S=block_s, CHUNK_S=max(1, min(block_s, 8192 // (block_m * d))), PDL=pdl,
         launch_pdl=pdl, **common,
     )
-    if splits > 1:
-        _combine[(total_rows,)](
-            opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
-            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
-            num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
-        )
+    if splits > 1 and not fused:
+        _combine_splits(parts, sinks, out, total_rows, splits, hq, d, pdl)
     return out
 
 
-_CAP: dict[int, tuple] = {}
+def _partials(splits, total_rows, d, device):
+    """(O, m, l) fp32 partials of `splits` key splits, in `_combine`'s layout."""
+    import torch
+
+    return (torch.empty((splits, total_rows, d), device=device, dtype=torch.float32),
+            torch.empty((splits, total_rows), device=device, dtype=torch.float32),
+            torch.empty((splits, total_rows), device=device, dtype=torch.float32))
+
+
+def _combine_splits(parts, sinks, out, total_rows, splits, hq, d, pdl):
+    """`_combine`: one program per output row merges the splits' partials and adds the sink."""
+    _combine[(total_rows,)](
+        *parts, sinks if sinks is not None else out, out, total_rows, splits,
+        HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=max(2, triton.next_power_of_2(splits)), PDL=pdl,
+        num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
+    )
+
+
+_NATIVE: dict = {}  # device index -> the native decode op, or None
 
 
 def _native_decode(q, k, v, seqlens_k, sinks, batch, window_left):
@@ -870,14 +882,14 @@ def _native_decode(q, k, v, seqlens_k, sinks, batch, window_left):
         if c.stride(3) != 1 or any(st % 8 for st in c.stride()[:3]) or c.data_ptr() % 16:
             return None
     idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if idx not in _CAP:
+    if idx not in _NATIVE:
         try:
             from .._ops import ops
         except ImportError:  # loaded outside the package (probes): no native ops
             ops = None
         op = getattr(ops, "attn_decode", None) if ops is not None else None
-        _CAP[idx] = (op if torch.cuda.get_device_capability(idx)[0] >= 9 else None,)
-    return _CAP[idx][0]
+        _NATIVE[idx] = op if torch.cuda.get_device_capability(idx)[0] >= 9 else None
+    return _NATIVE[idx]
 
 
 def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
@@ -899,16 +911,10 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
     splits = triton.cdiv(cap, per)
     total_rows = tq * hq
     dummy = out
-    if splits > 1:
-        opart = torch.empty((splits, total_rows, d), device=q.device, dtype=torch.float32)
-        mpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
-        lpart = torch.empty((splits, total_rows), device=q.device, dtype=torch.float32)
-    else:
-        opart = mpart = lpart = dummy
-    block_s = max(2, triton.next_power_of_2(splits))
+    parts = _partials(splits, total_rows, d, q.device) if splits > 1 else (dummy, dummy, dummy)
     pdl = _pdl_ok(q.device)
     _decode[(splits, batch * hkv)](
-        q, k, v, out, opart, mpart, lpart, sinks if sinks is not None else dummy, seqlens_k,
+        q, k, v, out, *parts, sinks if sinks is not None else dummy, seqlens_k,
         block_table if block_table is not None else dummy,
         scale * LOG2E, total_rows, q.stride(0), q.stride(1),
         k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -920,9 +926,5 @@ def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, pag
         num_warps=SQ1_WARPS, num_stages=SQ1_STAGES, launch_pdl=pdl,
     )
     if splits > 1:
-        _combine[(total_rows,)](
-            opart, mpart, lpart, sinks if sinks is not None else dummy, out, total_rows, splits,
-            HQ=hq, HEAD_DIM=d, HAS_SINK=sinks is not None, BLOCK_S=block_s, PDL=pdl,
-            num_warps=2 if splits <= 16 else 4, launch_pdl=pdl,
-        )
+        _combine_splits(parts, sinks, out, total_rows, splits, hq, d, pdl)
     return out
