@@ -129,7 +129,10 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
             cfg = [str(c) for key, c in tuned.cache.items() if window or key[4] is False][-1:]  # key[4]: HAS_WL
         except Exception:  # noqa: BLE001
             cfg = []
-        rows.append(row("attention", name, "ours (Triton)", t, floor, TFLOPs=round(flops / t / 1e6, 1),
+        ta = kernel.attention._triton_attn
+        native = window and ta._native_window(q, k, v, cu, cu, None, sinks, 1, 0, 0.125, window - 1, 0) is not None
+        path = "ours (CUDA window kernel)" if native else "ours (Triton)"
+        rows.append(row("attention", name, path, t, floor, TFLOPs=round(flops / t / 1e6, 1),
                         flop_floor_us=round(flop_floor, 1), rel_vs_flex=f"{agree:.1e}", eager_us=round(t_eager, 1),
                         config=(cfg[0] if cfg else "?").replace(",", ";")))
         rows.append(row("attention", name, "FlexAttention + LSE sink", t_flex, floor,

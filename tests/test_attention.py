@@ -445,3 +445,121 @@ def test_native_decode_is_the_public_route(kernel, ref, paged):
         vv = v_cache[bt[i].long()].reshape(-1, 8, 64)[:n] if paged else v_cache[i, :n]
         expected = ref.attention(q[i].double(), kk.double(), vv.double(), scale=0.125, sinks=sinks.double())
         assert rel_err(out[i], expected) < TOL[torch.bfloat16]
+
+
+# --- native CUDA sliding-window prefill (kernel_src/attention/attn_window_cuda.cu, sm_90+) -----
+
+
+def _native_window_op(kernel):
+    if not HAS_CUDA or torch.cuda.get_device_capability()[0] != 9:
+        pytest.skip("the native window kernel needs sm_90")
+    return kernel._ops.ops.attn_window
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+@pytest.mark.parametrize("heads", [(64, 8), (16, 2), (8, 1)])  # G = 8, the kernel's only group size
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("packed", [True, False])
+def test_native_window(kernel, ref, heads, dtype, packed):
+    """Every CTA size (32 / 64 / 128 positions), windows 0 / 5 / 127, sequences that are not tile multiples (and empty, and with
+    fewer keys than queries: rows that see nothing), queries bottom-right aligned to longer key
+    sequences, NaN past the sequence, sinks in fp32 and in q's dtype, large logits, poisoned output
+    memory: against float64."""
+    op = _native_window_op(kernel)
+    hq, hkv = heads
+    d = 64
+    lens_q = [0, 1, 15, 17, 63, 65, 300, 1000, 40, 129]
+    lens_k = [3, 1, 15, 17, 63, 65, 300, 1000, 140, 100]  # the last two: 100 keys earlier; 29 rows see none
+    b = len(lens_q)
+    cu_q = _cu(lens_q, "cuda")
+    q = torch.randn(sum(lens_q), hq, d, device="cuda", dtype=dtype)
+    if packed:
+        k = torch.randn(sum(lens_k), hkv, d, device="cuda", dtype=dtype)
+        v = torch.randn_like(k)
+        cu_k, seqlens, cap = _cu(lens_k, "cuda"), None, None
+        seq_k = lambda t, i: t[int(cu_k[i]) : int(cu_k[i + 1])]  # noqa: E731
+    else:
+        cap = max(lens_k) + 37
+        k = torch.randn(b, cap, hkv, d, device="cuda", dtype=dtype)
+        v = torch.randn_like(k)
+        for i, n in enumerate(lens_k):  # NaN in every slot past the sequence: never read
+            k[i, n:] = float("nan")
+            v[i, n:] = float("nan")
+        cu_k, seqlens = None, torch.tensor(lens_k, dtype=torch.int32, device="cuda")
+        seq_k = lambda t, i: t[i, : lens_k[i]]  # noqa: E731
+    k_big = seq_k(k, 7)
+    k_big.mul_(8)  # large logits in one sequence (fp32 softmax keeps them exact)
+    sinks32 = 3 * torch.randn(hq, device="cuda")
+    cases = [(64, None, 127), (32, sinks32, 127), (128, sinks32.to(dtype), 127), (0, sinks32, 5), (64, None, 0)]
+    for positions, sinks, wl in cases:
+        poison_allocator("cuda", q.numel() * q.element_size())
+        out = op(q, k, v, cu_q, cu_k, seqlens, sinks, d**-0.5, b, 0, max(lens_q), wl, positions)
+        for i in range(b):
+            qi = q[int(cu_q[i]) : int(cu_q[i + 1])]
+            expected = ref.attention(qi.double(), seq_k(k, i).double(), seq_k(v, i).double(), scale=d**-0.5,
+                                     sinks=None if sinks is None else sinks.double(), causal=True, window=(wl, wl))
+            got = out[int(cu_q[i]) : int(cu_q[i + 1])]
+            assert torch.isfinite(got).all(), (positions, wl, i)
+            assert rel_err(got, expected) < TOL[dtype], (positions, wl, i)
+    # fixed-length queries (no cu_q), batched keys only: 3 sequences of 70 queries after 0 / 37 / 300 cached keys
+    if not packed:
+        past = [0, 37, 300]
+        kc = torch.randn(3, 400, hkv, d, device="cuda", dtype=dtype)
+        vc = torch.randn_like(kc)
+        qf = torch.randn(3 * 70, hq, d, device="cuda", dtype=dtype)
+        lens = torch.tensor([n + 70 for n in past], dtype=torch.int32, device="cuda")
+        out = op(qf, kc, vc, None, None, lens, sinks32, 0.125, 3, 70, 70, 127, 0)
+        for i, n in enumerate(past):
+            expected = ref.attention(qf[70 * i : 70 * (i + 1)].double(), kc[i, : n + 70].double(),
+                                     vc[i, : n + 70].double(), scale=0.125, sinks=sinks32.double(), causal=True,
+                                     window=(127, 127))
+            assert rel_err(out[70 * i : 70 * (i + 1)], expected) < TOL[dtype], (i, n)
+    # NaN in one query row stays in that row (its position, its head)
+    q[int(cu_q[6]) + 3, 0, 0] = float("nan")
+    out = op(q, k, v, cu_q, cu_k, seqlens, None, d**-0.5, b, 0, max(lens_q), 127, 0)
+    r = int(cu_q[6]) + 3
+    assert torch.isnan(out[r, 0]).all() and torch.isfinite(out[r, 1:]).all()
+    assert torch.isfinite(out[:r]).all() and torch.isfinite(out[r + 1 :]).all()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_native_window_is_the_public_route(kernel, ref):
+    """flash_attn_varlen_func's 128-token sliding window (as transformers passes it) reaches the native kernel
+    (same bits) on sm_90+, also inside a CUDA graph replayed with new inputs; the kernel rejects what it
+    cannot take."""
+    op = _native_window_op(kernel)
+    lens = [700, 2049]
+    cu = _cu(lens, "cuda")
+    n = sum(lens)
+    q = torch.randn(n, 64, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(n, 8, 64, device="cuda", dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    sinks = torch.randn(64, device="cuda")
+
+    def step():
+        return kernel.flash_attn_varlen_func(q, k, v, cu, cu, max(lens), max(lens), causal=True,
+                                             window_size=(127, 127), s_aux=sinks)
+
+    got = step()
+    direct = op(q, k, v, cu, cu, None, sinks, 0.125, 2, 0, max(lens), 127, kernel.attention._triton_attn.WINDOW_CUDA_POSITIONS)
+    assert torch.equal(got, direct)
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = step()
+    for t in (q, k, v):
+        t.normal_()
+    g.replay()
+    torch.cuda.synchronize()
+    expected = _ref_varlen(ref, q, k, v, cu, cu, 0.125, sinks, True, (127, 127))
+    assert rel_err(out, expected) < TOL[torch.bfloat16]
+    with pytest.raises(RuntimeError, match="window_left"):
+        op(q, k, v, cu, cu, None, sinks, 0.125, 2, 0, max(lens), 128, 0)
+    with pytest.raises(RuntimeError, match="scale"):
+        op(q, k, v, cu, cu, None, sinks, -0.125, 2, 0, max(lens), 127, 0)
+    with pytest.raises(RuntimeError, match="Hq / Hkv"):
+        op(q[:, :32].contiguous(), k, v, cu, cu, None, sinks[:32].contiguous(), 0.125, 2, 0, max(lens), 127, 0)
+    with pytest.raises(RuntimeError, match="head_dim"):
+        op(q[..., :32].contiguous(), k[..., :32].contiguous(), v[..., :32].contiguous(), cu, cu, None, None, 0.125,
+           2, 0, max(lens), 127, 0)

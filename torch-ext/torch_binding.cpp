@@ -46,11 +46,16 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 
   // --- attention ---
 #if defined(CUDA_KERNEL)
-  // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py): Sq = 1 decode of large batches on sm_90+.
+  // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py) on sm_90+:
+  // Sq = 1 decode of large batches or narrow windows, and the causal sliding-window prefill.
   ops.def(
       "attn_decode(Tensor q, Tensor k_cache, Tensor v_cache, Tensor seqlens, Tensor? block_table, Tensor? s_aux, "
       "float scale, int window_left, int stages) -> Tensor");
   ops.impl("attn_decode", BACKEND, &attn_decode);
+  ops.def(
+      "attn_window(Tensor q, Tensor k, Tensor v, Tensor? cu_q, Tensor? cu_k, Tensor? seqlens_k, Tensor? s_aux, "
+      "float scale, int batch, int seq_q_fixed, int max_seqlen_q, int window_left, int positions) -> Tensor");
+  ops.impl("attn_window", BACKEND, &attn_window);
 #endif
 }
 

@@ -31,10 +31,17 @@ at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, con
 #endif
 
 // --- attention ---------------------------------------------------------------------------
-// The public attention op (attn_fwd) is a Python custom op (Triton on CUDA, torch on CPU); this
-// CUDA-only helper is its Sq = 1 decode path for large batches on sm_90+ (kernel_src/attention/attn_decode_cuda.cu).
+// The public attention op (attn_fwd) is a Python custom op (Triton on CUDA, torch on CPU); these
+// CUDA-only helpers are two of its paths on sm_90+: the Sq = 1 decode for large batches or narrow
+// windows (kernel_src/attention/attn_decode_cuda.cu) and the causal sliding-window prefill of at most
+// 127 keys back (kernel_src/attention/attn_window_cuda.cu).
 #if defined(CUDA_KERNEL)
 at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
                        const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t stages);
+at::Tensor attn_window(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                       const std::optional<at::Tensor>& cu_q, const std::optional<at::Tensor>& cu_k,
+                       const std::optional<at::Tensor>& seqlens_k, const std::optional<at::Tensor>& s_aux, double scale,
+                       int64_t batch, int64_t seq_q_fixed, int64_t max_seqlen_q, int64_t window_left,
+                       int64_t positions);
 #endif

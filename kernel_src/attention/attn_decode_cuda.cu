@@ -35,15 +35,23 @@
 
 #include <cmath>
 #include <cstdint>
-#include <map>
-#include <mutex>
-#include <type_traits>
 #include <utility>
 
 #include "common/device.cuh"
+#include "common/mma.cuh"
+#include "attention/sinks.cuh"
 #include "torch-ext/torch_binding.h"
 
 namespace {
+
+using gok::cp_async16;
+using gok::cp_async_commit;
+using gok::cp_async_wait;
+using gok::ldmatrix_x4;
+using gok::ldmatrix_x4_trans;
+using gok::mma16816;
+using gok::pack2;
+using gok::smem_addr;
 
 constexpr int kD = 64;                       // head_dim
 constexpr int kWarps = 8;
@@ -89,68 +97,6 @@ constexpr int smem_bytes() {
   return ring > parts ? ring : parts;
 }
 
-template <typename T> struct MmaType;
-template <> struct MmaType<__nv_bfloat16> { using pair = __nv_bfloat162; };
-template <> struct MmaType<__half> { using pair = __half2; };
-
-__device__ __forceinline__ uint32_t smem_addr(const void* p) {
-  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
-}
-
-__device__ __forceinline__ void cp_async16(uint32_t dst, const void* src, bool ok) {
-  const int n = ok ? 16 : 0;  // 0: zero-fill, nothing read
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(n) : "memory");
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-__device__ __forceinline__ void ldmatrix_x4(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t addr, uint32_t (&r)[4]) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-
-// d += a (16x16, row) * b (16x8, col), fp32 accumulate.
-template <typename T>
-__device__ __forceinline__ void mma16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1);
-template <>
-__device__ __forceinline__ void mma16816<__nv_bfloat16>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
-                                                        uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-template <>
-__device__ __forceinline__ void mma16816<__half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
-      "{%0, %1, %2, %3};\n"
-      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
-
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  typename MmaType<T>::pair p;
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    p = __floats2bfloat162_rn(lo, hi);
-  } else {
-    p = __floats2half2_rn(lo, hi);
-  }
-  return *reinterpret_cast<uint32_t*>(&p);
-}
-
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-
 template <typename T, int NST>
 __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -160,8 +106,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p
   const int warp = threadIdx.x / 32;
   const int lane = threadIdx.x % 32;
 
-  asm volatile("griddepcontrol.wait;\n" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+  gok::pdl_wait_and_release();
 
   // Keys of this warp: [w0, w1), a part of [start, seqlen).
   const int seqlen = max(p.seqlens[b], 0);
@@ -346,12 +291,8 @@ __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p
       float mw = -INFINITY;
 #pragma unroll
       for (int w = 0; w < kWarps; ++w) mw = fmaxf(mw, wp[w].m[h]);
-      float sink = -INFINITY;
-      if (p.sink_mode != 0) {
-        sink = (p.sink_mode == 1 ? static_cast<const float*>(p.sinks)[head]
-                                 : to_f32<T>(static_cast<const T*>(p.sinks)[head])) * kLog2e;
-        mw = fmaxf(mw, sink);
-      }
+      const float sink = gok::sink_log2<T>(p.sinks, p.sink_mode, head);
+      mw = fmaxf(mw, sink);
       const float mu = mw == -INFINITY ? 0.f : mw;
       float lw = p.sink_mode != 0 ? exp2f(sink - mu) : 0.f;
       float4 acc = make_float4(0.f, 0.f, 0.f, 0.f);
@@ -375,21 +316,9 @@ __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p
 #endif
 }
 
-// Shared memory above 48 KB: once per (kernel, device).
-template <typename T, int NST>
-void prepare(int device) {
-  static std::mutex mu;
-  static std::map<int, bool> done;
-  const std::lock_guard<std::mutex> lock(mu);
-  if (done[device]) return;
-  auto kern = attn_decode_kernel<T, NST>;
-  C10_CUDA_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_bytes<NST>()));
-  done[device] = true;
-}
-
 template <typename T, int NST>
 void launch(const Params& p, int bh, int device, cudaStream_t stream) {
-  prepare<T, NST>(device);
+  gok::allow_dynamic_smem(attn_decode_kernel<T, NST>, smem_bytes<NST>(), device);
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(bh, 1, 1);
   cfg.blockDim = dim3(kThreads, 1, 1);
@@ -427,16 +356,16 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
                        const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
                        const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t stages) {
   // Validated in Python (flash.py); the checks here are the ones memory safety and the kernel's
-  // layout assumptions need.
+  // layout assumptions need. Each message is one string literal: see common/device.cuh.
   TORCH_CHECK(q.is_cuda() && q.dim() == 3, "attn_decode: q must be a CUDA (B, Hq, D) tensor");
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 || q.scalar_type() == at::kHalf,
-              "attn_decode: q must be bfloat16 or float16, got ", q.scalar_type());
+              "attn_decode: q must be bfloat16 or float16");
   TORCH_CHECK(k_cache.dim() == 4 && v_cache.dim() == 4 && k_cache.sizes() == v_cache.sizes(),
               "attn_decode: k_cache and v_cache must be 4-D with the same shape");
   TORCH_CHECK(k_cache.scalar_type() == q.scalar_type() && v_cache.scalar_type() == q.scalar_type(),
               "attn_decode: caches must have q's dtype");
   const int64_t bsz = q.size(0), hq = q.size(1), d = q.size(2), hkv = k_cache.size(2);
-  TORCH_CHECK(d == kD && k_cache.size(3) == kD, "attn_decode: head_dim must be 64, got ", d);
+  TORCH_CHECK(d == kD && k_cache.size(3) == kD, "attn_decode: head_dim must be 64");
   TORCH_CHECK(hkv >= 1 && hq % hkv == 0 && hq / hkv <= kRows, "attn_decode: Hq / Hkv must be an integer <= 16");
   TORCH_CHECK(q.stride(2) == 1 && q.stride(1) % 2 == 0 && q.stride(0) % 2 == 0 &&
                   reinterpret_cast<uintptr_t>(q.data_ptr()) % 4 == 0,
@@ -463,17 +392,7 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
   TORCH_CHECK(gok::device_info(q.get_device()).first >= 9, "attn_decode: needs sm_90 or newer");
   auto out = at::empty({bsz, hq, d}, q.options());
   if (bsz == 0 || hq == 0) return out;
-  int sink_mode = 0;
-  if (s_aux.has_value()) {
-    TORCH_CHECK(s_aux->is_cuda() && s_aux->dim() == 1 && s_aux->size(0) == hq && s_aux->is_contiguous(),
-                "attn_decode: s_aux must be a contiguous (Hq,) CUDA tensor");
-    if (s_aux->scalar_type() == at::kFloat) {
-      sink_mode = 1;
-    } else {
-      TORCH_CHECK(s_aux->scalar_type() == q.scalar_type(), "attn_decode: s_aux must be float32 or q's dtype");
-      sink_mode = 2;
-    }
-  }
+  const int sink_mode = gok::sink_mode(s_aux, q);
   Params p{};
   p.q = q.data_ptr();
   p.k = k_cache.data_ptr();

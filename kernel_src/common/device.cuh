@@ -1,4 +1,11 @@
-// Host helper shared by the CUDA ops: a device's compute-capability major and SM count, queried once.
+// TORCH_CHECK messages in the .cu files are single string literals. On the H100 machine (torch 2.11,
+// CUDA 13.0) a failed TORCH_CHECK whose message had more than one part (a literal and a number, which
+// goes through c10::str's stream) in host code compiled by nvcc segfaulted instead of raising; a
+// one-literal message raised normally (docs/NOTES-attention.md "session 6"; cause not found). The
+// Python entry points validate first and give the detailed errors.
+//
+// Host helpers shared by the CUDA ops: a device's compute-capability major and SM count (queried once),
+// and the opt-in to more than 48 KB of dynamic shared memory.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -6,6 +13,7 @@
 
 #include <map>
 #include <mutex>
+#include <set>
 #include <utility>
 
 namespace gok {
@@ -21,6 +29,18 @@ inline std::pair<int, int> device_info(int device) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device));
   return cache[device] = std::make_pair(major, sms);
+}
+
+// Lets `kernel` use `bytes` (> 48 KB) of dynamic shared memory on `device`: once per (kernel, device).
+template <typename Kernel>
+void allow_dynamic_smem(Kernel kernel, int bytes, int device) {
+  static std::mutex mu;
+  static std::set<std::pair<const void*, int>> done;
+  const std::lock_guard<std::mutex> lock(mu);
+  const auto key = std::make_pair(reinterpret_cast<const void*>(kernel), device);
+  if (done.count(key)) return;
+  C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+  done.insert(key);
 }
 
 }  // namespace gok

@@ -569,8 +569,8 @@ bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const 
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k) {
   TORCH_CHECK(router_logits.is_cuda() && router_logits.dim() == 2, "moe_route: router_logits must be a CUDA (T, E) tensor");
   const int64_t e = router_logits.size(1);
-  TORCH_CHECK(e >= 1 && e <= 1024, "moe_route: E must be in [1, 1024], got ", e);
-  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_route: top_k must be in [1, min(E, 32)], got ", top_k);
+  TORCH_CHECK(e >= 1 && e <= 1024, "moe_route: E must be in [1, 1024]");
+  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_route: top_k must be in [1, min(E, 32)]");
   const c10::cuda::CUDAGuard guard(router_logits.device());
   const auto logits = router_logits.contiguous();
   const int64_t rows = logits.size(0);
@@ -633,8 +633,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
   TORCH_CHECK(hidden.is_cuda() && hidden.dim() == 2 && hidden.is_contiguous(), "moe_prepare: hidden must be a contiguous CUDA (T, H) tensor");
   TORCH_CHECK(router_weight.dim() == 2 && router_weight.size(1) == hidden.size(1), "moe_prepare: router_weight must be (E, H)");
   const int64_t e = router_weight.size(0);
-  TORCH_CHECK(e >= 1 && e <= 1024, "moe_prepare: E must be in [1, 1024], got ", e);
-  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_prepare: top_k must be in [1, min(E, 32)], got ", top_k);
+  TORCH_CHECK(e >= 1 && e <= 1024, "moe_prepare: E must be in [1, 1024]");
+  TORCH_CHECK(top_k >= 1 && top_k <= e && top_k <= 32, "moe_prepare: top_k must be in [1, min(E, 32)]");
   TORCH_CHECK(block_m >= 1 && block_m <= 1024 && act_cols >= 1, "moe_prepare: bad block_m / act_cols");
   const c10::cuda::CUDAGuard guard(hidden.device());
   const auto dt = hidden.scalar_type();

@@ -16,7 +16,8 @@ denominator only, once, at the end):
   everything else `_PREFILL_CONFIGS`.
 - `_window_fwd`, causal sliding windows of at most WINDOW_KEYS_MAX keys back on packed or batched
   K/V (GPT-OSS's 128-token layers): the whole window of keys is loaded once per (position tile, KV
-  head) and reused by all G heads, one-pass softmax per head.
+  head) and reused by all G heads, one-pass softmax per head. Windows of at most 127 keys back go to
+  the native CUDA kernel instead where it is built (WINDOW_CUDA, kernel_src/attention/attn_window_cuda.cu).
 - `_decode`, one query position per sequence against a batched or paged cache (SQ1_DECODE), split
   along the keys and merged by `_combine`. Large batches of that step go to the native CUDA kernel
   instead (SQ1_CUDA, kernel_src/attention/attn_decode_cuda.cu).
@@ -611,6 +612,13 @@ _window_fwd_tuned = triton.autotune(
 # Explicit `_window_fwd` configuration (dict of BLOCK_P, num_warps, num_stages, maxnreg) instead of the
 # autotuner: for sweeps and the interpreter checks (which also take this path for short sequences).
 WINDOW_OVERRIDE: dict | None = None
+# Causal windows of at most 127 keys back on packed or batched K/V (GPT-OSS's sliding layers), head_dim
+# 64, 8 query heads per KV head, sm_90: the CUDA kernel of the package's native ops instead of
+# `_window_fwd` (kernel_src/attention/attn_window_cuda.cu: wgmma over only the band of keys each tile of
+# 8 positions sees, K/V loaded once per CTA).
+# WINDOW_CUDA_POSITIONS: query positions per CTA, 32 / 64 / 128 (0: the op's choice).
+WINDOW_CUDA = True
+WINDOW_CUDA_POSITIONS = 0
 
 
 # Decode: the key axis is split (flash-decoding) until there are ~CTAS_PER_SM programs per SM,
@@ -761,6 +769,13 @@ def attn_fwd(
         q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
     ]
 
+    if rows > 256:
+        native = _native_window(q, k, v, cu_q, cu_k, seqlens_k, sinks, batch, kv_mode, scale, window_left,
+                                window_right)
+        if native is not None:
+            return native(q, k, v, cu_q, cu_k, seqlens_k if kv_mode == 1 else None, sinks, scale, batch,
+                          seq_q_fixed, max_seqlen_q, window_left, WINDOW_CUDA_POSITIONS)
+
     keys_left = max(16, triton.next_power_of_2(window_left)) if window_left > 0 else 16
     if (((rows > 256 and not INTERPRET) or WINDOW_OVERRIDE is not None) and kv_mode != 2 and window_right == 0
             and 0 <= window_left <= WINDOW_KEYS_MAX and PREFILL_OVERRIDE is None):
@@ -856,7 +871,46 @@ def _combine_splits(parts, sinks, out, total_rows, splits, hq, d, pdl):
     )
 
 
-_NATIVE: dict = {}  # device index -> the native decode op, or None
+_NATIVE: dict = {}  # (op name, device index) -> the native op, or None
+
+
+def _native_op(name: str, q, hopper_only: bool = False):
+    """The package's native CUDA op `name` for q's device (sm_90+; exactly sm_90 with `hopper_only`), or
+    None (not built, other GPU, loaded outside the package)."""
+    import torch
+
+    idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
+    key = (name, idx)
+    if key not in _NATIVE:
+        try:
+            from .._ops import ops
+        except ImportError:  # loaded outside the package (probes): no native ops
+            ops = None
+        op = getattr(ops, name, None) if ops is not None else None
+        major = torch.cuda.get_device_capability(idx)[0]
+        _NATIVE[key] = op if (major == 9 if hopper_only else major >= 9) else None
+    return _NATIVE[key]
+
+
+def _native_layout_ok(q, k, v, sinks, g_ok) -> bool:
+    """The native kernels' shared requirements: head_dim 64, bf16 / fp16, G accepted by `g_ok`, sinks
+    fp32 or q's dtype, rows contiguous and 16-byte aligned (q 4-byte aligned for the decode op)."""
+    import torch
+
+    hq, d = q.shape[1], q.shape[2]
+    hkv = k.shape[-2]
+    if d != 64 or hq % hkv or not g_ok(hq // hkv) or q.dtype not in (torch.bfloat16, torch.float16):
+        return False
+    if k.dtype != q.dtype or v.dtype != q.dtype:
+        return False
+    if sinks is not None and (sinks.dtype not in (torch.float32, q.dtype) or not sinks.is_contiguous()):
+        return False
+    if q.stride(2) != 1 or q.stride(1) % 2 or q.stride(0) % 2 or q.data_ptr() % 4:
+        return False
+    for c in (k, v):
+        if c.stride(-1) != 1 or any(st % 8 for st in c.stride()[:-1]) or c.data_ptr() % 16:
+            return False
+    return True
 
 
 def _native_decode(q, k, v, seqlens_k, sinks, batch, window_left):
@@ -870,26 +924,31 @@ def _native_decode(q, k, v, seqlens_k, sinks, batch, window_left):
 
     if seqlens_k is None or seqlens_k.dtype != torch.int32 or not seqlens_k.is_contiguous():
         return None
+    if not _native_layout_ok(q, k, v, sinks, lambda g: g <= 16):
+        return None
+    return _native_op("attn_decode", q)
 
-    hq, d = q.shape[1], q.shape[2]
-    if d != 64 or hq // k.shape[-2] > 16 or q.dtype not in (torch.bfloat16, torch.float16):
+
+def _native_window(q, k, v, cu_q, cu_k, seqlens_k, sinks, batch, kv_mode, scale, window_left, window_right):
+    """The native CUDA sliding-window prefill op where it applies (see WINDOW_CUDA), else None."""
+    if not WINDOW_CUDA or INTERPRET or not q.is_cuda or WINDOW_OVERRIDE is not None or PREFILL_OVERRIDE is not None:
         return None
-    if sinks is not None and sinks.dtype not in (torch.float32, q.dtype):
+    if kv_mode == 2 or window_right != 0 or not 0 <= window_left <= 127 or scale <= 0:
         return None
-    if q.stride(2) != 1 or q.stride(1) % 2 or q.stride(0) % 2 or q.data_ptr() % 4:
+    if batch * k.shape[-2] > 65535:
         return None
-    for c in (k, v):
-        if c.stride(3) != 1 or any(st % 8 for st in c.stride()[:3]) or c.data_ptr() % 16:
+    import torch
+
+    for t in (cu_q, cu_k) if kv_mode == 0 else (cu_q, seqlens_k):
+        if t is not None and (t.dtype != torch.int32 or not t.is_contiguous()):
             return None
-    idx = q.device.index if q.device.index is not None else torch.cuda.current_device()
-    if idx not in _NATIVE:
-        try:
-            from .._ops import ops
-        except ImportError:  # loaded outside the package (probes): no native ops
-            ops = None
-        op = getattr(ops, "attn_decode", None) if ops is not None else None
-        _NATIVE[idx] = op if torch.cuda.get_device_capability(idx)[0] >= 9 else None
-    return _NATIVE[idx]
+    if kv_mode == 1 and seqlens_k is None:
+        return None
+    if q.stride(1) % 8 or q.stride(0) % 8 or q.data_ptr() % 16:
+        return None
+    if not _native_layout_ok(q, k, v, sinks, lambda g: g == 8):
+        return None
+    return _native_op("attn_window", q, hopper_only=True)
 
 
 def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
