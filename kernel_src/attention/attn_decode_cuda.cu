@@ -319,17 +319,7 @@ __global__ void __launch_bounds__(kThreads, 1) attn_decode_kernel(const Params p
 template <typename T, int NST>
 void launch(const Params& p, int bh, int device, cudaStream_t stream) {
   gok::allow_dynamic_smem(attn_decode_kernel<T, NST>, smem_bytes<NST>(), device);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3(bh, 1, 1);
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = smem_bytes<NST>();
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, attn_decode_kernel<T, NST>, p));
+  gok::launch_pdl(attn_decode_kernel<T, NST>, dim3(bh, 1, 1), dim3(kThreads, 1, 1), smem_bytes<NST>(), stream, p);
 }
 
 template <typename T>

@@ -351,17 +351,7 @@ void launch(const Params& p, int max_seqlen_q, int grid_y, int device, cudaStrea
   using S = Shape<P>;
   auto kern = attn_window_kernel<T, P>;
   gok::allow_dynamic_smem(kern, S::kSmem, device);
-  cudaLaunchConfig_t cfg = {};
-  cfg.gridDim = dim3((max_seqlen_q + P - 1) / P, grid_y, 1);
-  cfg.blockDim = dim3(kThreads, 1, 1);
-  cfg.dynamicSmemBytes = S::kSmem;
-  cfg.stream = stream;
-  cudaLaunchAttribute attr;
-  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attr.val.programmaticStreamSerializationAllowed = 1;
-  cfg.attrs = &attr;
-  cfg.numAttrs = 1;
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kern, p));
+  gok::launch_pdl(kern, dim3((max_seqlen_q + P - 1) / P, grid_y, 1), dim3(kThreads, 1, 1), S::kSmem, stream, p);
 }
 
 template <typename T>

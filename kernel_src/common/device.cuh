@@ -5,7 +5,7 @@
 // Python entry points validate first and give the detailed errors.
 //
 // Host helpers shared by the CUDA ops: a device's compute-capability major and SM count (queried once),
-// and the opt-in to more than 48 KB of dynamic shared memory.
+// the opt-in to more than 48 KB of dynamic shared memory, and a launch with programmatic dependent launch.
 #pragma once
 
 #include <c10/cuda/CUDAException.h>
@@ -41,6 +41,23 @@ void allow_dynamic_smem(Kernel kernel, int bytes, int device) {
   if (done.count(key)) return;
   C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
   done.insert(key);
+}
+
+// Launches `kernel` on `stream` with programmatic dependent launch allowed (the kernel itself waits on
+// the previous grid with griddepcontrol.wait before its first dependent read).
+template <typename... KArgs, typename... Args>
+void launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, int smem, cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg = {};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = smem;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr;
+  attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr.val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = &attr;
+  cfg.numAttrs = 1;
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...));
 }
 
 }  // namespace gok
