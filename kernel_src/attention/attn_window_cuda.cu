@@ -7,8 +7,9 @@
 // Why a hand kernel: every query sees at most 128 keys, so the work is a band of the score matrix. The
 // Triton kernel's best tile (16 positions x 4 heads) computes 144 keys per query and reloads its K/V
 // window for only two head steps (90 us at S=8192, 38.8% of issue slots in ncu: latency-bound). A
-// version of this kernel with mma.sync (branch window-mma) reached only 88.5 us: per 16 rows its 70
-// ldmatrix.x4 of K/V fragments and 140 mma.sync kept the SM busy ~620 clocks.
+// version of this kernel with mma.sync (branch window-mma) reached only 88.5 us, ~620 SM clocks per 16
+// rows; by our operation count (not profiled) about the sum of its 70 ldmatrix.x4 of K/V fragments and
+// 140 mma.sync. wgmma reads K and V from shared memory without the register round trip.
 //
 // Layout of the work:
 //   grid (ceil(max_seqlen_q / P), B * Hkv), one warpgroup (4 warps) per CTA, 3 CTAs per SM. A CTA owns P

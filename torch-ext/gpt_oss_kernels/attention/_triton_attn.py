@@ -732,7 +732,9 @@ def attn_fwd(
     q, k, v, out, *, cu_q, cu_k, seqlens_k, block_table, sinks, batch, seq_q_fixed, max_seqlen_q, max_seqlen_k,
     scale, window_left, window_right,
 ):
-    """Launches the kernel(s). q (Tq, Hq, D) and out (Tq, Hq, D) contiguous rows; k/v as KV_MODE says."""
+    """Launches the kernel(s) and returns the output. q (Tq, Hq, D) contiguous rows; k/v as KV_MODE says.
+    `out`: the (Tq, Hq, D) tensor the Triton kernels write, or None to allocate it here; the native ops
+    return their own output (so none is allocated for them)."""
     import torch
 
     tq, hq, d = q.shape
@@ -744,6 +746,20 @@ def attn_fwd(
         kv_mode, page = 2, k.shape[1]
     else:
         kv_mode, page = 1, 1
+    rows = max_seqlen_q * g
+    sq1 = SQ1_DECODE and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0
+    if rows > 256:
+        native = _native_window(q, k, v, cu_q, cu_k, seqlens_k, sinks, batch, kv_mode, scale, window_left,
+                                window_right)
+        if native is not None:
+            return native(q, k, v, cu_q, cu_k, seqlens_k if kv_mode == 1 else None, sinks, scale, batch,
+                          seq_q_fixed, max_seqlen_q, window_left, WINDOW_CUDA_POSITIONS)
+    elif sq1:
+        native = _native_decode(q, k, v, seqlens_k, sinks, batch, window_left)
+        if native is not None:
+            return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_STAGES)
+    if out is None:
+        out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     if kv_mode == 0:
         skb, svb = 0, 0
         skt, skh = k.stride(0), k.stride(1)
@@ -755,7 +771,6 @@ def attn_fwd(
     dummy = out
     has_wl = window_left >= 0
     has_wr = window_right >= 0
-    rows = max_seqlen_q * g
     total_rows = tq * hq
     common = dict(
         HQ=hq, G=g, HEAD_DIM=d, VARLEN_Q=cu_q is not None, KV_MODE=kv_mode, PAGE=page,
@@ -768,13 +783,6 @@ def attn_fwd(
         dummy, scale * LOG2E, seq_q_fixed, total_rows,
         q.stride(0), q.stride(1), skb, skt, skh, svb, svt, svh, stride_btb,
     ]
-
-    if rows > 256:
-        native = _native_window(q, k, v, cu_q, cu_k, seqlens_k, sinks, batch, kv_mode, scale, window_left,
-                                window_right)
-        if native is not None:
-            return native(q, k, v, cu_q, cu_k, seqlens_k if kv_mode == 1 else None, sinks, scale, batch,
-                          seq_q_fixed, max_seqlen_q, window_left, WINDOW_CUDA_POSITIONS)
 
     keys_left = max(16, triton.next_power_of_2(window_left)) if window_left > 0 else 16
     if (((rows > 256 and not INTERPRET) or WINDOW_OVERRIDE is not None) and kv_mode != 2 and window_right == 0
@@ -812,7 +820,7 @@ def attn_fwd(
                                   **common)
         return out
 
-    if SQ1_DECODE and max_seqlen_q == 1 and seq_q_fixed == 1 and cu_q is None and kv_mode != 0:
+    if sq1:
         return _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left)
 
     block_m = 16 if rows <= 16 else 32 if rows <= 32 else 64
@@ -952,12 +960,8 @@ def _native_window(q, k, v, cu_q, cu_k, seqlens_k, sinks, batch, kv_mode, scale,
 
 
 def _decode_fwd(q, k, v, out, seqlens_k, block_table, sinks, batch, kv_mode, page, scale, window_left):
-    """Sq = 1 decode: the native CUDA kernel (SQ1_CUDA) or `_decode` + `_combine` (see SQ1_DECODE)."""
-    import torch
-
-    native = _native_decode(q, k, v, seqlens_k, sinks, batch, window_left)
-    if native is not None:
-        return native(q, k, v, seqlens_k, block_table, sinks, scale, window_left, SQ1_CUDA_STAGES)
+    """Sq = 1 decode through `_decode` + `_combine` (see SQ1_DECODE; the native CUDA kernel, SQ1_CUDA, is
+    routed in `attn_fwd`)."""
     tq, hq, d = q.shape
     hkv = k.shape[-2]
     g = hq // hkv

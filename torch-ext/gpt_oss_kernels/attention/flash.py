@@ -44,9 +44,8 @@ def _attn_fwd_impl(
     window_left: int,
     window_right: int,
 ) -> torch.Tensor:
-    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     if q.numel() == 0 or batch == 0:
-        return out.zero_()
+        return q.new_zeros(q.shape[:-1] + (v.shape[-1],))
     kw = dict(
         cu_q=cu_seqlens_q, cu_k=cu_seqlens_k, seqlens_k=seqlens_k, block_table=block_table, sinks=s_aux,
         batch=batch, seq_q_fixed=seq_q, max_seqlen_q=max_seqlen_q, max_seqlen_k=max_seqlen_k, scale=scale,
@@ -55,9 +54,10 @@ def _attn_fwd_impl(
     if q.is_cuda:
         from . import _triton_attn
 
-        return _triton_attn.attn_fwd(q, k, v, out, **kw)
+        return _triton_attn.attn_fwd(q, k, v, None, **kw)  # allocates only where a Triton kernel writes
     from . import _cpu
 
+    out = torch.empty(q.shape[:-1] + (v.shape[-1],), dtype=q.dtype, device=q.device)
     return _cpu.attn_fwd(q, k, v, out, **kw)
 
 
