@@ -1,0 +1,239 @@
+#!/usr/bin/env python3
+"""The whole model in transformers at gpt-oss-20b shapes: transformers' defaults against our kernels, one process.
+
+gpt-oss-20b's configuration (24 layers, 32 experts of 2880 x 2880, top-4, 64 / 8 heads, window 128, vocab
+201088) with transformers' random initialisation (std 0.02), bf16 weights (experts in bf16, not MXFP4), built on
+the GPU in code (no download). First with transformers' defaults (eager attention, `grouped_mm` experts, and
+`batched_mm` in generate's decode steps), then the same model object after `kernelize_model(..., attention=True)`
+(our RMSNorm, MoE and rotary layers through kernels' mapping, our attention through `attn_implementation`),
+which is the README's route. Measured with the host clock around synchronised calls, so host overhead counts
+(as users see it):
+- prefill: one forward of 512 / 4096 tokens, batch 1, logits of the last position only (as generate's
+  prefill), tokens per second;
+- generate: greedy, dynamic cache, 128-token prompt, 64 new tokens, batch 1 and 16, new tokens per second;
+- agreement: logits of a 512-token input, relative error of ours against the defaults and per-position argmax
+  agreement, next to the same numbers for transformers' two bf16 expert paths against each other: at
+  transformers' random initialisation these shapes are dominated by bf16 rounding (router near-ties, a
+  201088-way argmax), so `--diagnose` compares every path against an fp32 copy of the model instead (fewer
+  layers: the fp32 copy of 24 layers does not fit next to the bf16 model);
+- `--static`: also ours with `cache_implementation="static"` (transformers compiles the decode step).
+Medians of `--reps` runs after one warm-up. Needs the CUDA build (`scripts/build_kernel.py`). Writes
+$OUT/e2e_model.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+logging.getLogger("kernels").setLevel(logging.ERROR)
+
+OUT = Path(os.environ.get("OUT", "probe_out"))
+
+
+def build_model(layers: int):
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    cfg = GptOssConfig(num_hidden_layers=layers, num_local_experts=32, num_experts_per_tok=4)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            model = GptOssForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
+    return model.eval()
+
+
+GPU_S: list = []  # device seconds (CUDA events) of the last `timed` call's runs
+
+
+def timed(fn, reps: int) -> float:
+    """Median wall seconds of `reps` calls after one warm-up, synchronised around each (their device time
+    from CUDA events goes to GPU_S: wall much above it means the host is the bottleneck)."""
+    fn()
+    torch.cuda.synchronize()
+    times = []
+    GPU_S.clear()
+    for _ in range(reps):
+        ev = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start = time.perf_counter()
+        ev[0].record()
+        fn()
+        ev[1].record()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+        GPU_S.append(ev[0].elapsed_time(ev[1]) / 1e3)
+    return statistics.median(times)
+
+
+def static_generate(model, reps: int, new_tokens: int) -> dict:
+    """generate() batch 1 with `cache_implementation="static"` (transformers then compiles the decode step):
+    new tokens per second, and the first call's time (compilation included)."""
+    gen = torch.Generator(device="cuda").manual_seed(2)
+    prompt = torch.randint(1, model.config.vocab_size, (1, 128), device="cuda", generator=gen)
+
+    def run():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False, cache_implementation="static")
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        s = timed(run, reps)
+    print(f"  generate batch 1, static cache: {new_tokens / s:.1f} new tok/s (first call {first:.0f} s)", flush=True)
+    return dict(generate_b1_static_tok_s=round(new_tokens / s, 1), static_first_call_s=round(first, 1))
+
+
+def measure(model, reps: int, new_tokens: int) -> dict:
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    vocab = model.config.vocab_size
+    res = {}
+    with torch.inference_mode():
+        for n in (512, 1024, 4096):
+            ids = torch.randint(1, vocab, (1, n), device="cuda", generator=gen)
+            s = timed(lambda: model(ids, use_cache=False, logits_to_keep=1), 3 * reps)
+            g = statistics.median(GPU_S)
+            res[f"prefill_{n}_tok_s"] = round(n / s, 1)
+            res[f"prefill_{n}_ms"] = dict(wall=round(1e3 * s, 2), device=round(1e3 * g, 2),
+                                          device_min_max=[round(1e3 * min(GPU_S), 2), round(1e3 * max(GPU_S), 2)])
+            print(f"  prefill {n}: {n / s:.0f} tok/s (wall {1e3 * s:.1f} ms, device {1e3 * g:.1f} ms)", flush=True)
+        for b in (1, 16):
+            prompt = torch.randint(1, vocab, (b, 128), device="cuda", generator=gen)
+
+            def run():
+                return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                                      min_new_tokens=new_tokens, do_sample=False)
+
+            s = timed(run, reps)
+            res[f"generate_b{b}_tok_s"] = round(b * new_tokens / s, 1)
+            print(f"  generate batch {b}: {b * new_tokens / s:.1f} new tok/s", flush=True)
+    return res
+
+
+def compare(logits, ref) -> dict:
+    rel = ((logits - ref).abs().max() / ref.abs().max()).item()
+    agree = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
+    return dict(rel_err=round(rel, 5), argmax_agreement=round(agree, 4))
+
+
+def diagnose(layers: int) -> None:
+    """Logits of a 512-token input against an fp32 copy of the model: transformers' bf16 paths and ours,
+    each of our layers alone and all together (issue 3's agreement check at more layers)."""
+    import copy
+
+    from tiny_gpt_oss import kernelize_model
+
+    torch.manual_seed(0)
+    model = build_model(layers)
+    check = torch.randint(1, model.config.vocab_size, (1, 512), device="cuda",
+                          generator=torch.Generator(device="cuda").manual_seed(1))
+
+    def logits_of(m):
+        with torch.inference_mode():
+            return m(check).logits[0].float()
+
+    ref32 = logits_of(copy.deepcopy(model).float())
+    res = dict(layers=layers, ref_abs_max=ref32.abs().max().item(), ref_std=ref32.std().item(), rows=[])
+    base = logits_of(model)
+
+    def add(name, logits):
+        r = dict(variant=name, vs_fp32=compare(logits, ref32), vs_bf16_default=compare(logits, base))
+        res["rows"].append(r)
+        print(r, flush=True)
+
+    add("transformers bf16 (eager attention, grouped_mm)", base)
+    alt = copy.deepcopy(model)
+    alt.set_experts_implementation("eager")
+    add("transformers bf16, eager experts", logits_of(alt))
+    del alt
+    for name, lays, attn in (("ours RMSNorm", ["RMSNorm"], False), ("ours MoE", ["MegaBlocksMoeMLP"], False),
+                             ("ours rotary", ["rotary_pos_emb"], False), ("ours attention", [], True),
+                             ("ours, all", None, True)):
+        m = kernelize_model(copy.deepcopy(model), "cuda", layers=lays, attention=attn)
+        add(name, logits_of(m))
+        del m
+        torch.cuda.empty_cache()
+    (OUT / f"e2e_diagnose_{layers}.json").write_text(json.dumps(res, indent=1))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--new-tokens", type=int, default=64)
+    parser.add_argument("--diagnose", action="store_true", help="only the logits check, per layer kind")
+    parser.add_argument("--static", action="store_true", help="also ours with the static cache (compiled decode)")
+    parser.add_argument("--profile", type=int, default=0, help="profile one prefill of this many tokens (ours)")
+    args = parser.parse_args()
+    OUT.mkdir(parents=True, exist_ok=True)
+    if args.diagnose:
+        return diagnose(args.layers)
+    from tiny_gpt_oss import kernelize_model
+
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model = build_model(args.layers)
+    print(f"model built in {time.perf_counter() - t0:.0f} s, "
+          f"{sum(p.numel() for p in model.parameters()) / 1e9:.1f} B parameters", flush=True)
+    check = torch.randint(1, model.config.vocab_size, (1, 512), device="cuda",
+                          generator=torch.Generator(device="cuda").manual_seed(1))
+    with torch.inference_mode():
+        ref_logits = model(check).logits[0].float()
+        model.set_experts_implementation("eager")  # transformers' other bf16 path: the spread between its own paths
+        alt = compare(model(check).logits[0].float(), ref_logits)
+        model.set_experts_implementation("grouped_mm")
+    print(f"transformers eager experts against grouped_mm: {alt}", flush=True)
+    print("transformers defaults (eager attention, grouped_mm / batched_mm experts):", flush=True)
+    default = measure(model, args.reps, args.new_tokens)
+
+    kernelize_model(model, "cuda", attention=True)
+    with torch.inference_mode():
+        logits = model(check).logits[0].float()
+    rel = ((logits - ref_logits).abs().max() / ref_logits.abs().max()).item()
+    agree = (logits.argmax(-1) == ref_logits.argmax(-1)).float().mean().item()
+    del ref_logits, logits
+    print(f"ours: logits rel. err {rel:.2e}, argmax agreement {agree:.1%} (512 positions)", flush=True)
+    print("ours (kernelize_model(..., attention=True)):", flush=True)
+    ours = measure(model, args.reps, args.new_tokens)
+    static = static_generate(model, args.reps, args.new_tokens) if args.static else {}
+    if args.profile:
+        ids = torch.randint(1, model.config.vocab_size, (1, args.profile), device="cuda")
+        with torch.inference_mode(), torch.profiler.profile(
+                activities=[torch.profiler.ProfilerActivity.CPU, torch.profiler.ProfilerActivity.CUDA]) as prof:
+            model(ids, use_cache=False, logits_to_keep=1)
+            torch.cuda.synchronize()
+        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        (OUT / f"e2e_profile_{args.profile}.txt").write_text(table)
+        print(table[:6000])
+
+    rows = [dict(what=k, transformers=default[k], ours=ours[k], speedup=round(ours[k] / default[k], 2))
+            for k in default if k.endswith("tok_s")]
+    details = {k: dict(transformers=default[k], ours=ours[k]) for k in default if not k.endswith("tok_s")}
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, reps=args.reps,
+               new_tokens=args.new_tokens, logits_rel_err=rel, argmax_agreement=agree,
+               transformers_eager_experts_vs_grouped_mm=alt, rows=rows, details=details, ours_static_cache=static,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    (OUT / "e2e_model.json").write_text(json.dumps(res, indent=1))
+    print("\n| what | transformers defaults | ours | speedup |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['transformers']} | {r['ours']} | {r['speedup']}x |")
+    if static:
+        print(f"ours, static cache: {static}")
+
+
+if __name__ == "__main__":
+    main()
