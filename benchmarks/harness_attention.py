@@ -251,7 +251,7 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
     except Exception as e:  # noqa: BLE001  (graph capture failed: eager numbers, said so)
         print("rotary graph timing failed:", repr(e)[:200], flush=True)
         t, te = t_eager, te_eager
-    rows.append(row("attention", "rotary S=8192", "ours (Triton)", t, floor, ours_speedup=round(te / t, 1),
+    rows.append(row("attention", "rotary S=8192", "ours (CUDA)", t, floor, ours_speedup=round(te / t, 1),
                     eager_us=round(t_eager, 1)))
     rows.append(row("attention", "rotary S=8192", "transformers eager", te, floor, eager_us=round(te_eager, 1)))
     print(rows[-2:], flush=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TOL, rel_err
+from conftest import TOL, poison_allocator, rel_err
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16, torch.float32])
@@ -27,6 +27,47 @@ def test_rotary(kernel, ref, device, dtype, unsqueeze_dim, cos_batch):
     rq, rk = ref.rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=unsqueeze_dim)
     assert qe.shape == q.shape and ke.shape == k.shape and qe.dtype == dtype
     assert rel_err(qe, rq) < TOL[dtype] and rel_err(ke, rk) < TOL[dtype]
+
+
+@pytest.mark.parametrize("case", ["odd_half", "unaligned", "fp32_cos", "mixed_qk", "negative_dim", "nan_large",
+                                  "one_token"])
+def test_rotary_awkward(kernel, ref, device, case):
+    """Head dims whose half is odd (scalar path), rows not aligned to the 16-byte vector (a view one element
+    in), fp32 cos/sin with bf16 q/k, q and k in different dtypes, negative unsqueeze_dim, NaN and very
+    large values (kept where they are), one token; outputs over poisoned memory."""
+    dtype = torch.bfloat16
+    b, s, hq, hkv, d = 2, 5, 4, 2, 64
+    if case == "odd_half":
+        d = 6
+    if case == "one_token":
+        b, s = 1, 1
+    q = torch.randn(b, s, hq, d + (1 if case == "unaligned" else 0), device=device, dtype=dtype)
+    k = torch.randn(b, s, hkv, d + (1 if case == "unaligned" else 0), device=device, dtype=dtype)
+    if case == "unaligned":
+        q, k = q[..., 1:], k[..., 1:]
+    if case == "mixed_qk":
+        k = k.float()
+    if case == "nan_large":
+        q[0, 1, 2, 3] = float("nan")
+        k[1, 2, 1, 40] = 3e38 if k.dtype == torch.float32 else 1e38
+    q, k = q.transpose(1, 2), k.transpose(1, 2)
+    cdt = torch.float32 if case == "fp32_cos" else dtype
+    cos = torch.randn(b, s, d // 2, device=device).to(cdt)
+    sin = torch.randn(b, s, d // 2, device=device).to(cdt)
+    ud = -3 if case == "negative_dim" else 1
+    poison_allocator(device, q.numel() * q.element_size())
+    qe, ke = kernel.rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=ud)
+    rq, rk = ref.rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=ud)
+    assert qe.dtype == q.dtype and ke.dtype == k.dtype
+    if case == "nan_large":
+        nan_q = torch.isnan(rq)
+        assert torch.equal(torch.isnan(qe), nan_q) and nan_q.sum() == 2  # x1 and its x2 partner
+        assert rel_err(qe[~nan_q], rq[~nan_q]) < TOL[dtype]
+        assert not torch.isnan(ke).any()
+        fin = torch.isfinite(rk.to(k.dtype))
+        assert torch.equal(torch.isfinite(ke), fin) and rel_err(ke[fin], rk[fin]) < TOL[dtype]
+        return
+    assert rel_err(qe, rq) < TOL[q.dtype] and rel_err(ke, rk) < TOL[k.dtype]
 
 
 @pytest.mark.kernels_ci

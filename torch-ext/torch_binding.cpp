@@ -45,6 +45,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   // --- end moe ---
 
   // --- attention ---
+  ops.def("rotary_pos_emb(Tensor q, Tensor k, Tensor cos, Tensor sin, int unsqueeze_dim) -> (Tensor, Tensor)");
+  ops.impl("rotary_pos_emb", BACKEND, &rotary_pos_emb);
 #if defined(CUDA_KERNEL)
   // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py) on sm_90+:
   // Sq = 1 decode of large batches or narrow windows, and the causal sliding-window prefill.

@@ -31,6 +31,10 @@ at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, con
 #endif
 
 // --- attention ---------------------------------------------------------------------------
+// GPT-OSS rotary on q and k, one launch (kernel_src/attention/rotary_cuda.cu, rotary_cpu.cpp).
+std::tuple<at::Tensor, at::Tensor> rotary_pos_emb(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                                  const at::Tensor& sin, int64_t unsqueeze_dim);
+
 // The public attention op (attn_fwd) is a Python custom op (Triton on CUDA, torch on CPU); these
 // CUDA-only helpers are two of its paths on sm_90+: the Sq = 1 decode for large batches or narrow
 // windows (kernel_src/attention/attn_decode_cuda.cu) and the causal sliding-window prefill of at most

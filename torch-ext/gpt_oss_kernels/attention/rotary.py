@@ -1,5 +1,6 @@
 """GPT-OSS rotary position embedding (YaRN cos/sin computed by the model): the hub function
-``rotary_pos_emb`` with transformers' signature, as one custom op (Triton on CUDA, torch on CPU)."""
+``rotary_pos_emb`` with transformers' signature, as one native op (kernel_src/attention/rotary_cuda.cu:
+q and k in one launch; rotary_cpu.cpp on the CPU)."""
 
 from __future__ import annotations
 
@@ -13,44 +14,9 @@ def _head_dim_pos(unsqueeze_dim: int) -> int:
     return unsqueeze_dim + 4 if unsqueeze_dim < 0 else unsqueeze_dim
 
 
-def _rotary_impl(q: torch.Tensor, k: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                 unsqueeze_dim: int) -> tuple[torch.Tensor, torch.Tensor]:
-    hd = _head_dim_pos(unsqueeze_dim)
-    outs = []
-    for x in (q, k):
-        out = torch.empty_like(x)
-        if x.numel() == 0:
-            outs.append(out)
-            continue
-        if x.is_cuda:
-            from . import _triton_rotary
-
-            _triton_rotary.rotary(x.movedim(hd, 1), out.movedim(hd, 1), cos, sin)
-        else:
-            c = cos.float().unsqueeze(unsqueeze_dim)
-            s = sin.float().unsqueeze(unsqueeze_dim)
-            x1, x2 = x.float().chunk(2, dim=-1)
-            out.copy_(torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1))
-        outs.append(out)
-    return outs[0], outs[1]
-
-
-def _define_op():
-    name = add_op_namespace_prefix("rotary_pos_emb")
-    ns, op = name.split("::")
-    try:
-        getattr(getattr(torch.ops, ns), op)
-        return
-    except AttributeError:
-        pass
-    fn = torch.library.custom_op(name, mutates_args=())(_rotary_impl)
-
-    @fn.register_fake
-    def _fake(q, k, cos, sin, unsqueeze_dim):
-        return torch.empty_like(q), torch.empty_like(k)
-
-
-_define_op()
+@torch.library.register_fake(add_op_namespace_prefix("rotary_pos_emb"))
+def _rotary_fake(q, k, cos, sin, unsqueeze_dim):
+    return torch.empty_like(q), torch.empty_like(k)
 
 
 def rotary_pos_emb(
@@ -79,8 +45,12 @@ def rotary_pos_emb(
     for name, t in (("cos", cos), ("sin", sin)):
         if t.shape[-1] != d // 2 or t.shape[1] != q.shape[sd] or t.shape[0] not in (1, q.shape[0]):
             raise ValueError(f"{name} must have shape (1 or {q.shape[0]}, {q.shape[sd]}, {d // 2}), got {tuple(t.shape)}")
+    if k.dtype != q.dtype:  # the op takes one dtype for q and k: one call each (outputs in their own dtype)
+        return rotary_pos_emb(q, q, cos, sin, unsqueeze_dim)[0], rotary_pos_emb(k, k, cos, sin, unsqueeze_dim)[0]
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
+    if cos.dtype not in (torch.float32, q.dtype) or sin.dtype != cos.dtype:
+        cos, sin = cos.float(), sin.float()
     cos = cos if cos.stride(-1) == 1 else cos.contiguous()
     sin = sin if sin.stride(-1) == 1 else sin.contiguous()
     return ops.rotary_pos_emb(q, k, cos, sin, ud)

@@ -1,0 +1,230 @@
+// GPT-OSS rotary (transformers' `apply_rotary_pos_emb` for q and k): on halves of head_dim,
+//   out[:half] = x1 cos - x2 sin,  out[half:] = x2 cos + x1 sin,
+// with half-dim cos/sin of shape (1 or B, S, D/2); fp32 arithmetic, one rounding to x's dtype.
+//
+// Why a hand kernel: the op is a few microseconds of memory traffic per layer, and in transformers'
+// eager loop (batch-1 decode, short prefills) its cost is the host's: a C++ op launches both tensors in
+// one kernel, where the Python custom op with two Triton launches took ~230 us of host time per layer
+// (profile in docs/BENCHMARKS.md, whole-model section).
+//
+// Layout: x is (B, H, S, D) (unsqueeze_dim 1) or (B, S, H, D) (unsqueeze_dim 2), any strides with a
+// contiguous last dimension; the output has x's strides (empty_like). One thread per (position, head of
+// q then of k, VEC consecutive elements of each half), packed over a 1-D grid (GPT-OSS: 72 heads x 4
+// vectors = 288 threads per position); each thread reads its VEC cos / sin values (shared by the heads
+// through L1).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <initializer_list>
+#include <tuple>
+
+#include "torch-ext/torch_binding.h"
+
+namespace {
+
+constexpr int kThreads = 256;
+
+template <typename T>
+__device__ __forceinline__ float ld(const T* p) {
+  if constexpr (std::is_same_v<T, float>) {
+    return *p;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __half2float(*p);
+  } else {
+    return __bfloat162float(*p);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ T st(float v) {
+  if constexpr (std::is_same_v<T, float>) {
+    return v;
+  } else if constexpr (std::is_same_v<T, __half>) {
+    return __float2half_rn(v);
+  } else {
+    return __float2bfloat16_rn(v);
+  }
+}
+
+// Strides (elements) of one rotated tensor seen as (B, S, H, D), and of its output.
+struct Side {
+  const void* x;
+  void* out;
+  int64_t xb, xs, xh, ob, os, oh;
+  int heads;
+};
+
+struct Params {
+  Side q, k;
+  const void* cos;
+  const void* sin;
+  int64_t cb, cs, sb, ss;  // cos / sin strides of (batch or 0, position)
+  int seq, half, positions;
+};
+
+// VEC consecutive elements as one aligned load / store (VEC * sizeof(T) bytes).
+template <typename T, int VEC>
+struct alignas(sizeof(T) * VEC) Pack {
+  T v[VEC];
+};
+
+template <typename T, typename C, int VEC>
+__global__ void __launch_bounds__(kThreads) rotary_kernel(const Params p) {
+  const int per_head = p.half / VEC;
+  const int per_pos = (p.q.heads + p.k.heads) * per_head;
+  const int64_t i = static_cast<int64_t>(blockIdx.x) * kThreads + threadIdx.x;
+  const int pos = static_cast<int>(i / per_pos);
+  if (pos >= p.positions) return;
+  const int item = static_cast<int>(i % per_pos);
+  const int b = pos / p.seq;
+  const int s = pos % p.seq;
+  int head = item / per_head;
+  const int d = (item % per_head) * VEC;
+  const Side* side = &p.q;
+  if (head >= p.q.heads) {
+    head -= p.q.heads;
+    side = &p.k;
+  }
+  const C* cp = static_cast<const C*>(p.cos) + b * p.cb + s * p.cs + d;
+  const C* sp = static_cast<const C*>(p.sin) + b * p.sb + s * p.ss + d;
+  const T* xp = static_cast<const T*>(side->x) + b * side->xb + s * side->xs + head * side->xh + d;
+  T* op = static_cast<T*>(side->out) + b * side->ob + s * side->os + head * side->oh + d;
+  const Pack<T, VEC> x1 = *reinterpret_cast<const Pack<T, VEC>*>(xp);
+  const Pack<T, VEC> x2 = *reinterpret_cast<const Pack<T, VEC>*>(xp + p.half);
+  Pack<T, VEC> o1, o2;
+#pragma unroll
+  for (int j = 0; j < VEC; ++j) {
+    const float c = ld<C>(cp + j), sn = ld<C>(sp + j);
+    const float a = ld<T>(&x1.v[j]), bb = ld<T>(&x2.v[j]);
+    o1.v[j] = st<T>(a * c - bb * sn);
+    o2.v[j] = st<T>(bb * c + a * sn);
+  }
+  *reinterpret_cast<Pack<T, VEC>*>(op) = o1;
+  *reinterpret_cast<Pack<T, VEC>*>(op + p.half) = o2;
+}
+
+// (B, S, H, D) strides of x for head dimension `hd` (1 or 2).
+void strides_bshd(const at::Tensor& x, int hd, int64_t* b, int64_t* s, int64_t* h) {
+  *b = x.stride(0);
+  *h = x.stride(hd);
+  *s = x.stride(3 - hd);
+}
+
+bool aligned(const at::Tensor& t, int bytes) {
+  if (reinterpret_cast<uintptr_t>(t.data_ptr()) % bytes) return false;
+  for (int i = 0; i < t.dim() - 1; ++i) {
+    if ((t.stride(i) * static_cast<int64_t>(t.element_size())) % bytes) return false;
+  }
+  return true;
+}
+
+template <typename T, typename C>
+void launch(const Params& p, int positions, int items, int vec, cudaStream_t stream) {
+  const int64_t threads = static_cast<int64_t>(positions) * (items / vec);
+  TORCH_CHECK((threads + kThreads - 1) / kThreads <= INT32_MAX, "rotary_pos_emb: too many elements");
+  const dim3 grid(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
+  if (vec == 8) {
+    rotary_kernel<T, C, 8><<<grid, kThreads, 0, stream>>>(p);
+  } else if (vec == 2) {
+    rotary_kernel<T, C, 2><<<grid, kThreads, 0, stream>>>(p);
+  } else {
+    rotary_kernel<T, C, 1><<<grid, kThreads, 0, stream>>>(p);
+  }
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+template <typename T>
+void dispatch_cos(const Params& p, const at::Tensor& cos, int positions, int items, int vec, cudaStream_t stream) {
+  if (cos.scalar_type() == at::kFloat) {
+    launch<T, float>(p, positions, items, vec, stream);
+  } else {
+    launch<T, T>(p, positions, items, vec, stream);
+  }
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> rotary_pos_emb(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
+                                                  const at::Tensor& sin, int64_t unsqueeze_dim) {
+  // Validated in Python (attention/rotary.py); the checks here are the ones memory safety needs. Each
+  // message is one string literal: see common/device.cuh.
+  TORCH_CHECK(q.is_cuda() && k.is_cuda() && cos.is_cuda() && sin.is_cuda(), "rotary_pos_emb: tensors must be on CUDA");
+  TORCH_CHECK(q.dim() == 4 && k.dim() == 4 && cos.dim() == 3 && sin.dim() == 3,
+              "rotary_pos_emb: q and k must be 4-D, cos and sin 3-D");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type(), "rotary_pos_emb: q and k must have one dtype");
+  TORCH_CHECK(cos.scalar_type() == sin.scalar_type() &&
+                  (cos.scalar_type() == at::kFloat || cos.scalar_type() == q.scalar_type()),
+              "rotary_pos_emb: cos and sin must have one dtype, float32 or q's");
+  const int hd = unsqueeze_dim < 0 ? static_cast<int>(unsqueeze_dim) + 4 : static_cast<int>(unsqueeze_dim);
+  TORCH_CHECK(hd == 1 || hd == 2, "rotary_pos_emb: unsqueeze_dim must select dimension 1 or 2");
+  const int sd = 3 - hd;
+  const int64_t bsz = q.size(0), seq = q.size(sd), d = q.size(3), half = d / 2;
+  TORCH_CHECK(d % 2 == 0 && k.size(3) == d && k.size(0) == bsz && k.size(sd) == seq,
+              "rotary_pos_emb: k must match q's batch, sequence and even head_dim");
+  for (const at::Tensor* c : {&cos, &sin}) {
+    TORCH_CHECK(c->size(2) == half && c->size(1) == seq && (c->size(0) == 1 || c->size(0) == bsz),
+                "rotary_pos_emb: cos and sin must be (1 or B, S, head_dim / 2)");
+  }
+  for (const at::Tensor* t : {&q, &k, &cos, &sin}) {
+    TORCH_CHECK(t->stride(-1) == 1 || t->size(-1) == 1, "rotary_pos_emb: last dimensions must be contiguous");
+  }
+  auto q_out = at::empty_like(q);
+  auto k_out = at::empty_like(k);
+  if (q.numel() == 0 && k.numel() == 0) return {q_out, k_out};
+  TORCH_CHECK(bsz * seq <= INT32_MAX, "rotary_pos_emb: too many positions");
+
+  Params p{};
+  auto fill = [hd](Side* side, const at::Tensor& x, const at::Tensor& out) {
+    side->x = x.data_ptr();
+    side->out = out.data_ptr();
+    side->heads = x.numel() == 0 ? 0 : static_cast<int>(x.size(hd));
+    strides_bshd(x, hd, &side->xb, &side->xs, &side->xh);
+    strides_bshd(out, hd, &side->ob, &side->os, &side->oh);
+  };
+  fill(&p.q, q, q_out);
+  fill(&p.k, k, k_out);
+  p.cos = cos.data_ptr();
+  p.sin = sin.data_ptr();
+  p.cb = cos.size(0) == 1 ? 0 : cos.stride(0);
+  p.sb = sin.size(0) == 1 ? 0 : sin.stride(0);
+  p.cs = cos.stride(1);
+  p.ss = sin.stride(1);
+  p.seq = static_cast<int>(seq);
+  p.half = static_cast<int>(half);
+  p.positions = static_cast<int>(bsz * seq);
+
+  // Widest vector the rows of q, k and the outputs allow (8 elements needs 8 | half and rows aligned to
+  // 8 elements), else 2, else 1; cos / sin are read one element at a time.
+  auto fits = [&](int vec) {
+    if (half % vec) return false;
+    for (const at::Tensor* t : std::initializer_list<const at::Tensor*>{&q, &k, &q_out, &k_out}) {
+      if (t->numel() && !aligned(*t, vec * static_cast<int>(t->element_size()))) return false;
+    }
+    return true;
+  };
+  const int vec = fits(8) ? 8 : fits(2) ? 2 : 1;
+  const int items = static_cast<int>((p.q.heads + p.k.heads) * half);
+  const c10::cuda::CUDAGuard guard(q.device());
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int positions = static_cast<int>(bsz * seq);
+  switch (q.scalar_type()) {
+    case at::kBFloat16:
+      dispatch_cos<__nv_bfloat16>(p, cos, positions, items, vec, stream);
+      break;
+    case at::kHalf:
+      dispatch_cos<__half>(p, cos, positions, items, vec, stream);
+      break;
+    case at::kFloat:
+      launch<float, float>(p, positions, items, vec, stream);
+      break;
+    default:
+      TORCH_CHECK(false, "rotary_pos_emb: q must be float32, float16 or bfloat16");
+  }
+  return {q_out, k_out};
+}
