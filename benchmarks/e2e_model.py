@@ -98,6 +98,31 @@ def static_generate(model, reps: int, new_tokens: int) -> dict:
     return dict(generate_b1_static_tok_s=round(new_tokens / s, 1), static_first_call_s=round(first, 1))
 
 
+def profile_decode(model, name: str) -> None:
+    """Host time by op over a batch-1 generate of 16 new tokens (after a warm-up): where the eager loop spends it."""
+    prompt = torch.randint(1, model.config.vocab_size, (1, 128), device="cuda")
+
+    def run():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=16, min_new_tokens=16,
+                              do_sample=False)
+
+    with torch.inference_mode():
+        run()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        plain = time.perf_counter() - start
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                                torch.profiler.ProfilerActivity.CUDA]) as prof:
+            run()
+            torch.cuda.synchronize()
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=30)
+    head = f"{name}: generate batch 1, 16 new tokens, {plain * 1e3:.1f} ms without the profiler\n"
+    (OUT / f"e2e_profile_decode_{name}.txt").write_text(head + table)
+    print(head + table[:5000], flush=True)
+
+
 def measure(model, reps: int, new_tokens: int) -> dict:
     gen = torch.Generator(device="cuda").manual_seed(0)
     vocab = model.config.vocab_size
@@ -178,6 +203,8 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true", help="only the logits check, per layer kind")
     parser.add_argument("--static", action="store_true", help="also ours with the static cache (compiled decode)")
     parser.add_argument("--profile", type=int, default=0, help="profile one prefill of this many tokens (ours)")
+    parser.add_argument("--profile-decode", action="store_true",
+                        help="profile 16 new tokens of batch-1 generate, defaults and ours")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.diagnose:
@@ -197,6 +224,8 @@ def main() -> None:
         alt = compare(model(check).logits[0].float(), ref_logits)
         model.set_experts_implementation("grouped_mm")
     print(f"transformers eager experts against grouped_mm: {alt}", flush=True)
+    if args.profile_decode:
+        profile_decode(model, "defaults")
     print("transformers defaults (eager attention, grouped_mm / batched_mm experts):", flush=True)
     default = measure(model, args.reps, args.new_tokens)
 
@@ -210,6 +239,8 @@ def main() -> None:
     print("ours (kernelize_model(..., attention=True)):", flush=True)
     ours = measure(model, args.reps, args.new_tokens)
     static = static_generate(model, args.reps, args.new_tokens) if args.static else {}
+    if args.profile_decode:
+        profile_decode(model, "ours")
     if args.profile:
         ids = torch.randint(1, model.config.vocab_size, (1, args.profile), device="cuda")
         with torch.inference_mode(), torch.profiler.profile(
