@@ -4,8 +4,8 @@
 //
 // Why a hand kernel: the op is a few microseconds of memory traffic per layer, and in transformers'
 // eager loop (batch-1 decode, short prefills) its cost is the host's: a C++ op launches both tensors in
-// one kernel, where the Python custom op with two Triton launches took ~230 us of host time per layer
-// (profile in docs/BENCHMARKS.md, whole-model section).
+// one kernel. The Python custom op with two Triton launches it replaces took 290 us of host time per layer
+// under the profiler, 232 us of it its own (docs/BENCHMARKS.md, whole-model section).
 //
 // Layout: x is (B, H, S, D) (unsqueeze_dim 1) or (B, S, H, D) (unsqueeze_dim 2), any strides with a
 // contiguous last dimension; the output has x's strides (empty_like). One thread per (position, head of
@@ -24,33 +24,12 @@
 #include <initializer_list>
 #include <tuple>
 
+#include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
 
 namespace {
 
 constexpr int kThreads = 256;
-
-template <typename T>
-__device__ __forceinline__ float ld(const T* p) {
-  if constexpr (std::is_same_v<T, float>) {
-    return *p;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __half2float(*p);
-  } else {
-    return __bfloat162float(*p);
-  }
-}
-
-template <typename T>
-__device__ __forceinline__ T st(float v) {
-  if constexpr (std::is_same_v<T, float>) {
-    return v;
-  } else if constexpr (std::is_same_v<T, __half>) {
-    return __float2half_rn(v);
-  } else {
-    return __float2bfloat16_rn(v);
-  }
-}
 
 // Strides (elements) of one rotated tensor seen as (B, S, H, D), and of its output.
 struct Side {
@@ -100,10 +79,10 @@ __global__ void __launch_bounds__(kThreads) rotary_kernel(const Params p) {
   Pack<T, VEC> o1, o2;
 #pragma unroll
   for (int j = 0; j < VEC; ++j) {
-    const float c = ld<C>(cp + j), sn = ld<C>(sp + j);
-    const float a = ld<T>(&x1.v[j]), bb = ld<T>(&x2.v[j]);
-    o1.v[j] = st<T>(a * c - bb * sn);
-    o2.v[j] = st<T>(bb * c + a * sn);
+    const float c = gok::to_float(cp[j]), sn = gok::to_float(sp[j]);
+    const float a = gok::to_float(x1.v[j]), bb = gok::to_float(x2.v[j]);
+    o1.v[j] = gok::from_float<T>(a * c - bb * sn);
+    o2.v[j] = gok::from_float<T>(bb * c + a * sn);
   }
   *reinterpret_cast<Pack<T, VEC>*>(op) = o1;
   *reinterpret_cast<Pack<T, VEC>*>(op + p.half) = o2;
@@ -125,8 +104,8 @@ bool aligned(const at::Tensor& t, int bytes) {
 }
 
 template <typename T, typename C>
-void launch(const Params& p, int positions, int items, int vec, cudaStream_t stream) {
-  const int64_t threads = static_cast<int64_t>(positions) * (items / vec);
+void launch(const Params& p, int vec, cudaStream_t stream) {
+  const int64_t threads = static_cast<int64_t>(p.positions) * (p.q.heads + p.k.heads) * (p.half / vec);
   TORCH_CHECK((threads + kThreads - 1) / kThreads <= INT32_MAX, "rotary_pos_emb: too many elements");
   const dim3 grid(static_cast<unsigned>((threads + kThreads - 1) / kThreads));
   if (vec == 8) {
@@ -140,11 +119,11 @@ void launch(const Params& p, int positions, int items, int vec, cudaStream_t str
 }
 
 template <typename T>
-void dispatch_cos(const Params& p, const at::Tensor& cos, int positions, int items, int vec, cudaStream_t stream) {
+void dispatch_cos(const Params& p, const at::Tensor& cos, int vec, cudaStream_t stream) {
   if (cos.scalar_type() == at::kFloat) {
-    launch<T, float>(p, positions, items, vec, stream);
+    launch<T, float>(p, vec, stream);
   } else {
-    launch<T, T>(p, positions, items, vec, stream);
+    launch<T, T>(p, vec, stream);
   }
 }
 
@@ -209,19 +188,17 @@ std::tuple<at::Tensor, at::Tensor> rotary_pos_emb(const at::Tensor& q, const at:
     return true;
   };
   const int vec = fits(8) ? 8 : fits(2) ? 2 : 1;
-  const int items = static_cast<int>((p.q.heads + p.k.heads) * half);
   const c10::cuda::CUDAGuard guard(q.device());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
-  const int positions = static_cast<int>(bsz * seq);
   switch (q.scalar_type()) {
     case at::kBFloat16:
-      dispatch_cos<__nv_bfloat16>(p, cos, positions, items, vec, stream);
+      dispatch_cos<__nv_bfloat16>(p, cos, vec, stream);
       break;
     case at::kHalf:
-      dispatch_cos<__half>(p, cos, positions, items, vec, stream);
+      dispatch_cos<__half>(p, cos, vec, stream);
       break;
     case at::kFloat:
-      launch<float, float>(p, positions, items, vec, stream);
+      launch<float, float>(p, vec, stream);
       break;
     default:
       TORCH_CHECK(false, "rotary_pos_emb: q must be float32, float16 or bfloat16");

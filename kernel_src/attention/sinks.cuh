@@ -7,7 +7,7 @@
 
 #include <optional>
 
-#include "common/mma.cuh"
+#include "common/vec.cuh"
 
 namespace gok {
 
@@ -25,7 +25,7 @@ inline int sink_mode(const std::optional<at::Tensor>& s_aux, const at::Tensor& q
 template <typename T>
 __device__ __forceinline__ float sink_log2(const void* sinks, int mode, int head) {
   if (mode == 0) return -INFINITY;
-  const float s = mode == 1 ? static_cast<const float*>(sinks)[head] : to_f32<T>(static_cast<const T*>(sinks)[head]);
+  const float s = mode == 1 ? static_cast<const float*>(sinks)[head] : to_float<T>(static_cast<const T*>(sinks)[head]);
   return s * 1.4426950408889634f;
 }
 

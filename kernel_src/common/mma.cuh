@@ -68,11 +68,6 @@ __device__ __forceinline__ uint32_t pack2(float lo, float hi) {
   return *reinterpret_cast<uint32_t*>(&p);
 }
 
-template <typename T>
-__device__ __forceinline__ float to_f32(T v);
-template <> __device__ __forceinline__ float to_f32<__nv_bfloat16>(__nv_bfloat16 v) { return __bfloat162float(v); }
-template <> __device__ __forceinline__ float to_f32<__half>(__half v) { return __half2float(v); }
-
 // Programmatic dependent launch (sm_90+; no-ops before): wait for the previous grid's writes, and
 // let the next grid launch now.
 __device__ __forceinline__ void pdl_wait_and_release() {
