@@ -16,7 +16,9 @@ which is the README's route. Measured with the host clock around synchronised ca
   transformers' random initialisation these shapes are dominated by bf16 rounding (router near-ties, a
   201088-way argmax), so `--diagnose` compares every path against an fp32 copy of the model instead (fewer
   layers: the fp32 copy of 24 layers does not fit next to the bf16 model);
-- `--static`: also ours with `cache_implementation="static"` (transformers compiles the decode step).
+- `--static`: also ours with `cache_implementation="static"` (transformers compiles the decode step);
+- `--attn-op-ab`: also ours at batch 1 with attention through the custom op's dispatcher against the eager
+  fast path, interleaved (two rounds each).
 Medians of `--reps` runs after one warm-up. Needs the CUDA build (`scripts/build_kernel.py`). Writes
 $OUT/e2e_model.json.
 """
@@ -137,15 +139,40 @@ def measure(model, reps: int, new_tokens: int) -> dict:
                                           device_min_max=[round(1e3 * min(GPU_S), 2), round(1e3 * max(GPU_S), 2)])
             print(f"  prefill {n}: {n / s:.0f} tok/s (wall {1e3 * s:.1f} ms, device {1e3 * g:.1f} ms)", flush=True)
         for b in (1, 16):
-            prompt = torch.randint(1, vocab, (b, 128), device="cuda", generator=gen)
+            res[f"generate_b{b}_tok_s"] = generate_tok_s(model, reps, new_tokens, b, gen)
+    return res
 
-            def run():
-                return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
-                                      min_new_tokens=new_tokens, do_sample=False)
 
-            s = timed(run, reps)
-            res[f"generate_b{b}_tok_s"] = round(b * new_tokens / s, 1)
-            print(f"  generate batch {b}: {b * new_tokens / s:.1f} new tok/s", flush=True)
+def generate_tok_s(model, reps: int, new_tokens: int, b: int, gen) -> float:
+    prompt = torch.randint(1, model.config.vocab_size, (b, 128), device="cuda", generator=gen)
+
+    def run():
+        return model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=new_tokens,
+                              min_new_tokens=new_tokens, do_sample=False)
+
+    with torch.inference_mode():
+        s = timed(run, reps)
+    print(f"  generate batch {b}: {b * new_tokens / s:.1f} new tok/s", flush=True)
+    return round(b * new_tokens / s, 1)
+
+
+def attn_op_path_b1(model, reps: int, new_tokens: int) -> dict:
+    """Batch-1 generate of ours with attention forced through the custom op's dispatcher (the route before the
+    eager fast path, attention/flash.py ``_attn_fwd``), then again with the fast path, interleaved."""
+    mods = [m for n, m in list(sys.modules.items()) if n.endswith(".attention.flash")]  # every loaded copy
+    fast = {m: m._attn_fwd for m in mods}
+    res = {"fast_path": [], "op_path": []}
+    for _ in range(2):
+        for name in ("op_path", "fast_path"):
+            for m in mods:
+                m._attn_fwd = (lambda q, *a, m=m: m.ops.attn_fwd(q, *a)) if name == "op_path" else fast[m]
+            try:
+                print(f"  {name}:", end="", flush=True)
+                gen = torch.Generator(device="cuda").manual_seed(5)
+                res[name].append(generate_tok_s(model, reps, new_tokens, 1, gen))
+            finally:
+                for m in mods:
+                    m._attn_fwd = fast[m]
     return res
 
 
@@ -203,6 +230,8 @@ def main() -> None:
     parser.add_argument("--diagnose", action="store_true", help="only the logits check, per layer kind")
     parser.add_argument("--static", action="store_true", help="also ours with the static cache (compiled decode)")
     parser.add_argument("--profile", type=int, default=0, help="profile one prefill of this many tokens (ours)")
+    parser.add_argument("--attn-op-ab", action="store_true",
+                        help="also batch-1 generate of ours with attention through the op's dispatcher, interleaved")
     parser.add_argument("--profile-decode", action="store_true",
                         help="profile 16 new tokens of batch-1 generate, defaults and ours")
     args = parser.parse_args()
@@ -239,6 +268,7 @@ def main() -> None:
     print("ours (kernelize_model(..., attention=True)):", flush=True)
     ours = measure(model, args.reps, args.new_tokens)
     static = static_generate(model, args.reps, args.new_tokens) if args.static else {}
+    ab = attn_op_path_b1(model, args.reps, args.new_tokens) if args.attn_op_ab else {}
     if args.profile_decode:
         profile_decode(model, "ours")
     if args.profile:
@@ -257,6 +287,7 @@ def main() -> None:
     res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, layers=args.layers, reps=args.reps,
                new_tokens=args.new_tokens, logits_rel_err=rel, argmax_agreement=agree,
                transformers_eager_experts_vs_grouped_mm=alt, rows=rows, details=details, ours_static_cache=static,
+               ours_b1_attn_op_ab=ab,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     (OUT / "e2e_model.json").write_text(json.dumps(res, indent=1))
     print("\n| what | transformers defaults | ours | speedup |\n|---|---|---|---|")
@@ -264,6 +295,8 @@ def main() -> None:
         print(f"| {r['what']} | {r['transformers']} | {r['ours']} | {r['speedup']}x |")
     if static:
         print(f"ours, static cache: {static}")
+    if ab:
+        print(f"ours, batch-1 generate tok/s, attention through the op / the eager fast path: {ab}")
 
 
 if __name__ == "__main__":

@@ -53,13 +53,15 @@ def floor_for(ceilings: dict, T: int) -> float:
 
 
 def _tiles(kernel, T: int) -> str:
-    """The tiles the one-shot tuner kept for this T (GEMM 1 / GEMM 2; g0: expert groups), or 'default'."""
+    """The tiles the one-shot tuner kept for this T (GEMM 1 / GEMM 2; g0: expert groups; nl: narrow last
+    column tiles run last), or 'default'."""
     import sys
 
     gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
     bm, mb = gg.block_m_for(T * K, E), (T * K).bit_length()
     picked = {key[1]: c for key, c in gg._CHOSEN.items() if key[0] == bm and key[4] == mb}
-    fmt = lambda c: f"{bm}x{c.bn}x{c.bk}/{c.warps}w/{c.stages}s/g{c.group_m}" if c else "default"  # noqa: E731
+    fmt = lambda c: (f"{bm}x{c.bn}x{c.bk}/{c.warps}w/{c.stages}s/g{c.group_m}{'/nl' if c.narrow_last else ''}"  # noqa: E731
+                     if c else "default")
     return f"{fmt(picked.get(True))} + {fmt(picked.get(False))}"
 
 
@@ -108,6 +110,17 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
                     gg.FORCE.update({(128, True): v3, (128, False): v3})
                     try:
                         experiments["v3 tiles (no split), graph"] = median_us_graph(
+                            lambda: ours_fwd(mlp, x), replays=40 if T <= 4096 else 20)
+                    finally:
+                        gg.FORCE.clear()
+                    # the default tiles with the narrow last column tiles in place (the order before session 8)
+                    mb = (T * K).bit_length()
+                    chosen = {key[1]: c for key, c in gg._CHOSEN.items() if key[0] == 128 and key[4] == mb}
+                    for first in (True, False):
+                        cfg = chosen.get(first) or gg.candidates(128, first, True)[0]
+                        gg.FORCE[(128, first)] = cfg._replace(narrow_last=False)
+                    try:
+                        experiments["narrow tiles in place, graph"] = median_us_graph(
                             lambda: ours_fwd(mlp, x), replays=40 if T <= 4096 else 20)
                     finally:
                         gg.FORCE.clear()

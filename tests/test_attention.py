@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import HAS_CUDA, TOL, poison, poison_allocator, rel_err
+from conftest import HAS_CUDA, TOL, dispatched, poison, poison_allocator, record_ops, rel_err
 
 WINDOWS = [(-1, -1), (127, 127), (5, 5)]
 
@@ -445,6 +445,35 @@ def test_native_decode_is_the_public_route(kernel, ref, paged):
         vv = v_cache[bt[i].long()].reshape(-1, 8, 64)[:n] if paged else v_cache[i, :n]
         expected = ref.attention(q[i].double(), kk.double(), vv.double(), scale=0.125, sinks=sinks.double())
         assert rel_err(out[i], expected) < TOL[torch.bfloat16]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs CUDA")
+def test_eager_fast_path_matches_the_op(kernel):
+    """Eager CUDA calls skip the op's dispatcher (flash.py ``_attn_fwd``): same bits as the op, which a dispatch
+    mode (here the op recorder) still goes through; the three entry points, windowed and not, decode and prefill."""
+    g = torch.Generator(device="cuda").manual_seed(11)
+    rnd = lambda *s: torch.randn(*s, device="cuda", generator=g).to(torch.bfloat16)  # noqa: E731
+    sinks = torch.randn(64, device="cuda", generator=g)
+    q, k, v = rnd(2, 5, 64, 64), rnd(2, 300, 8, 64), rnd(2, 300, 8, 64)
+    qv, kv, vv = rnd(40, 64, 64), rnd(70, 8, 64), rnd(70, 8, 64)
+    cu_q, cu_k = _cu([13, 27], "cuda"), _cu([30, 40], "cuda")
+    k_cache, v_cache = rnd(2, 512, 8, 64), rnd(2, 512, 8, 64)
+    lens = torch.tensor([100, 511], dtype=torch.int32, device="cuda")
+    calls = {
+        "func": lambda w: kernel.flash_attn_func(q, k, v, causal=True, window_size=w, s_aux=sinks),
+        "varlen": lambda w: kernel.flash_attn_varlen_func(qv, kv, vv, cu_q, cu_k, 27, 40, causal=True,
+                                                          window_size=w, s_aux=sinks),
+        "kvcache": lambda w: kernel.flash_attn_with_kvcache(q[:, :1], k_cache, v_cache, cache_seqlens=lens,
+                                                            causal=True, window_size=w, s_aux=sinks),
+    }
+    for name, call in calls.items():
+        for w in ((-1, -1), (127, 127)):
+            fast = call(w)
+            with record_ops() as names:
+                traced = call(w)
+            assert dispatched(names, kernel, "attn_fwd"), name
+            assert torch.equal(fast, traced), (name, w)
 
 
 # --- native CUDA sliding-window prefill (kernel_src/attention/attn_window_cuda.cu, sm_90+) -----

@@ -6,7 +6,8 @@ with the keyword arguments it finds in their signatures: ``causal``, ``softmax_s
 ``block_table`` / ``cache_seqlens`` (paged decode), ``max_seqlen_q/k``, ``dropout_p``,
 ``deterministic``. Everything runs through one custom op, ``attn_fwd`` (functional, with a fake
 implementation), so the functions work under ``torch.compile(fullgraph=True)`` and CUDA graphs:
-no host synchronisation, ``max_seqlen_*`` are host ints from the caller.
+no host synchronisation, ``max_seqlen_*`` are host ints from the caller. Eager CUDA calls skip the op's
+Python dispatch and call its implementation (``_attn_fwd``).
 
 CUDA: Triton (``_triton_attn.py``, imported only on CUDA). CPU: vectorised torch (``_cpu.py``).
 """
@@ -78,6 +79,18 @@ def _define_op():
 
 
 _define_op()
+
+
+def _attn_fwd(q, *args):
+    """``ops.attn_fwd``; in eager CUDA code (not traced, no dispatch mode) its implementation directly.
+
+    The custom op's Python dispatch (autograd wrapper, alias checks) cost about a third of the host time of a
+    batch-1 decode call (cProfile, docs/NOTES-attention.md "session 8"), and batch-1 decode is host-bound.
+    torch.compile and dispatch modes (FakeTensor, the tests' sync checks) still see the op; CUDA-graph capture
+    records the same kernels either way. The MoE block does the same (moe/experts.py ``_fast_path_ok``)."""
+    if q.is_cuda and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0:
+        return _attn_fwd_impl(q, *args)
+    return ops.attn_fwd(q, *args)
 
 
 # --- validation -----------------------------------------------------------------------------
@@ -189,7 +202,7 @@ def flash_attn_varlen_func(
     else:
         bt = None
         cu_k_arg = cu_k
-    return ops.attn_fwd(_rows(q), _rows(k), _rows(v), cu_q, cu_k_arg, seqlens_k, bt,
+    return _attn_fwd(_rows(q), _rows(k), _rows(v), cu_q, cu_k_arg, seqlens_k, bt,
                         s_aux.contiguous() if s_aux is not None else None,
                         batch, 0, mq, mk, scale, left, right)
 
@@ -215,7 +228,7 @@ def flash_attn_func(
     b, sq, hq, d = q.shape
     sk = k.shape[1]
     seqlens = torch.full((b,), sk, dtype=torch.int32, device=q.device)
-    out = ops.attn_fwd(_rows(q).reshape(b * sq, hq, d), _rows(k), _rows(v), None, None, seqlens, None,
+    out = _attn_fwd(_rows(q).reshape(b * sq, hq, d), _rows(k), _rows(v), None, None, seqlens, None,
                        s_aux.contiguous() if s_aux is not None else None, b, sq, sq, sk, scale, left, right)
     return out.view(b, sq, hq, d)
 
@@ -302,6 +315,6 @@ def flash_attn_with_kvcache(
         _append_kv(k_cache, v_cache, k, v, seqlens, bt)
         seqlens = seqlens + sq
     left, right = _window(window_size, causal)
-    out = ops.attn_fwd(_rows(q).reshape(b * sq, hq, d), _rows(k_cache), _rows(v_cache), None, None, seqlens, bt,
+    out = _attn_fwd(_rows(q).reshape(b * sq, hq, d), _rows(k_cache), _rows(v_cache), None, None, seqlens, bt,
                        s_aux.contiguous() if s_aux is not None else None, b, sq, sq, capacity, scale, left, right)
     return out.view(b, sq, hq, d)

@@ -14,7 +14,8 @@ Each program takes one ``BLOCK_M`` row block (all rows of one expert, padding ro
 block's expert comes from ``block_expert``; -1 ends the program at once) and one ``BLOCK_N``
 column tile. Programs are ordered in groups of row blocks, row block fastest, so the blocks of one
 expert run together and share the expert's weight tiles through L2: for 128-row blocks a group is
-the blocks of one expert (``block_groups``; at most GROUP_CAP), otherwise ``GROUP_M`` blocks.
+the blocks of one expert (``block_groups``; at most GROUP_CAP), otherwise ``GROUP_M`` blocks. With
+``narrow_last`` the narrow last column tiles come after all of these, so the grid ends on short tiles.
 
 Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read.
 Only ``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32) exists today; an MXFP4 or FP8 format adds
@@ -150,7 +151,7 @@ def _moe_gemm_kernel(
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr,
+    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr,
 ):
     # W_TMA: ``w_ptr`` is a host tensor descriptor of the (E, K, N) weights, block (1, BLOCK_K, BLOCK_N);
     # A_TMA (GEMM 2 only: its rows are contiguous): ``a_ptr`` is a descriptor of act, block (BLOCK_M, BLOCK_K).
@@ -158,9 +159,18 @@ def _moe_gemm_kernel(
     # BLOCK_M / 2 rows in it) runs a BLOCK_M / 2 tile (``a_half_ptr``: act's descriptor with that block
     # height when A_TMA). BN_TAIL > 0: the last column tile is BN_TAIL wide (``w_tail_ptr``: the weights'
     # descriptor with that block when W_TMA). Both remove MMA work on padding only.
+    # NARROW_LAST (with BN_TAIL > 0): the narrow last column tiles of all blocks take the last nb program
+    # ids, block order, after every full-width tile. Programs start in id order as SMs free up, so the
+    # grid's last wave is made of short tiles and the SMs finish closer together (a greedy-schedule model
+    # of T=4096 put the idle tail at 2.1% of GEMM 1 and 3.8% of GEMM 2 with these tiles in place, ~1% last).
     pid = tl.program_id(0)
     num_n = tl.cdiv(N, BLOCK_N)
-    if GROUP_M == 0:
+    if NARROW_LAST and BN_TAIL > 0:
+        num_n = num_n - 1
+    if NARROW_LAST and BN_TAIL > 0 and pid >= nb * num_n:
+        pid_m = pid - nb * num_n
+        pid_n = num_n
+    elif GROUP_M == 0:
         # expert groups (``block_groups``): the tiles of a group of blocks [first, first + cnt) are
         # [first * num_n, (first + cnt) * num_n), row block fastest; no group straddles two experts, so
         # each weight tile is read from DRAM once (GROUP_M groups split ~half the experts at T=4096).
@@ -184,7 +194,7 @@ def _moe_gemm_kernel(
     row0 = pid_m * BLOCK_M
     n0 = pid_n * BLOCK_N
     # SPLIT_M: row BLOCK_M / 2 of the block is padding, so is every row after it (real rows come first).
-    last_n = pid_n == num_n - 1
+    last_n = pid_n == tl.cdiv(N, BLOCK_N) - 1
     if SPLIT_M:
         if tl.load(sorted_pos_ptr + row0 + BLOCK_M // 2) < 0:
             _moe_tile_at(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
@@ -269,6 +279,7 @@ class Cfg(NamedTuple):
     a_tma: bool = False  # GEMM 2's activation rows through a TMA descriptor (sm_90+)
     split_m: bool = False  # an expert's last block with <= BLOCK_M / 2 rows runs a half-height tile
     split_n: bool = False  # a last column tile at most half full runs a narrower tile
+    narrow_last: bool = False  # the narrow last column tiles run after every full-width tile
 
 
 def bn_tail(n: int, cfg: Cfg) -> int:
@@ -303,15 +314,16 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
     if block_m == 64:
         return [Cfg(128, 64, 4, 4, 8), Cfg(128, 64, 4, 4, 256)]
     # BLOCK_M 128: split tiles (half-height last block of an expert, narrow last column tile; "v4").
+    # narrow_last: the narrow last column tiles run after all full-width ones (see _moe_gemm_kernel).
     if not tma:  # the first one also serves fp32 (2 stages)
-        return [Cfg(128, 64, 8, 4, 8, split_m=True, split_n=True), Cfg(256, 64, 8, 3, 8, split_m=True, split_n=True),
-                Cfg(256, 64, 8, 4, 16, split_m=True, split_n=True)]
+        split = dict(split_m=True, split_n=True, narrow_last=True)
+        return [Cfg(128, 64, 8, 4, 8, **split), Cfg(256, 64, 8, 3, 8, **split), Cfg(256, 64, 8, 4, 16, **split)]
     # 128 x 256 tiles, 2 warpgroups. v3 (no split): 990 + 531 us (T=4096), 3801 + 1838 (T=16384), 426 + 247
     # (T=1024). v4 probe, back to back in a CUDA graph: T=4096 1521-1534, T=16384 5340 (3 stages: 5716).
     # GROUP_M 4 was slower than 8 at every size (v4-2 probe) and is gone; a persistent grid (v5) was
     # slower still (docs/NOTES-moe.md "v5").
     # group_m 0: expert groups (block_groups), the first choice wherever the caller passes them.
-    return [Cfg(256, 64, 8, 4, 0, True, True, True, True), Cfg(256, 64, 8, 4, 8, True, True, True, True)]
+    return [Cfg(256, 64, 8, 4, 0, True, True, True, True, True), Cfg(256, 64, 8, 4, 8, True, True, True, True, True)]
 
 
 def _tma_ok(device: torch.device) -> bool:
@@ -394,6 +406,7 @@ def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w,
         out.stride(0), out.stride(1),
         first, has_bias, k % cfg.bk == 0, "bf16", "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
+        cfg.narrow_last,
     )
 
 

@@ -1,11 +1,18 @@
 #!/usr/bin/env python3
-"""MoE probe (device run, no build): tile order of the 128-row grouped GEMMs. GROUP_M groups (8, 16)
-against expert groups (``grouped_gemm.block_groups``: the blocks of one expert, at most GROUP_CAP, form
-a group, so no weight tile is fetched from DRAM by two groups). Same tiles otherwise, so the outputs
-must be bit-identical. gpt-oss-20b shapes, bf16, random weights and router, T = 4096 / 1024 / 16384:
-GEMM 1, GEMM 2 and both, each in its own CUDA graph, three interleaved rounds, median.
+"""MoE probe (device run, no build): tile order of the 128-row grouped GEMMs. Same tiles in every
+variant, so the outputs must be bit-identical:
 
-    python benchmarks/sweep_moe_groups.py --out DIR
+* GROUP_M 8: groups of 8 row blocks (the order before expert groups);
+* expert groups (``grouped_gemm.block_groups``: the blocks of one expert, at most GROUP_CAP, form a
+  group, so no weight tile is fetched from DRAM by two groups), narrow last column tiles in place;
+* expert groups with the narrow last column tiles after all full-width ones (``narrow_last``, the default
+  since session 8), and GROUP_M 8 with them.
+
+gpt-oss-20b shapes, bf16, random weights and router, T = 4096 / 1024 / 16384: GEMM 1, GEMM 2 and both,
+each in its own CUDA graph, three interleaved rounds, median. Session 4 ran this with GROUP_M 16 and an
+expert-group cap of 16 as well (docs/NOTES-moe.md "v6").
+
+    python benchmarks/sweep_moe_order.py --out DIR
 """
 
 from __future__ import annotations
@@ -32,9 +39,10 @@ def log(*a):
 def main():
     args, gg = probe_args()
     base = gg.Cfg(256, 64, 8, 4, 8, True, True, True, True)
-    variants = {"GROUP_M 8": (base, None), "GROUP_M 16": (base._replace(group_m=16), None),
-                "expert groups cap 32": (base._replace(group_m=0), 32),
-                "expert groups cap 16": (base._replace(group_m=0), 16)}
+    variants = {"GROUP_M 8": (base, None),
+                "expert groups, narrow in place": (base._replace(group_m=0), 32),
+                "expert groups, narrow last": (base._replace(group_m=0, narrow_last=True), 32),
+                "GROUP_M 8, narrow last": (base._replace(narrow_last=True), None)}
     w1, b1, w2, b2 = random_experts(E, H, I2)
     results = []
     for t in (4096, 1024, 16384):
@@ -86,7 +94,7 @@ def main():
         del hidden, act, y
         torch.cuda.empty_cache()
     Path(args.out).mkdir(parents=True, exist_ok=True)
-    (Path(args.out) / "moe_groups_probe.json").write_text(json.dumps(results, indent=1))
+    (Path(args.out) / "moe_order_probe.json").write_text(json.dumps(results, indent=1))
 
 
 if __name__ == "__main__":
