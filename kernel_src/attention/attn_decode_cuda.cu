@@ -60,7 +60,6 @@ constexpr int kKeys = 16;                    // keys per block (one ring stage o
 constexpr int kRows = 16;                    // MMA rows: the G <= 16 query heads of a KV head
 constexpr int kRowBytes = kD * 2;            // one key of K (or V) in shared memory
 constexpr int kStageBytes = 2 * kKeys * kRowBytes;  // K then V of one block: 4 KB
-constexpr float kLog2e = 1.4426950408889634f;
 
 struct Params {
   const void* q;
@@ -362,7 +361,7 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
               "attn_decode: q rows must be contiguous and 4-byte aligned");
   for (const at::Tensor* c : {&k_cache, &v_cache}) {
     TORCH_CHECK(c->stride(3) == 1 && c->stride(0) % 8 == 0 && c->stride(1) % 8 == 0 && c->stride(2) % 8 == 0 &&
-                    reinterpret_cast<uintptr_t>(c->data_ptr()) % 16 == 0,
+                    gok::is_aligned16(c->data_ptr()),
                 "attn_decode: cache rows must be contiguous and 16-byte aligned");
   }
   TORCH_CHECK(seqlens.is_cuda() && seqlens.scalar_type() == at::kInt && seqlens.dim() == 1 && seqlens.size(0) == bsz &&
@@ -407,7 +406,7 @@ at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at:
   p.g = static_cast<int>(hq / hkv);
   p.window_left = static_cast<int>(window_left);
   p.sink_mode = sink_mode;
-  p.scale_log2 = static_cast<float>(scale) * kLog2e;
+  p.scale_log2 = static_cast<float>(scale) * gok::kLog2e;
   TORCH_CHECK(bsz * hkv <= INT32_MAX, "attn_decode: B * Hkv too large");
   const int bh = static_cast<int>(bsz * hkv);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();

@@ -59,7 +59,6 @@ constexpr int kTilePos = kTileRows / kG;
 constexpr int kNT = (kWindowMax + kTilePos + 7) / 8;  // 17 n-tiles of 8 keys: the band, N = 136
 constexpr int kKS = (kNT + 1) / 2;                    // 9 P V k-steps of 16 keys
 constexpr int kQBytes = kTileRows * kRowBytes;        // one Q (or output) tile: 8 KB
-constexpr float kLog2e = 1.4426950408889634f;
 static_assert(kNT * 8 == 136, "the QK wgmma is m64n136k16");
 
 // --- wgmma for the two shapes of the kernel (sm_90a) ---------------------------------------------
@@ -392,10 +391,10 @@ at::Tensor attn_window(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   TORCH_CHECK(positions == 0 || positions == 32 || positions == 64 || positions == 128,
               "attn_window: positions must be 0 (auto), 32, 64 or 128");
   TORCH_CHECK(q.stride(2) == 1 && q.stride(1) % 8 == 0 && q.stride(0) % 8 == 0 &&
-                  reinterpret_cast<uintptr_t>(q.data_ptr()) % 16 == 0,
+                  gok::is_aligned16(q.data_ptr()),
               "attn_window: q rows must be contiguous and 16-byte aligned");
   for (const at::Tensor* c : {&k, &v}) {
-    bool ok = c->stride(-1) == 1 && reinterpret_cast<uintptr_t>(c->data_ptr()) % 16 == 0;
+    bool ok = c->stride(-1) == 1 && gok::is_aligned16(c->data_ptr());
     for (int i = 0; i < c->dim() - 1; ++i) ok = ok && c->stride(i) % 8 == 0;
     TORCH_CHECK(ok, "attn_window: k / v rows must be contiguous and 16-byte aligned");
   }
@@ -445,7 +444,7 @@ at::Tensor attn_window(const at::Tensor& q, const at::Tensor& k, const at::Tenso
   p.hkv = static_cast<int>(hkv);
   p.window_left = static_cast<int>(window_left);
   p.sink_mode = sink_mode;
-  p.scale_log2 = static_cast<float>(scale) * kLog2e;
+  p.scale_log2 = static_cast<float>(scale) * gok::kLog2e;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int gy = static_cast<int>(batch * hkv);
   const int msq = static_cast<int>(max_seqlen_q);

@@ -11,6 +11,8 @@
 
 namespace gok {
 
+constexpr float kLog2e = 1.4426950408889634f;  // the kernels' softmax runs in base 2
+
 // 0: no sinks, 1: fp32 sinks, 2: sinks in q's dtype; checks s_aux against q (Tq or B, Hq, D).
 inline int sink_mode(const std::optional<at::Tensor>& s_aux, const at::Tensor& q) {
   if (!s_aux.has_value()) return 0;
@@ -26,7 +28,7 @@ template <typename T>
 __device__ __forceinline__ float sink_log2(const void* sinks, int mode, int head) {
   if (mode == 0) return -INFINITY;
   const float s = mode == 1 ? static_cast<const float*>(sinks)[head] : to_float<T>(static_cast<const T*>(sinks)[head]);
-  return s * 1.4426950408889634f;
+  return s * kLog2e;
 }
 
 }  // namespace gok

@@ -45,8 +45,9 @@ def rotary_pos_emb(
     for name, t in (("cos", cos), ("sin", sin)):
         if t.shape[-1] != d // 2 or t.shape[1] != q.shape[sd] or t.shape[0] not in (1, q.shape[0]):
             raise ValueError(f"{name} must have shape (1 or {q.shape[0]}, {q.shape[sd]}, {d // 2}), got {tuple(t.shape)}")
-    if k.dtype != q.dtype:  # the op takes one dtype for q and k: one call each (outputs in their own dtype)
-        return rotary_pos_emb(q, q, cos, sin, unsqueeze_dim)[0], rotary_pos_emb(k, k, cos, sin, unsqueeze_dim)[0]
+    if k.dtype != q.dtype:  # the op takes one dtype for q and k: one call each, beside a zero-head partner
+        return (rotary_pos_emb(q, q.narrow(hd, 0, 0), cos, sin, unsqueeze_dim)[0],
+                rotary_pos_emb(k.narrow(hd, 0, 0), k, cos, sin, unsqueeze_dim)[1])
     q = q if q.stride(-1) == 1 else q.contiguous()
     k = k if k.stride(-1) == 1 else k.contiguous()
     if cos.dtype not in (torch.float32, q.dtype) or sin.dtype != cos.dtype:
