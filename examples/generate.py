@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """The main job: build a tiny GPT-OSS in code, generate greedily without and with our kernels
-swapped in (through kernels' mapping + kernelize, as a user would), and print both outputs,
+swapped in (through the package's ``from_pretrained``, as a user would), and print both outputs,
 whether they agree, and the time per token.
 
     python examples/generate.py [--device cpu|cuda] [--new-tokens 32]
@@ -9,7 +9,6 @@ whether they agree, and the time per token.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import time
@@ -18,13 +17,9 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import logging  # noqa: E402
-
 import torch  # noqa: E402
 
-logging.getLogger("kernels").setLevel(logging.ERROR)  # kernelize warns for every hub name we leave unmapped
-
-from tiny_gpt_oss import kernel_mapping, kernelize_model, tiny_model  # noqa: E402
+from tiny_gpt_oss import tiny_model, with_our_kernels  # noqa: E402
 
 
 def generate(model, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
@@ -52,11 +47,16 @@ def main() -> None:
     prompt = prompt.to(args.device)
 
     plain, plain_s = generate(model, prompt, args.new_tokens)
-    kernelized = kernelize_model(copy.deepcopy(model), args.device, attention=True)
+    kernelized = with_our_kernels(model)
     ours, ours_s = generate(kernelized, prompt, args.new_tokens)
 
-    swapped = ", ".join(list(kernel_mapping(args.device)) + ["attention (attn_implementation)"])
-    print(f"device: {args.device}, dtype: {dtype}, our layers swapped in: {swapped}")
+    layer0 = kernelized.model.layers[0]
+    swapped = (f"RMSNorm, {type(layer0.mlp).__name__} (post-attention RMSNorm + MoE), MoeExperts, RotaryPosEmb, "
+               f"attention ({kernelized.config._attn_implementation})")
+    import transformers
+
+    print(f"transformers {transformers.__version__}, device: {args.device}, dtype: {dtype}")
+    print(f"our layers swapped in: {swapped}")
     print(f"prompt token ids:        {prompt[0].tolist()}")
     print(f"without our kernels:     {plain[0].tolist()}")
     print(f"with our kernels:        {ours[0].tolist()}")

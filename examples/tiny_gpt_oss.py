@@ -53,36 +53,19 @@ def tiny_model(seed: int = 0, dtype: torch.dtype = torch.float32, device: str = 
     return model.to(device=device, dtype=dtype).eval()
 
 
-def kernel_mapping(device: str, layers: list[str] | None = None) -> dict:
-    """kernels mapping from transformers' hub layer names to the local build's layers."""
-    from kernels import LocalLayerRepository
-
-    import kernels
-
-    available = kernels.get_local_kernel(BUILD_DIR).layers
-    names = {"RMSNorm": "RMSNorm", "MegaBlocksMoeMLP": "MoeMLP", "rotary_pos_emb": "RotaryPosEmb"}
-    mapping = {}
-    for hub_name, layer in names.items():
-        if (layers is None or hub_name in layers) and hasattr(available, layer):
-            mapping[hub_name] = {device: LocalLayerRepository(repo_path=BUILD_DIR, layer_name=layer)}
-    return mapping
-
-
 REPO_ID = "kernels-community/gpt-oss-kernels"
 
 
-def kernelize_model(model: torch.nn.Module, device: str, layers: list[str] | None = None,
-                    attention: bool = False) -> torch.nn.Module:
-    """Swaps our layers in (in place) through kernels' public route: mapping + kernelize; with
-    `attention`, also our attention through transformers' hub-kernel route (the repo id resolved to
-    this checkout's build by LOCAL_KERNELS)."""
-    import os
+def load_kernel():
+    """This checkout's local build, loaded through ``kernels`` as users load it."""
+    import kernels
 
-    from kernels import Mode, kernelize, use_kernel_mapping
+    return kernels.get_local_kernel(BUILD_DIR)
 
-    with use_kernel_mapping(kernel_mapping(device, layers), inherit_mapping=False):
-        model = kernelize(model, mode=Mode.INFERENCE, device=device)
-    if attention:
-        os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={BUILD_DIR.parent}"
-        model.set_attn_implementation(REPO_ID)
-    return model
+
+def with_our_kernels(model: GptOssForCausalLM, *, fused: bool = True, attention: bool = True) -> GptOssForCausalLM:
+    """A copy of ``model`` with every layer of ours, through the package's public ``from_pretrained`` (the
+    weights come from the model's state dict instead of a checkpoint on disk)."""
+    return load_kernel().from_pretrained(None, config=model.config, state_dict=model.state_dict(),
+                                         device=str(model.device), dtype=model.dtype, fused=fused,
+                                         attention=attention)

@@ -1,5 +1,5 @@
-"""GPT-OSS in transformers, kernelized with our RMSNorm and MoeMLP layers through kernels' public
-route (use_kernel_mapping + LocalLayerRepository + kernelize), against the unkernelized model."""
+"""GPT-OSS in transformers with our RMSNorm and MoE layers (the package's ``from_pretrained``, attention left
+to transformers' eager code), against the unkernelized model."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import copy
 import pytest
 import torch
 
-from conftest import ROOT, dispatched, record_ops, rel_err
+from conftest import dispatched, record_ops, rel_err
+from tiny_gpt_oss import with_our_kernels
 
 
 def _model(device, dtype, *, layers, hidden, inter, heads, kv_heads, experts, top_k, vocab, seed=0, std=None):
@@ -34,14 +35,7 @@ def _model(device, dtype, *, layers, hidden, inter, heads, kv_heads, experts, to
 
 
 def _kernelize(model, device):
-    from kernels import LocalLayerRepository, Mode, kernelize, use_kernel_mapping
-
-    mapping = {
-        "RMSNorm": {device: LocalLayerRepository(ROOT / "build", layer_name="RMSNorm")},
-        "MegaBlocksMoeMLP": {device: LocalLayerRepository(ROOT / "build", layer_name="MoeMLP")},
-    }
-    with use_kernel_mapping(mapping, inherit_mapping=False):
-        return kernelize(model, mode=Mode.INFERENCE, device=device)
+    return with_our_kernels(model, attention=False)
 
 
 def _logits(model, ids, names=None):
@@ -59,7 +53,7 @@ def _compare(kernel, model32, device, seq=512):
     near-ties flip), ours must stay as close to the fp32 model as transformers' bf16 model is."""
     ids = torch.randint(1, model32.config.vocab_size, (1, seq), device=device)
     expected = _logits(model32, ids)
-    ours32 = _kernelize(copy.deepcopy(model32), device)
+    ours32 = _kernelize(model32, device)
     with record_ops() as names:
         got = _logits(ours32, ids)
     assert dispatched(names, kernel, "moe_experts"), "our MoE layer did not run"

@@ -1,20 +1,24 @@
 """gpt-oss-kernels: fused kernels for GPT-OSS-style mixture-of-experts models.
 
-The public API is exactly ``__all__``; ``layers`` holds the kernelize layers and
-``reference`` the plain-torch math every test compares against.
+The public API is exactly ``__all__``; ``layers`` holds the kernelize layers (and their ``*Layout``
+parameter classes), ``reference`` the plain-torch math every test compares against, and
+``kernel_config`` / ``from_pretrained`` put every layer into a transformers GPT-OSS model.
 """
 
 from . import layers, reference
 from .moe import moe, moe_experts, moe_route
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
+from .integrations import from_pretrained, kernel_config
 
 __all__ = [
     "flash_attn_func",  # attention
     "flash_attn_varlen_func",  # attention
     "flash_attn_with_kvcache",  # attention
     "rotary_pos_emb",  # attention
+    "from_pretrained",
     "fused_add_rms_norm",
+    "kernel_config",
     "layers",
     "moe",
     "moe_experts",

@@ -1,8 +1,20 @@
-"""Layers for `kernels.kernelize`, under transformers' GPT-OSS hub names.
+"""The layers: forward-only kernel classes, and the ``*Layout`` classes that hold their parameters.
 
-Kernelize binds each ``forward`` to the ORIGINAL module, so ``self`` is transformers' module
-(``self.weight`` is GptOssRMSNorm's). The kernels layer rules apply: no ``__init__``, no
-methods but ``forward``, only the ``can_torch_compile`` / ``has_backward`` attributes.
+Two-class pattern (transformers' "Writing kernels" guide; kernels' layer rules): ``X`` has only a
+``forward`` (no ``__init__``, no other members); kernelize binds it to a module, so ``self`` is that
+module. ``XLayout`` is the ``nn.Module`` that replaces transformers' class before the checkpoint loads
+(same ``__init__`` signature; for the fused module, the child modules it fuses) and holds the
+parameters under the checkpoint's own names, so weights load straight into it.
+
+| layer        | replaces (transformers' class)                     | parameters                             |
+|--------------|----------------------------------------------------|----------------------------------------|
+| RMSNorm      | GptOssRMSNorm (5.22-5.24 hub name "RMSNorm")       | weight                                 |
+| MoeExperts   | GptOssExperts                                      | bf16 or MXFP4 experts (moe/block.py)   |
+| MoeMLP       | GptOssMLP (5.22-5.24 hub name "MegaBlocksMoeMLP")  | router, experts                        |
+| NormMoeMLP   | post_attention_layernorm + mlp of a decoder layer  | router, experts, post_attention_layernorm |
+| RotaryPosEmb | the function apply_rotary_pos_emb ("rotary_pos_emb") | none                                 |
+
+Which layouts a model gets, and how: ``integrations`` (``kernel_config()``, ``from_pretrained()``).
 """
 
 from __future__ import annotations
@@ -10,12 +22,17 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .moe.experts import moe_with_scores
+from .attention.rotary import rotary_pos_emb as _rotary_pos_emb
+from .moe.block import experts_forward, moe_block
 from .norm import rms_norm
 
 
+
+# --- forward-only layers -----------------------------------------------------------------------
+
+
 class RMSNorm(nn.Module):
-    """Replaces ``GptOssRMSNorm.forward`` (hub name ``"RMSNorm"``)."""
+    """GPT-OSS RMSNorm: fp32 math, output in the input's dtype."""
 
     weight: torch.Tensor
     variance_epsilon: float
@@ -27,13 +44,53 @@ class RMSNorm(nn.Module):
         return rms_norm(hidden_states, self.weight, self.variance_epsilon)
 
 
-# --- attention / rotary ----------------------------------------------------------------------
-from .attention.rotary import rotary_pos_emb as _rotary_pos_emb  # noqa: E402
+class MoeExperts(nn.Module):
+    """transformers' experts interface: ``(hidden (T, H), router_indices (T, k), routing_weights (T, k)) -> (T, H)``."""
+
+    can_torch_compile = True
+    has_backward = False
+
+    def forward(self, hidden_states, router_indices=None, routing_weights=None):
+        return experts_forward(self, hidden_states, router_indices, routing_weights)
+
+
+class MoeMLP(nn.Module):
+    """Router + experts. Returns ``(out (B, S, H), router scores (B*S, k))`` like transformers' GptOssMLP:
+    the softmax of the top-k logits, in the activations' dtype."""
+
+    router: nn.Module
+    experts: nn.Module
+
+    can_torch_compile = True
+    has_backward = False
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, h = hidden_states.shape
+        out, scores = moe_block(hidden_states.reshape(-1, h), self.router, self.experts)
+        return out.reshape(b, s, h), scores
+
+
+class NormMoeMLP(nn.Module):
+    """The post-attention RMSNorm and the MoE block as one module (it sits where the decoder layer calls
+    ``mlp``; its ``post_attention_layernorm`` is an identity then). Same outputs as MoeMLP."""
+
+    router: nn.Module
+    experts: nn.Module
+    post_attention_layernorm: nn.Module
+
+    can_torch_compile = True
+    has_backward = False
+
+    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b, s, h = hidden_states.shape
+        norm = self.post_attention_layernorm
+        normed = rms_norm(hidden_states.reshape(-1, h), norm.weight, norm.variance_epsilon)
+        out, scores = moe_block(normed, self.router, self.experts)
+        return out.reshape(b, s, h), scores
 
 
 class RotaryPosEmb(nn.Module):
-    """Replaces transformers' ``apply_rotary_pos_emb`` (hub function name ``"rotary_pos_emb"``,
-    attached to ``GptOssAttention`` through ``use_kernelized_func``)."""
+    """transformers' ``apply_rotary_pos_emb`` (hub function name ``"rotary_pos_emb"``)."""
 
     can_torch_compile = True
     has_backward = False
@@ -46,25 +103,105 @@ class RotaryPosEmb(nn.Module):
 apply_rotary_transformers = RotaryPosEmb
 
 
-class MoeMLP(nn.Module):
-    """Replaces ``GptOssMLP.forward`` (hub name ``"MegaBlocksMoeMLP"``): router + experts.
+# --- layouts: the parameters, under the checkpoint's names -----------------------------------------
 
-    Returns ``(out (B, S, H), router_scores (B*S, k))`` like transformers' GptOssMLP: the softmax
-    of the top-k logits, in the activations' dtype.
+
+class RMSNormLayout(nn.Module):
+    """GptOssRMSNorm's parameters (``__init__(hidden_size, eps)`` as GptOssRMSNorm)."""
+
+    kernel_layer_name = "RMSNorm"  # the layer kernelize gives it (transformers' route sets the same)
+    forward = RMSNorm.forward  # runs before kernelize too (transformers would put a no-op here)
+
+    def __init__(self, hidden_size: int, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.variance_epsilon = eps
+
+
+def experts_format_of(config) -> str:
+    """The expert format a config asks for: ``"mxfp4"`` when its checkpoint stores MXFP4 experts
+    (``quantization_config.quant_method == "mxfp4"``, or set by ``integrations.from_pretrained``), else
+    ``"bf16"`` (the model's float dtype)."""
+    fmt = getattr(config, "gpt_oss_kernels_experts", None)
+    if fmt is None:
+        qc = getattr(config, "quantization_config", None)
+        method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
+        fmt = "mxfp4" if str(getattr(method, "value", method)) == "mxfp4" else "bf16"
+    if fmt not in ("bf16", "mxfp4"):
+        raise ValueError(f"unknown expert format {fmt!r}: expected 'bf16' or 'mxfp4'")
+    return fmt
+
+
+class MoeExpertsLayout(nn.Module):
+    """GptOssExperts' parameters in the format the checkpoint stores (``__init__(config)``).
+
+    bf16: ``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H). MXFP4: ``*_blocks`` uint8 (E, N, K/32, 16)
+    and ``*_scales`` uint8 (E, N, K/32), exactly as openai/gpt-oss stores them (no re-layout, no bf16 copy).
+    Biases ``gate_up_proj_bias`` (E, 2I), ``down_proj_bias`` (E, H) in both.
     """
 
-    router: nn.Module
-    experts: nn.Module
+    kernel_layer_name = "MoeExperts"
+    forward = MoeExperts.forward
 
-    can_torch_compile = True
-    has_backward = False
+    def __init__(self, config) -> None:
+        super().__init__()
+        e, h, i = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.num_experts, self.hidden_size, self.intermediate_size = e, h, i
+        self.alpha = getattr(config, "swiglu_alpha", 1.702)
+        self.limit = getattr(config, "swiglu_limit", 7.0)
+        self.gate_up_proj_bias = nn.Parameter(torch.empty(e, 2 * i))
+        self.down_proj_bias = nn.Parameter(torch.empty(e, h))
+        if experts_format_of(config) == "mxfp4":
+            if h % 32 or i % 32:
+                raise ValueError(f"MXFP4 experts need hidden_size and intermediate_size divisible by 32, got {h}, {i}")
+            u8 = dict(dtype=torch.uint8)
+            self.gate_up_proj_blocks = nn.Parameter(torch.empty(e, 2 * i, h // 32, 16, **u8), requires_grad=False)
+            self.gate_up_proj_scales = nn.Parameter(torch.empty(e, 2 * i, h // 32, **u8), requires_grad=False)
+            self.down_proj_blocks = nn.Parameter(torch.empty(e, h, i // 32, 16, **u8), requires_grad=False)
+            self.down_proj_scales = nn.Parameter(torch.empty(e, h, i // 32, **u8), requires_grad=False)
+        else:
+            self.gate_up_proj = nn.Parameter(torch.empty(e, h, 2 * i))
+            self.down_proj = nn.Parameter(torch.empty(e, i, h))
 
-    def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s, h = hidden_states.shape
-        router, experts = self.router, self.experts
-        out, scores = moe_with_scores(
-            hidden_states.reshape(-1, h), router.weight, router.bias, router.top_k,
-            experts.gate_up_proj, experts.gate_up_proj_bias, experts.down_proj, experts.down_proj_bias,
-            experts.alpha, experts.limit,
-        )
-        return out.reshape(b, s, h), scores
+
+class MoeMLPLayout(nn.Module):
+    """GptOssMLP's children (``__init__(config)``): transformers' router (its class, so output recorders
+    still see router logits) and the experts (whatever class ``GptOssExperts`` resolves to: our
+    MoeExpertsLayout when that layout is also in use)."""
+
+    kernel_layer_name = "MoeMLP"
+    forward = MoeMLP.forward
+
+    def __init__(self, config) -> None:
+        super().__init__()
+        from transformers.models.gpt_oss import modeling_gpt_oss as m
+
+        self.router = m.GptOssTopKRouter(config)
+        self.experts = m.GptOssExperts(config)
+
+
+class _NormKeyRenaming:
+    """``conversion_mapping`` of NormMoeMLPLayout, built on first access (transformers is imported only then)."""
+
+    def __get__(self, obj, owner):
+        from transformers.conversion_mapping import WeightRenaming
+
+        return [WeightRenaming(r"layers\.(\d+)\.post_attention_layernorm\.weight",
+                               r"layers.\1.mlp.post_attention_layernorm.weight")]
+
+
+class NormMoeMLPLayout(nn.Module):
+    """Fuses a decoder layer's ``mlp`` and ``post_attention_layernorm`` (``__init__(mlp, norm)``: transformers'
+    fusion passes the children in the order of the fusion key). It adopts their modules, so the parameters
+    keep their checkpoint names except the norm's, which moves under ``mlp.`` (``conversion_mapping``; the
+    pattern cannot match a key it already renamed, so registering it twice is harmless)."""
+
+    kernel_layer_name = "NormMoeMLP"
+    forward = NormMoeMLP.forward
+    conversion_mapping = _NormKeyRenaming()
+
+    def __init__(self, mlp: nn.Module, norm: nn.Module) -> None:
+        super().__init__()
+        self.router = mlp.router
+        self.experts = mlp.experts
+        self.post_attention_layernorm = norm

@@ -1,0 +1,11 @@
+"""How our layers reach a transformers GPT-OSS model (transformers is imported only when these are called).
+
+* ``kernel_config()``: the ``transformers.KernelConfig`` for ``from_pretrained(..., use_kernels=True,
+  kernel_config=...)`` on accelerators (bf16 checkpoints).
+* ``from_pretrained()``: loads a GPT-OSS checkpoint (bf16 or MXFP4 as it ships) with every layer of ours,
+  attention included, on any device (CPU too), under transformers 5.22 to 5.25.
+"""
+
+from .routes import attention_implementation, from_pretrained, kernel_config
+
+__all__ = ["attention_implementation", "from_pretrained", "kernel_config"]

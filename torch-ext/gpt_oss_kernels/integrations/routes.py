@@ -1,0 +1,247 @@
+"""transformers routes for GPT-OSS: which of transformers' classes our layouts replace, the KernelConfig
+for ``from_pretrained(..., kernel_config=...)``, and our own ``from_pretrained`` for every device.
+
+The same layouts serve transformers 5.22 to 5.25: both have the two-class pattern (``register_kernel_
+replacements_and_fusions``) and the monkey-patch registry it uses. In 5.25 GptOssRMSNorm / GptOssMLP lost
+their hub names, so only these class replacements reach them there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from pathlib import Path
+
+from .. import layers
+
+REPO_ID = "kernels-community/gpt-oss-kernels"
+# Continuous batching (generate_batch) accepts only the "flash" names GPT-OSS lists as compatible: our build is
+# registered under this one (docs/attention.md).
+CONTINUOUS_BATCHING_ALIAS = "kernels-community/vllm-flash-attn3"
+
+_HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
+
+# transformers class (anchored pattern: transformers matches patch keys with re.search, and a bare
+# "GptOssMLP" would also replace its Mxfp4GptOssMLP) -> our layer. The layout class is layers.<layer>Layout.
+_REPLACED = {"^GptOssRMSNorm$": "RMSNorm", "^GptOssExperts$": "MoeExperts"}
+_UNFUSED_MLP = {"^GptOssMLP$": "MoeMLP"}
+# The fused module takes the decoder layer's `mlp` slot (it returns what GptOssMLP returns); the norm's slot
+# becomes an identity. Order = the arguments of NormMoeMLPLayout.__init__.
+_FUSION_KEY = (("GptOssMLP", "model.layers.*.mlp"), ("GptOssRMSNorm", "model.layers.*.post_attention_layernorm"))
+_FUSED_LAYER = "NormMoeMLP"
+_FUNCTIONS = {"rotary_pos_emb": "RotaryPosEmb"}
+
+
+def _hub_names(fused: bool) -> dict[str, str]:
+    """kernel_layer_name (what kernelize looks up) -> our layer; for layouts the two are the same."""
+    layouts = list(_REPLACED.values()) + [_FUSED_LAYER if fused else "MoeMLP"]
+    return {**{layer: layer for layer in layouts}, **_FUNCTIONS}
+
+
+def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revision: str | None = None,
+                  fused: bool = True):
+    """The ``transformers.KernelConfig`` that swaps every layer of ours into GPT-OSS, for
+    ``AutoModelForCausalLM.from_pretrained(path, use_kernels=True, kernel_config=kernel_config(),
+    attn_implementation=attention_implementation())`` on an accelerator (transformers' KernelConfig
+    refuses the CPU: use ``from_pretrained`` there).
+
+    ``fused``: the post-attention RMSNorm and the MoE block as one module (``NormMoeMLP``); otherwise
+    ``MoeMLP`` replaces GptOssMLP alone. ``kernels`` resolves the repository: ``version`` (default 1) or
+    ``revision``; a local build through ``LOCAL_KERNELS="<repo_id>=/path/to/checkout"`` (then the default is
+    ``revision="v1"``, which kernels 0.17 needs offline and 0.19 accepts). For MXFP4 checkpoints use
+    ``from_pretrained`` (transformers' MXFP4 quantizer would replace the MoE block first).
+    """
+    from transformers import KernelConfig
+
+    if version is not None and revision is not None:
+        raise ValueError(f"pass version or revision, not both (got version={version!r}, revision={revision!r})")
+    if version is None and revision is None:
+        local = [e.split("=", 1)[0] for e in os.environ.get("LOCAL_KERNELS", "").split(":") if e]
+        revision, version = ("v1", None) if repo_id in local else (None, 1)
+    meta = {"version": version} if version is not None else {"revision": revision}
+
+    def entry(layer: str):
+        return (f"{repo_id}:{layer}", dict(meta))
+
+    mapping: dict = {pattern: entry(layer) for pattern, layer in _REPLACED.items()}
+    if fused:
+        mapping[_FUSION_KEY] = entry(_FUSED_LAYER)
+    else:
+        mapping.update({pattern: entry(layer) for pattern, layer in _UNFUSED_MLP.items()})
+    mapping.update({name: entry(layer) for name, layer in _FUNCTIONS.items()})
+    # transformers keeps the class patches of a load for every later load: drop ours, so that this config
+    # (fused or not) is what the next load gets.
+    _unregister(_our_patches())
+    return KernelConfig(kernel_mapping=mapping, inherit_mapping=False)
+
+
+def attention_implementation(continuous_batching: bool = False) -> str:
+    """The ``attn_implementation`` name that loads this build's attention in transformers.
+
+    transformers loads attention kernels by Hub repo id through ``kernels``; unless ``LOCAL_KERNELS``
+    already names that id, this points it at this build (whatever path or Hub snapshot it was loaded from).
+    ``continuous_batching``: the name ``generate_batch`` accepts for GPT-OSS (an alias of this build).
+    """
+    name = CONTINUOUS_BATCHING_ALIAS if continuous_batching else REPO_ID
+    entries = [e for e in os.environ.get("LOCAL_KERNELS", "").split(":") if e]
+    if not any(e.split("=", 1)[0] == name for e in entries):
+        entries.append(f"{name}={Path(__file__).resolve().parents[1]}")
+        os.environ["LOCAL_KERNELS"] = ":".join(entries)
+    return name
+
+
+class _ThisBuild:
+    """A ``kernels`` layer repository for the layers of this very build: kernelize takes the layer from the
+    package that is running, so no path or Hub lookup can pick another copy."""
+
+    def __init__(self, layer_name: str) -> None:
+        self.layer_name = layer_name
+
+    def load(self):
+        return getattr(layers, self.layer_name)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _ThisBuild) and other.layer_name == self.layer_name
+
+    def __hash__(self) -> int:
+        return hash(("gpt_oss_kernels", self.layer_name))
+
+    def __repr__(self) -> str:
+        return f"this build of gpt-oss-kernels: layers.{self.layer_name}"
+
+
+def _patches(fused: bool) -> dict:
+    """transformers class patterns -> our layout classes, for transformers' monkey-patch registry."""
+    from transformers.integrations.hub_kernels import make_parent_class_for_kernel_fusion
+    from transformers.models.gpt_oss import modeling_gpt_oss
+
+    patches = {pattern: _layout(layer) for pattern, layer in _REPLACED.items()}
+    if fused:
+        children = [path.rsplit(".", 1)[1] for _, path in _FUSION_KEY]
+        patches["^GptOssDecoderLayer$"] = make_parent_class_for_kernel_fusion(
+            modeling_gpt_oss.GptOssDecoderLayer, children, _layout(_FUSED_LAYER))
+    else:
+        patches.update({pattern: _layout(layer) for pattern, layer in _UNFUSED_MLP.items()})
+    return patches
+
+
+def _layout(layer: str):
+    return getattr(layers, f"{layer}Layout")
+
+
+def _our_patches() -> dict:
+    """The entries of transformers' patch registry that put our layouts into GPT-OSS (registered by an
+    earlier load through either route)."""
+    from transformers import monkey_patching as mp
+    from transformers.models.gpt_oss import modeling_gpt_oss
+
+    ours = {_layout(layer) for layer in [*_REPLACED.values(), *_UNFUSED_MLP.values(), _FUSED_LAYER]}
+    decoder = modeling_gpt_oss.GptOssDecoderLayer
+    return {k: v for k, v in mp.get_patch_mapping().items()
+            if v in ours or (v.__name__ == f"Fused{decoder.__name__}" and issubclass(v, decoder))}
+
+
+def _unregister(patches: dict) -> None:
+    from transformers import monkey_patching as mp
+
+    if patches:
+        mp.unregister_patch_mapping(list(patches))
+
+
+@contextlib.contextmanager
+def _registered(fused: bool, model_type: str):
+    """Our layouts (and the fused norm's key renaming) registered with transformers while one model loads;
+    whatever was registered before is put back after."""
+    from transformers import conversion_mapping as cm
+    from transformers import monkey_patching as mp
+
+    patches = _patches(fused)
+    earlier = _our_patches()
+    _unregister(earlier)
+    before = mp.get_patch_mapping()
+    conversions_before = cm.get_checkpoint_conversion_mapping(model_type)
+    mp.register_patch_mapping(patches, overwrite=True)
+    if fused:
+        rules = list(layers.NormMoeMLPLayout.conversion_mapping)
+        cm.register_checkpoint_conversion_mapping(model_type, (conversions_before or []) + rules, overwrite=True)
+    try:
+        yield
+    finally:
+        mp.unregister_patch_mapping([k for k in patches if k not in before])
+        mp.register_patch_mapping({**{k: v for k, v in before.items() if k in patches}, **earlier}, overwrite=True)
+        if fused:
+            cm.register_checkpoint_conversion_mapping(model_type, conversions_before or [], overwrite=True)
+
+
+def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None = None, dtype=None,
+                    fused: bool = True, attention: bool = True, **kwargs):
+    """Loads a GPT-OSS checkpoint into ``GptOssForCausalLM`` with every layer of ours: RMSNorm, the MoE
+    block (bf16, or MXFP4 straight from the checkpoint's blocks and scales), rotary, and attention.
+
+    ``device``: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ... (``device_map``); ``dtype``: the activations'
+    dtype (default: the checkpoint's). ``fused``: the post-attention RMSNorm inside the MoE module.
+    ``attention``: set ``attn_implementation`` to this build's attention. Other keyword arguments go to
+    transformers' ``from_pretrained``. Works on any device and under transformers 5.22-5.25; raises
+    ``RuntimeError`` naming any module that did not get our layer (transformers' own kernelize would
+    silently keep its layer).
+
+    MXFP4 checkpoints (``quantization_config.quant_method == "mxfp4"``, as openai/gpt-oss ships) load
+    without transformers' MXFP4 quantizer (which would replace the MoE block and fetch another Hub kernel):
+    the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``).
+    """
+    from kernels import Mode, kernelize, use_kernel_mapping
+    from transformers import AutoConfig, GptOssForCausalLM
+
+    hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
+    config = kwargs.pop("config", None)
+    if config is None:
+        config = AutoConfig.from_pretrained(model_id_or_path, **hub)
+    if getattr(config, "model_type", None) != "gpt_oss":
+        raise ValueError(f"from_pretrained loads GPT-OSS checkpoints, got model_type "
+                         f"{getattr(config, 'model_type', None)!r} from {model_id_or_path}")
+    config = copy.deepcopy(config)
+    config.gpt_oss_kernels_experts = layers.experts_format_of(config)
+    if config.gpt_oss_kernels_experts == "mxfp4" and hasattr(config, "quantization_config"):
+        del config.quantization_config
+    if attention and "attn_implementation" not in kwargs:
+        kwargs["attn_implementation"] = attention_implementation()
+    if device is not None:
+        kwargs.setdefault("device_map", device)
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+
+    with _registered(fused, config.model_type):
+        model = GptOssForCausalLM.from_pretrained(model_id_or_path, config=config, use_kernels=False, **kwargs)
+
+    device_type = model.device.type
+    names = _hub_names(fused)
+    mapping = {hub: {device_type: _ThisBuild(layer)} for hub, layer in names.items()}
+    with use_kernel_mapping(mapping, inherit_mapping=False):
+        kernelize(model, mode=Mode.INFERENCE, device=device_type, use_fallback=False)
+    check_kernelized(model, names)
+    return model
+
+
+def check_kernelized(model, names: dict[str, str]) -> None:
+    """Raises ``RuntimeError`` unless every module (and kernel function) with a hub name in ``names`` runs
+    our layer ``names[hub name]``, and every one of those layers runs somewhere."""
+    missing, used = [], set()
+    for path, module in model.named_modules():
+        candidates = [(path, module)] + [(f"{path}.{n}", f) for n, f in getattr(module, "_kernel_funcs", {}).items()]
+        for where, mod in candidates:
+            name = getattr(type(mod), "kernel_layer_name", None)
+            if name is None:
+                continue
+            layer = getattr(layers, names[str(name)]) if str(name) in names else None
+            forward = getattr(mod.__dict__.get("forward"), "__func__", None)
+            if layer is None or forward is not layer.forward:
+                missing.append(f"{where} ({type(mod).__name__}, hub name {name!r})")
+            else:
+                used.add(names[str(name)])
+    unused = [n for n in names.values() if n not in used]
+    if missing or unused:
+        raise RuntimeError(
+            "gpt-oss-kernels layers were not swapped in: "
+            + "; ".join(missing + [f"no module runs layers.{n}" for n in unused])
+        )

@@ -1,0 +1,64 @@
+"""The MoE block as the layers run it: expert weights read from a module, whatever their format.
+
+A GPT-OSS experts module stores its weights in one of these formats (the layer picks the path from
+what is stored, never from a flag):
+
+* bf16 (or fp16 / fp32): ``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H), as transformers'
+  ``GptOssExperts``;
+* MXFP4, as the checkpoint ships: ``gate_up_proj_blocks`` (E, 2I, H/32, 16) uint8 with
+  ``gate_up_proj_scales`` (E, 2I, H/32) uint8, and the same for ``down_proj``.
+
+Biases (``*_bias``), ``alpha`` and ``limit`` are the same in every format.
+
+Under transformers' expert parallelism the experts module's forward is hooked (``_is_hooked``): it then
+sees global router ids and computes its local share, so the block calls it instead of reading the
+weights itself.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from . import experts as _experts
+
+
+def expert_format(experts: torch.nn.Module) -> str:
+    """``"mxfp4"`` or ``"bf16"`` (any plain float dtype), from the tensors the module holds."""
+    if getattr(experts, "gate_up_proj_blocks", None) is not None:
+        return "mxfp4"
+    if isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
+        return "bf16"
+    raise TypeError(
+        f"{type(experts).__name__} holds no GPT-OSS expert weights (gate_up_proj, or gate_up_proj_blocks / "
+        "gate_up_proj_scales for MXFP4)"
+    )
+
+
+def experts_forward(experts: torch.nn.Module, hidden: torch.Tensor, topk_ids: torch.Tensor,
+                    topk_weights: torch.Tensor) -> torch.Tensor:
+    """The experts alone (T, H) -> (T, H): transformers' experts interface."""
+    if expert_format(experts) == "mxfp4":
+        return _experts.moe_experts_mxfp4(
+            hidden, topk_ids, topk_weights, experts.gate_up_proj_blocks, experts.gate_up_proj_scales,
+            experts.gate_up_proj_bias, experts.down_proj_blocks, experts.down_proj_scales, experts.down_proj_bias,
+            experts.alpha, experts.limit)
+    return _experts.moe_experts(hidden, topk_ids, topk_weights, experts.gate_up_proj, experts.gate_up_proj_bias,
+                                experts.down_proj, experts.down_proj_bias, experts.alpha, experts.limit)
+
+
+def moe_block(hidden: torch.Tensor, router: torch.nn.Module, experts: torch.nn.Module
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Router + experts on ``hidden`` (T, H): ``(out (T, H), router scores (T, k) in hidden's dtype)``."""
+    if getattr(experts, "_is_hooked", False):
+        # Expert parallelism: the hooked experts forward takes the routes (transformers' own MXFP4 block does
+        # the same). The router's scores are in its own dtype, as transformers' GptOssMLP returns them.
+        _, scores, ids = router(hidden)
+        return experts(hidden, ids, scores), scores
+    if expert_format(experts) == "mxfp4":
+        return _experts.moe_with_scores_mxfp4(
+            hidden, router.weight, router.bias, router.top_k, experts.gate_up_proj_blocks,
+            experts.gate_up_proj_scales, experts.gate_up_proj_bias, experts.down_proj_blocks,
+            experts.down_proj_scales, experts.down_proj_bias, experts.alpha, experts.limit)
+    return _experts.moe_with_scores(hidden, router.weight, router.bias, router.top_k, experts.gate_up_proj,
+                                    experts.gate_up_proj_bias, experts.down_proj, experts.down_proj_bias,
+                                    experts.alpha, experts.limit)
