@@ -19,6 +19,10 @@ test: build
 check-cuda:
 	$(PYTHON) scripts/build_kernel.py --check-cuda --resource-usage
 
-# Developers: copy the pinned wheels next to the tree for the GPU machine (carried as .whl).
+# Developers: copy the wheels of both pairs next to the tree for the GPU machine (carried as .whl;
+# scripts/gpu_run.sh --pair 5.25|5.22 installs one set): .whl/522/ transformers 5.22.2 + kernels 0.17.2,
+# .whl/525/ transformers 5.25.0 + kernels 0.19.1 + huggingface-hub 2.4.0 and their dependencies.
 wheels:
-	mkdir -p .whl && cp ../shared/wheels/*.whl .whl/
+	rm -rf .whl/522 .whl/525 && mkdir -p .whl/522 .whl/525
+	cp ../shared/wheels/*.whl .whl/522/
+	cp ../shared/wheels/transformers-5.25/*.whl .whl/525/

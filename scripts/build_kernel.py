@@ -7,11 +7,12 @@ what ``nix run .#build-and-copy`` lays out, for the installed torch and one back
     build/torch<MAJ><MIN>-cxx11-<cu130|cpu>-x86_64-linux/
         _gpt_oss_kernels_<backend>_<id>.abi3.so   native ops (torch-ext/ + kernel_src/)
         _ops.py                                    generated: ops, add_op_namespace_prefix
-        metadata.json                              what kernels._rust.Metadata reads
+        metadata.json                              what kernels._rust.Metadata reads, with the
+                                                   digest of every other file and the provenance
         __init__.py, layers.py, ...                every .py of torch-ext/gpt_oss_kernels/
 
-It reads ``build.toml`` (the same file kernel-builder reads) and compiles through
-torch's own extension tooling (``torch.utils.cpp_extension.load``, ninja), so a
+It reads ``build.toml`` (edition 6, the same file kernel-builder reads) and compiles
+through torch's own extension tooling (``torch.utils.cpp_extension.load``, ninja), so a
 second build of an unchanged tree recompiles nothing.
 
     python scripts/build_kernel.py                 # backend of the installed torch
@@ -23,9 +24,12 @@ second build of an unchanged tree recompiles nothing.
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -67,25 +71,79 @@ def add_op_namespace_prefix(op_name: str) -> str:
 '''
 
 
+# build.toml edition 6 names a kernel's language; the language fixes the backend it builds for.
+LANGUAGE_BACKEND = {"cpp-cuda": "cuda", "cpp-cpu": "cpu"}
+# What metadata.json records as the builder (provenance.kernel-builder.version): this script, not
+# kernel-builder. Its source state is the kernel's own (provenance.kernel), being in the same tree.
+BUILDER = "gpt-oss-kernels scripts/build_kernel.py"
+
+
 def read_config() -> dict:
     with open(ROOT / "build.toml", "rb") as f:
-        return tomllib.load(f)
+        config = tomllib.load(f)
+    edition = config["general"].get("edition")
+    if edition != 6:
+        raise SystemExit(f"build.toml has edition {edition}; this script reads edition 6")
+    for name, kernel in config.get("kernel", {}).items():
+        if kernel.get("language") not in LANGUAGE_BACKEND:
+            raise SystemExit(f"kernel.{name}: language {kernel.get('language')!r} is not one of {sorted(LANGUAGE_BACKEND)}")
+    layout = config["general"].get("build-layout", "files")
+    if layout != "files":
+        raise SystemExit(f"build-layout {layout!r}: this script lays out files only")
+    return config
 
 
-def source_id() -> str:
-    """7 hex of the git tree of HEAD, ``_dirty`` when tracked files differ from it."""
+def git_state() -> tuple[str, bool] | None:
+    """(HEAD commit, whether tracked files differ from it), or None outside a git checkout."""
     try:
-        tree = subprocess.run(
-            ["git", "rev-parse", "--short=7", "HEAD^{tree}"],
-            cwd=ROOT, check=True, capture_output=True, text=True,
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout.strip()
         status = subprocess.run(
             ["git", "status", "--porcelain", "--untracked-files=no"],
             cwd=ROOT, check=True, capture_output=True, text=True,
         ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
+        return None
+    return commit, bool(status)
+
+
+def source_id() -> str:
+    """7 hex of the git tree of HEAD, ``_dirty`` when tracked files differ from it."""
+    state = git_state()
+    if state is None:
         return "0000000_dirty"
-    return tree + ("_dirty" if status else "")
+    tree = subprocess.run(
+        ["git", "rev-parse", "--short=7", "HEAD^{tree}"], cwd=ROOT, check=True, capture_output=True, text=True,
+    ).stdout.strip()
+    return tree + ("_dirty" if state[1] else "")
+
+
+def kernels_minver() -> str:
+    """The oldest `kernels` this project supports: the lower bound in requirements.txt."""
+    m = re.search(r"^kernels\s*>=\s*([0-9]+\.[0-9]+\.[0-9]+)", (ROOT / "requirements.txt").read_text(), re.M)
+    if m is None:
+        raise SystemExit("requirements.txt has no `kernels>=X.Y.Z` line")
+    return m.group(1)
+
+
+def hash_variant(variant: Path) -> dict[str, str]:
+    """File digests as kernels' ``Digest.hash_variant(DigestAlgorithm.SHA256, variant)`` computes them.
+
+    Every file below ``variant``, keyed by its relative path with ``/``, valued by the
+    base64 (standard alphabet, padded) SHA-256 of its bytes; left out: the
+    top-level ``metadata.json`` and ``metadata.json.sigstore`` (they carry the digest), and
+    Python bytecode (anything under a ``__pycache__`` directory, ``*.pyc``), which the
+    interpreter writes into the variant when it is imported.
+    """
+    files = {}
+    for path in sorted(variant.rglob("*")):
+        rel = path.relative_to(variant)
+        if (not path.is_file() or rel.as_posix() in ("metadata.json", "metadata.json.sigstore")
+                or "__pycache__" in rel.parts or path.suffix == ".pyc"):
+            continue
+        files[rel.as_posix()] = base64.b64encode(hashlib.sha256(path.read_bytes()).digest()).decode()
+    return files
 
 
 def detect_backend() -> str:
@@ -107,7 +165,7 @@ def variant_name(backend: str) -> str:
 
 
 def kernels_for(config: dict, backend: str) -> list[dict]:
-    return [k for k in config.get("kernel", {}).values() if k["backend"] == backend]
+    return [k for k in config.get("kernel", {}).values() if LANGUAGE_BACKEND[k["language"]] == backend]
 
 
 def compiled_sources(paths: list[str]) -> list[str]:
@@ -188,13 +246,22 @@ def write_variant(config: dict, backend: str, ops_name: str, so_path: Path, arch
     backend_info: dict = {"type": backend}
     if backend == "cuda":
         backend_info["archs"] = archs
+    provenance: dict = {"kernel-builder": {"version": BUILDER}}
+    state = git_state()
+    if state is not None:
+        provenance["kernel"] = {"commit": state[0], "dirty": state[1]}
     metadata = {
         "name": general["name"],
         "id": ops_name,
         "version": general["version"],
         "license": general["license"],
+        "kernels-minver": kernels_minver(),
+        "build-layout": general.get("build-layout", "files"),
         "python-depends": general.get("python-depends", []),
         "backend": backend_info,
+        # Written last: the digest covers every file of the variant but metadata.json.
+        "digest": {"algorithm": "sha256", "files": hash_variant(out)},
+        "provenance": provenance,
     }
     (out / "metadata.json").write_text(json.dumps(metadata, indent=2) + "\n")
     return out

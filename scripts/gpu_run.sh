@@ -1,55 +1,105 @@
 #!/usr/bin/env bash
-# One device call: install the pinned wheels, build the CUDA variant, run the GPU tests and
-# the benchmarks; JSON, markdown and logs land under $OUT.
+# One device call: install the wheels of one transformers/kernels pair, build the CUDA variant,
+# run the GPU tests and the benchmarks; JSON, markdown and logs land under $OUT.
 #
-#   scripts/gpu_run.sh [--sanitize] [--only "rmsnorm moe"] [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick]
+#   scripts/gpu_run.sh [--pair 5.25|5.22] [--both-pairs] [--sanitize] [--only "rmsnorm moe"]
+#                      [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick] [--dry-run]
 #
-# From this machine, with the wheels copied once into the ignored .whl/ folder
-# (`make wheels`), the call is: run(command="bash scripts/gpu_run.sh", carry=[".whl"]).
+# --pair: which wheel set goes on PYTHONPATH (default 5.25): 5.25 = transformers 5.25.0 +
+#   kernels 0.19.1 + huggingface-hub 2.4.0 (.whl/525/), 5.22 = transformers 5.22.2 + kernels
+#   0.17.2 (.whl/522/). `make wheels` copies both sets into the ignored .whl/ folder.
+# --both-pairs: the tests under both pairs in one call: under 5.25 the whole `-m gpu` suite (or
+#   --tests), then under 5.22 only the transformers-integration test files
+#   (tests/test_integration_*.py, test_moe_integration.py, test_attention_transformers.py) with
+#   `-m gpu`, logged to tests-522.log. The benchmarks (unless --no-bench) run under 5.25.
+# --dry-run: print what would run, run nothing.
+#
+# From this machine: run(command="bash scripts/gpu_run.sh", carry=[".whl"]).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
-mkdir -p "$OUT"
-SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; QUICK=""
+SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0
+quick_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --pair) PAIR="${2:-}"; shift ;;
+    --both-pairs) BOTH=1 ;;
     --sanitize) SANITIZE=1 ;;
-    --only) ONLY="$2"; shift ;;
-    --tests) TESTS="$2"; shift ;;
+    --only) ONLY="${2:-}"; shift ;;
+    --tests) TESTS="${2:-}"; shift ;;
     --no-bench) BENCH=0 ;;
     --no-tests) RUN_TESTS=0 ;;
-    --quick) QUICK="--quick" ;;
+    --quick) quick_args=(--quick) ;;
+    --dry-run) DRY=1 ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
 done
+case "$PAIR" in
+  5.25|5.22) ;;
+  *) echo "--pair must be 5.25 or 5.22, got '$PAIR'"; exit 2 ;;
+esac
+[ "$BOTH" = 1 ] && PAIR=5.25
+read -ra only_args <<< "$ONLY"
+read -ra test_args <<< "$TESTS"
+shopt -s nullglob
+compat_tests=(tests/test_integration_*.py tests/test_moe_integration.py tests/test_attention_transformers.py)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site || { echo "wheel install failed"; exit 1; }
-nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
+run() {  # run a command, or print it under --dry-run
+  if [ "$DRY" = 1 ]; then echo "+ $*"; else "$@"; fi
+}
+
+use_pair() {  # install one pair's wheels into /tmp/site<tag> and put it on PYTHONPATH
+  local tag=${1/./}
+  local wheels=(.whl/"$tag"/*.whl)
+  [ ${#wheels[@]} -gt 0 ] || { echo "no wheels in .whl/$tag/: run \`make wheels\` and carry .whl"; exit 1; }
+  if ! run python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+      --target "/tmp/site$tag" "${wheels[@]}"; then
+    echo "wheel install failed (pair $1)"; exit 1
+  fi
+  export PYTHONPATH="/tmp/site$tag"
+  echo "== pair $1 (PYTHONPATH=$PYTHONPATH)"
+}
+
+gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under compute-sanitizer
+  local log=$1; shift
+  if [ "$SANITIZE" = 1 ]; then
+    # Without the caching allocator every allocation is a cudaMalloc, which CUDA-graph capture
+    # refuses: the graph-capture tests cannot run under the sanitizer and are deselected here.
+    run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
+      python3 -m pytest -m gpu -x -q -k "not cuda_graph" "$@" -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -40
+  else
+    run python3 -m pytest -m gpu -q "$@" -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -40
+  fi
+  return "${PIPESTATUS[0]}"
+}
+
+mkdir -p "$OUT"
+use_pair "$PAIR"
+run nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
 
 status=0
 echo "== build (CUDA)"
-MAX_JOBS=16 python3 scripts/build_kernel.py --backend cuda 2>&1 | tee "$OUT/build.log" | tail -5
+run env MAX_JOBS=16 python3 scripts/build_kernel.py --backend cuda 2>&1 | tee "$OUT/build.log" | tail -5
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "build failed"; exit 1; }
 
-echo "== tests (pytest -m gpu $TESTS)"
+echo "== tests (pytest -m gpu ${TESTS})"
 if [ "$RUN_TESTS" = 0 ]; then
   echo "skipped"
-elif [ "$SANITIZE" = 1 ]; then
-  # Without the caching allocator every allocation is a cudaMalloc, which CUDA-graph capture
-  # refuses: the graph-capture tests cannot run under the sanitizer and are deselected here.
-  PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
-    python3 -m pytest -m gpu -x -q -k "not cuda_graph" $TESTS -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40
 else
-  python3 -m pytest -m gpu -q $TESTS -p no:cacheprovider 2>&1 | tee "$OUT/tests.log" | tail -40
+  gpu_tests tests.log "${test_args[@]}" || status=1
 fi
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 
 if [ "$BENCH" = 1 ]; then
   echo "== benchmarks ($ONLY)"
-  python3 benchmarks/harness.py --out "$OUT" --only $ONLY $QUICK 2>&1 | tee "$OUT/bench.log" | tail -80
+  run python3 benchmarks/harness.py --out "$OUT" --only "${only_args[@]}" "${quick_args[@]}" 2>&1 | tee "$OUT/bench.log" | tail -80
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if [ "$BOTH" = 1 ] && [ "$RUN_TESTS" = 1 ]; then
+  use_pair 5.22
+  echo "== tests under 5.22 (pytest -m gpu ${compat_tests[*]})"
+  gpu_tests tests-522.log "${compat_tests[@]}" || status=1
 fi
 exit $status

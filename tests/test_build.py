@@ -2,27 +2,48 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import shutil
 import subprocess
 import sys
+import textwrap
 
+import kernels
 import pytest
 import torch
+from packaging.version import Version
 
 from conftest import REPO_ID, ROOT
+
+# build.toml is edition 6, which kernels >= 0.19 reads; kernels 0.17.2 (transformers 5.22's pair)
+# reads editions up to 5 ("unsupported build edition 6"). It still loads the built variants.
+KERNELS_READS_EDITION_6 = Version(kernels.__version__).release >= (0, 19)
 
 
 def _variants():
     return sorted(p.parent for p in (ROOT / "build").glob("torch*-*/metadata.json"))
 
 
-def test_build_toml_passes_kernel_builder_parser():
+def _build_script():
+    spec = importlib.util.spec_from_file_location("build_kernel", ROOT / "scripts" / "build_kernel.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.skipif(not KERNELS_READS_EDITION_6,
+                    reason=f"kernels {kernels.__version__} parses build.toml editions <= 5; build.toml is edition 6 "
+                           "(kernels >= 0.19); this kernels still loads the build, see the tests below")
+def test_build_toml_passes_kernel_builder_parser(capfd):
     import kernels._rust as kr
 
     build = kr.Build.open(str(ROOT))
     assert {str(b).lower() for b in build.general.backends} >= {"cpu", "cuda"}
+    # An older edition would be upgraded in memory, with a warning on stderr.
+    captured = capfd.readouterr()
+    assert "edition" not in captured.err + captured.out, captured.err
 
 
 def test_variant_layout_and_metadata(kernel):
@@ -36,6 +57,10 @@ def test_variant_layout_and_metadata(kernel):
         meta = kr.Metadata.read_from_file(variant / "metadata.json")
         raw = json.loads((variant / "metadata.json").read_text())
         assert raw["name"] == "gpt-oss-kernels" and raw["version"] == 1 and raw["license"] == "Apache-2.0"
+        assert raw["build-layout"] == "files" and raw["kernels-minver"] == _build_script().kernels_minver()
+        assert str(meta.kernels_minver) == raw["kernels-minver"]
+        assert meta.digest is not None and str(meta.digest.algorithm).lower().endswith("sha256")
+        assert meta.provenance is not None
         backend = raw["backend"]["type"]
         assert meta.id.startswith(f"_gpt_oss_kernels_{backend}_")
         assert (variant / f"{meta.id}.abi3.so").exists()
@@ -77,3 +102,91 @@ def test_cuda_sources_compile_for_sm90a():
                        capture_output=True, text=True, timeout=1800)
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     assert "CUDA compile check passed" in r.stdout
+
+
+def test_digest_is_kernels_hash_variant(tmp_path):
+    """build_kernel.py hashes a variant exactly as kernels' Digest.hash_variant does (which
+    kernels 0.19 checks on every load): same files, bytecode and metadata.json left out."""
+    import kernels._rust as kr
+
+    tree = {"a.py": b"x", "sub/b.py": b"y", "lib.abi3.so": b"\0\1", ".hidden": b"h", "sub/metadata.json": b"{}",
+            "__pycache__/a.cpython-311.pyc": b"bc", "sub/__pycache__/b.txt": b"bc", "c.pyc": b"bc",
+            "metadata.json": b"{}", "metadata.json.sigstore": b"sig"}
+    for rel, data in tree.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(data)
+    ours = _build_script().hash_variant(tmp_path)
+    assert ours == kr.Digest.hash_variant(kr.DigestAlgorithm.SHA256, tmp_path).files
+    assert sorted(ours) == [".hidden", "a.py", "lib.abi3.so", "sub/b.py", "sub/metadata.json"]
+    for variant in _variants():
+        meta = kr.Metadata.read_from_file(variant / "metadata.json")
+        meta.digest.validate(kr.Digest.hash_variant(meta.digest.algorithm, variant))
+
+
+_LOAD_SCRIPT = textwrap.dedent("""
+    import json, logging, os, sys, warnings
+    from pathlib import Path
+
+    records = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            records.append(f"{record.name} {record.levelname}: {record.getMessage()}")
+
+    logging.getLogger().addHandler(Collect(level=logging.WARNING))
+    warnings.simplefilter("always")
+    with warnings.catch_warnings(record=True) as caught:
+        import kernels, torch
+        import kernels._rust as kr
+
+        build = Path(sys.argv[1]) / "build"
+
+        @kernels.use_kernel_forward_from_hub("RMSNorm")
+        class Norm(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.weight = torch.nn.Parameter(torch.ones(8))
+                self.variance_epsilon = 1e-5
+
+            def forward(self, hidden_states):
+                return hidden_states
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        for _ in range(2):
+            k = kernels.get_kernel(sys.argv[2], version=1)  # LOCAL_KERNELS
+            assert kernels.get_local_kernel(build) is k
+            repo = kernels.LocalLayerRepository(repo_path=build, layer_name="RMSNorm")
+            with kernels.use_kernel_mapping({"RMSNorm": {device: repo}}, inherit_mapping=False):
+                model = kernels.kernelize(torch.nn.Sequential(Norm()).to(device), mode=kernels.Mode.INFERENCE,
+                                          device=device)
+            x = torch.randn(2, 8, device=device)
+            torch.testing.assert_close(model(x), k.rms_norm(x, model[0].weight, 1e-5))
+        for variant in sorted(p.parent for p in build.glob("torch*-*/metadata.json")):
+            meta = kr.Metadata.read_from_file(variant / "metadata.json")
+            for _ in range(2):  # after the loads: the files still match, twice in a row
+                meta.digest.validate(kr.Digest.hash_variant(meta.digest.algorithm, variant))
+                if hasattr(kr, "DigestReceipt"):  # kernels >= 0.19: the check every load runs
+                    from kernels._internals.digest import DigestVerificationResult, verify_digest
+                    result = verify_digest(variant, metadata=meta, location=None)
+                    assert isinstance(result, DigestVerificationResult.Success), str(result)
+    dirty = any(json.loads((p / "metadata.json").read_text())["provenance"].get("kernel", {}).get("dirty")
+                for p in build.glob("torch*-*"))
+    print(json.dumps({"records": records, "warnings": [str(w.message) for w in caught], "dirty": dirty}))
+""")
+
+
+def test_local_loads_are_verified_without_warnings():
+    """get_kernel (LOCAL_KERNELS), get_local_kernel and LocalLayerRepository + kernelize load the
+    build twice without a warning: the metadata records a digest (kernels 0.19 verifies it on every
+    load and raises on a mismatch) and the provenance. The one warning allowed is kernels' own for a
+    build from a tree with uncommitted changes (provenance dirty), which a clean checkout never has."""
+    env = dict(os.environ, LOCAL_KERNELS=f"{REPO_ID}={ROOT}", HF_HUB_OFFLINE="1")
+    r = subprocess.run([sys.executable, "-c", _LOAD_SCRIPT, str(ROOT), REPO_ID], env=env, capture_output=True,
+                       text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    records = out["records"]
+    if out["dirty"]:
+        records = [m for m in records if "built from a dirty git tree" not in m]
+    assert records == [] and out["warnings"] == [], out
+    assert not any("does not record a digest" in m for m in out["records"])
