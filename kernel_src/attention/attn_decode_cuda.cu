@@ -10,7 +10,7 @@
 // Triton pair splits B=32 three ways to fill the GPU and merges in a second kernel: 197 vs 189 us).
 // (A version that also split the keys of small batches over a thread-block cluster, merging through
 // distributed shared memory, was slower than the Triton pair at B=1: clusters of 16 CTAs do not all
-// fit one per SM on an H100; branch decode-cluster, docs/NOTES-attention.md "session 5".)
+// fit one per SM on an H100; branch decode-cluster, docs/decisions-attention.md "session 5".)
 //
 // Layout of the work:
 //   grid (B * Hkv), 8 warps per CTA. Each warp takes a contiguous, 16-key-aligned part of the visible
@@ -325,7 +325,7 @@ template <typename T>
 void dispatch(const Params& p, int64_t stages, int bh, int device, cudaStream_t stream) {
   // 0: 4 stages (128 KB in flight, one CTA per SM) when the last wave of one CTA per SM is >= 90% full,
   // else 2 (3 CTAs per SM: a part-empty last wave would leave SMs idle). H100, 8192-key caches
-  // (docs/NOTES-attention.md "session 5"): B=32 (256 CTAs) 183.3 us with 4 stages vs 187.9 with 2;
+  // (docs/decisions-attention.md "session 5"): B=32 (256 CTAs) 183.3 us with 4 stages vs 187.9 with 2;
   // B=24 (192) 152.8 vs 150.0; B=16 (128) 93.5 vs 92.6.
   if (stages == 0) {
     const int sms = gok::device_info(device).second;

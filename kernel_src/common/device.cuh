@@ -1,7 +1,7 @@
 // TORCH_CHECK messages in the .cu files are single string literals. On the H100 machine (torch 2.11,
 // CUDA 13.0) a failed TORCH_CHECK whose message had more than one part (a literal and a number, which
 // goes through c10::str's stream) in host code compiled by nvcc segfaulted instead of raising; a
-// one-literal message raised normally (docs/NOTES-attention.md "session 6"; cause not found). The
+// one-literal message raised normally (docs/decisions-attention.md "session 6"; cause not found). The
 // Python entry points validate first and give the detailed errors.
 //
 // Host helpers shared by the CUDA ops: a device's compute-capability major and SM count (queried once),

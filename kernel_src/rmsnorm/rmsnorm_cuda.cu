@@ -7,7 +7,7 @@
 // Layout, fast path: one block (32..384 threads, ~1 16-byte vector per thread) per row, no
 // persistent grid (v7: a persistent grid with the next row prefetched measured slower -- the
 // hardware block scheduler balances rows better than a static row-to-block assignment, see
-// docs/NOTES-rmsnorm.md). Thread t holds vectors v = t + blockDim * j (j < VPL) of the row in
+// docs/decisions-rmsnorm.md). Thread t holds vectors v = t + blockDim * j (j < VPL) of the row in
 // registers and its slice of the weight as fp32, so each element is read once and written once
 // (the fused op also writes the new residual). VPL is a template upper bound; threads guard
 // v < hidden / N. rms_norm on 2048+ rows (short rows) takes two rows per block. The fallback
@@ -166,7 +166,7 @@ void launch(T* out, T* residual_out, const T* x, const T* residual, const W* wei
                        gok::is_aligned16(weight) &&
                        (!ADD || (gok::is_aligned16(residual) && gok::is_aligned16(residual_out)));
   // Block size: about one 16-byte vector per thread, a multiple of the warp, at most kMaxThreads
-  // (384 threads measured best at 1..256 rows and for the fused op; docs/NOTES-rmsnorm.md).
+  // (384 threads measured best at 1..256 rows and for the fused op; docs/decisions-rmsnorm.md).
   const int nvec = hidden / N;
   const int threads = std::min(kMaxThreads, (nvec + kWarp - 1) / kWarp * kWarp);
   const int vpl = (nvec + threads - 1) / threads;

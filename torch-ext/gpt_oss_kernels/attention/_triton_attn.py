@@ -55,7 +55,7 @@ def _inner(
     KV_MODE: tl.constexpr, PAGE: tl.constexpr, BLOCK_N: tl.constexpr,
 ):
     # (addresses recomputed per step from int64 row offsets: loop-carried pointer tiles or hoisted
-    # offset tiles cost more registers and spilled in the sm_90 resource report, see NOTES)
+    # offset tiles cost more registers and spilled in the sm_90 resource report, docs/decisions-attention.md v2)
     for s in tl.range(start, end, BLOCK_N):
         kpos = s + offs_n
         if KV_MODE == 2:
@@ -535,7 +535,7 @@ def _window_fwd(
         # loop-carried `wl` (always window_left) keeps them inside the loop instead of hoisted
         # 2-D boolean tiles. At the shipped tiles the sm_90a resource report shows the same
         # register count either way (168 / 206 / ~250); this is the form the H100 numbers were
-        # measured with (docs/NOTES-attention.md "v4"), the plain form was not timed.
+        # measured with (docs/decisions-attention.md "v4"), the plain form was not timed.
         lo = tl.maximum(qpos - wl, 0)
         hi = qpos + (wl - window_left)
         ok_l = kpos_l[None, :] >= lo[:, None]
@@ -580,7 +580,7 @@ _attn_fwd_tuned = triton.autotune(
 # keys span window + 7; blocks start at the window's first key, 32 keys a step, and the 7 keys past
 # the unmasked part go in one 16-key block (BLOCK_N_R) instead of a 32-key one. Few loop steps per
 # program, so 2 pipeline stages, and at most 80 registers (6 programs per SM instead of 5).
-# Measured on H100 (docs/NOTES-attention.md, v3 probes): 105.8 / 108.6 / 110.2 / 121.7 / 122.1 µs
+# Measured on H100 (docs/decisions-attention.md, v3 probes): 105.8 / 108.6 / 110.2 / 121.7 / 122.1 µs
 # in the order below, against 118.6 µs for v2's pick (64x32, 3 stages, 32-key diagonal block).
 WINDOW_NARROW = 512
 _WINDOW_CONFIGS = [
@@ -599,7 +599,7 @@ _attn_fwd_window = triton.autotune(
 # `_window_fwd` (all G heads of a KV head per program, K/V loaded once). Other narrow windows (paged
 # K/V, a right edge > 0, wider windows) take `_attn_fwd_window`.
 WINDOW_KEYS_MAX = 256
-# H100 probes w3 / w4 (docs/NOTES-attention.md "v4"), µs at S=8192, window 128: 89.7-90.4 / 94.1-94.9 / 95.1
+# H100 probes w3 / w4 (docs/decisions-attention.md "v4"), µs at S=8192, window 128: 89.7-90.4 / 94.1-94.9 / 95.1
 _WINDOW_FWD_CONFIGS = [
     triton.Config({"BLOCK_P": 16, "HEADS_PER_STEP": 4}, num_warps=4, num_stages=3),
     triton.Config({"BLOCK_P": 32, "HEADS_PER_STEP": 2}, num_warps=4, num_stages=3),
@@ -642,7 +642,7 @@ DECODE_PDL = True
 DECODE_SPLITS = 0  # sweeps: this many splits where the key axis is split (0: from the shapes)
 # One query position per sequence against a batched or paged cache (the flash_attn_with_kvcache
 # decode step) goes to `_decode` (grid (splits, B x Hkv)) + `_combine`, both with PDL.
-# Measured (H100, 2026-11-22 10:43 UTC, docs/NOTES-attention.md "decode v4"), general kernel ->
+# Measured (H100, 2026-11-22 10:43 UTC, docs/decisions-attention.md "decode v4"), general kernel ->
 # `_decode`: B=1 11.74 -> 10.79 µs, B=1 paged 13.96 -> 12.75, B=32 196.7 -> 197.4, B=32 paged
 # 228.8 -> 197.6. A last-program merge in one wide load was slower at B=1 (13.9 µs), and so was
 # loading the first block before the sequence length (12.0): both removed.
@@ -655,7 +655,7 @@ SQ1_SPLITS = 0  # 0: from the shapes, as above
 # narrow left window (< 1024 keys) and B >= SQ1_CUDA_WINDOW_MIN_B: the CUDA kernel of the package's native ops
 # (kernel_src/attention/attn_decode_cuda.cu: one CTA per (sequence, KV head), no key split, so one launch and
 # no partials); `_decode` + `_combine` elsewhere, and where the native op is not built. H100, 8192-key caches,
-# GPT-OSS heads (docs/NOTES-attention.md "session 5"), Triton pair -> native, µs: B=4 31.0 -> 58.3, B=8
+# GPT-OSS heads (docs/decisions-attention.md "session 5"), Triton pair -> native, µs: B=4 31.0 -> 58.3, B=8
 # 55.7 -> 59.1, B=16 100.3 -> 92.6, B=24 148.9 -> 150.0, B=32 195.5 -> 183.3 (paged 196.7 -> 194.3); with a
 # 128-token window B=1 5.1 -> 4.4-6.7 (two repeats), B=2 6.5 -> 4.6, B=4 7.9 -> 5.5, B=8 10.5-11.4 -> 10.4,
 # B=16 9.4 -> 8.3, B=32 10.3 -> 7.5.

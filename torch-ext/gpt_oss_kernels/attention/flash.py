@@ -85,7 +85,7 @@ def _attn_fwd(q, *args):
     """``ops.attn_fwd``; in eager CUDA code (not traced, no dispatch mode) its implementation directly.
 
     The custom op's Python dispatch (autograd wrapper, alias checks) cost about a third of the host time of a
-    batch-1 decode call (cProfile, docs/NOTES-attention.md "session 8"), and batch-1 decode is host-bound.
+    batch-1 decode call (cProfile, docs/decisions-attention.md "session 8"), and batch-1 decode is host-bound.
     torch.compile and dispatch modes (FakeTensor, the tests' op recorder) still see the op; CUDA-graph capture
     records the same kernels either way. The MoE block does the same (moe/experts.py ``_fast_path_ok``)."""
     if q.is_cuda and not torch.compiler.is_compiling() and torch._C._len_torch_dispatch_stack() == 0:

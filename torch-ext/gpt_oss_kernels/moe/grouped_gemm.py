@@ -303,11 +303,11 @@ def block_m_for(m: int, num_experts: int) -> int:
 
 
 def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
-    """Tile candidates, best first (H100 sweep of 2026-11-22, docs/NOTES-moe.md "v3"). ``tma``: the
+    """Tile candidates, best first (H100 sweep of 2026-11-22, docs/decisions-moe.md "v3"). ``tma``: the
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors."""
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
         # Fixed (not tuned): in CUDA graphs the first is the fastest (or within 2%) at T = 1 / 4 / 64 for
-        # both GEMMs (probe of 2026-11-22 ~12:42 UTC, docs/NOTES-moe.md "v6"), and the do_bench tuner did not
+        # both GEMMs (probe of 2026-11-22 ~12:42 UTC, docs/decisions-moe.md "v6"), and the do_bench tuner did not
         # always pick it. The rest serve sweeps.
         return [Cfg(128 if first else 64, 64, 4, 6, 64), Cfg(64 if first else 32, 128, 4, 4, 64),
                 Cfg(64, 128, 4, 5, 64), Cfg(32, 256, 4, 3, 64)]
@@ -321,7 +321,7 @@ def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
     # 128 x 256 tiles, 2 warpgroups. v3 (no split): 990 + 531 us (T=4096), 3801 + 1838 (T=16384), 426 + 247
     # (T=1024). v4 probe, back to back in a CUDA graph: T=4096 1521-1534, T=16384 5340 (3 stages: 5716).
     # GROUP_M 4 was slower than 8 at every size (v4-2 probe) and is gone; a persistent grid (v5) was
-    # slower still (docs/NOTES-moe.md "v5").
+    # slower still (docs/decisions-moe.md "v5").
     # group_m 0: expert groups (block_groups), the first choice wherever the caller passes them.
     return [Cfg(256, 64, 8, 4, 0, True, True, True, True, True), Cfg(256, 64, 8, 4, 8, True, True, True, True, True)]
 
@@ -368,7 +368,7 @@ def _use_autotune_cached(dev_type: str, dev_index, large: bool, env: str, interp
 
 _FAST: dict = {}
 _CHOSEN: dict = {}  # (block_m, first, n, k, m_bucket, dtype, tma) -> Cfg
-FORCE: dict = {}  # (block_m, first) -> Cfg: benchmarks/sweep_moe.py pins a tile
+FORCE: dict = {}  # (block_m, first) -> Cfg: benchmarks/harness_moe.py pins a tile (experiment rows)
 
 
 def _split_m(cfg, block_m):
