@@ -17,7 +17,13 @@ the GPU in code (no download). First with transformers' defaults (eager attentio
   layers: the fp32 copy of 24 layers does not fit next to the bf16 model);
 - `--static`: also ours with `cache_implementation="static"` (transformers compiles the decode step);
 - `--attn-op-ab`: also ours at batch 1 with attention through the custom op's dispatcher against the eager
-  fast path, interleaved (two rounds each).
+  fast path, interleaved (two rounds each);
+- `--mxfp4`: instead, the same model with its experts quantized to MXFP4 and written as a checkpoint in the
+  official format (examples/tiny_checkpoint.py), then loaded twice: by transformers' own MXFP4 path
+  (`Mxfp4GptOssMLP`, OpenAI's triton_kernels through the Hub kernel gpt-oss-triton-kernels, resolved to the
+  carried copy in `.anchors/` by LOCAL_KERNELS; `use_kernels=False`, since transformers' default Hub layers
+  cannot load offline) and by our `from_pretrained` (MXFP4 experts as stored); each with its weights' and
+  peak GPU memory (load + runs), and ours with the static cache too.
 Medians of `--reps` runs after one warm-up. Needs the CUDA build (`scripts/build_kernel.py`). Writes
 $OUT/e2e_model.json.
 """
@@ -226,6 +232,74 @@ def ours_from(model, *, fused: bool = True, attention: bool = True):
                                          dtype=torch.bfloat16, fused=fused, attention=attention)
 
 
+def mxfp4_run(args) -> None:
+    """Transformers' MXFP4 path against ours on one MXFP4 checkpoint (module docstring, `--mxfp4`)."""
+    import gc
+
+    import transformers
+    from tiny_checkpoint import write_mxfp4_checkpoint
+
+    torch.manual_seed(0)
+    path = Path(os.environ.get("MXFP4_CKPT", "/tmp/gpt-oss-20b-shaped-mxfp4"))
+    t0 = time.perf_counter()
+    model = build_model(args.layers)
+    write_mxfp4_checkpoint(model, path)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    print(f"MXFP4 checkpoint written to {path} in {time.perf_counter() - t0:.0f} s "
+          f"({sum(f.stat().st_size for f in path.iterdir()) / 1e9:.1f} GB)", flush=True)
+    anchor = ROOT / ".anchors" / "gpt-oss-triton-kernels"
+    os.environ["LOCAL_KERNELS"] = ":".join(
+        e for e in [os.environ.get("LOCAL_KERNELS", ""), f"kernels-community/gpt-oss-triton-kernels={anchor}"] if e)
+    check = torch.randint(1, 201088, (1, 512), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+               layers=args.layers, reps=args.reps, new_tokens=args.new_tokens,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    logits = {}
+    for name in ("transformers_mxfp4", "ours"):
+        gc.collect()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        if name == "ours":
+            sys.path.insert(0, str(ROOT / "benchmarks"))
+            from harness import load_kernel
+
+            m = load_kernel().from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+        else:
+            m = transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cuda", dtype=torch.bfloat16,
+                                                                  use_kernels=False)
+            print("transformers' MoE block:", type(m.model.layers[0].mlp).__name__, flush=True)
+        torch.cuda.synchronize()
+        load_s = time.perf_counter() - t0
+        weights_gb = torch.cuda.memory_allocated() / 1e9
+        print(f"{name}: loaded in {load_s:.0f} s, {weights_gb:.1f} GB on the GPU", flush=True)
+        with torch.inference_mode():
+            logits[name] = m(check).logits[0].float()
+        r = measure(m, args.reps, args.new_tokens)
+        if name == "ours" and args.static:
+            r.update(static_generate(m, args.reps, args.new_tokens))
+        r.update(load_s=round(load_s, 1), weights_gb=round(weights_gb, 2),
+                 peak_gb=round(torch.cuda.max_memory_allocated() / 1e9, 2))
+        res[name] = r
+        del m
+    res["ours_vs_transformers_mxfp4_logits"] = compare(logits["ours"], logits["transformers_mxfp4"])
+    rows = [dict(what=k, transformers_mxfp4=res["transformers_mxfp4"][k], ours=res["ours"][k],
+                 speedup=round(res["ours"][k] / res["transformers_mxfp4"][k], 2))
+            for k in res["transformers_mxfp4"] if k.endswith("tok_s")]
+    res["rows"] = rows
+    (OUT / "e2e_model_mxfp4.json").write_text(json.dumps(res, indent=1))
+    print("\n| what | transformers MXFP4 | ours MXFP4 | speedup |\n|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['transformers_mxfp4']} | {r['ours']} | {r['speedup']}x |")
+    for k in ("weights_gb", "peak_gb", "load_s"):
+        print(f"| {k} | {res['transformers_mxfp4'][k]} | {res['ours'][k]} | |")
+    print(f"logits, ours vs transformers' MXFP4 path: {res['ours_vs_transformers_mxfp4_logits']}")
+    if "generate_b1_static_tok_s" in res["ours"]:
+        print(f"ours, static cache: {res['ours']['generate_b1_static_tok_s']} tok/s")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=24)
@@ -238,10 +312,14 @@ def main() -> None:
                         help="also batch-1 generate of ours with attention through the op's dispatcher, interleaved")
     parser.add_argument("--profile-decode", action="store_true",
                         help="profile 16 new tokens of batch-1 generate, defaults and ours")
+    parser.add_argument("--mxfp4", action="store_true",
+                        help="MXFP4 checkpoint: transformers' MXFP4 path against ours (instead of the bf16 run)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
     if args.diagnose:
         return diagnose(args.layers)
+    if args.mxfp4:
+        return mxfp4_run(args)
     import transformers
 
     torch.manual_seed(0)
