@@ -183,7 +183,7 @@ def case(T, H, I, E, top_k, dtype, cfg1, cfg2, block_m, *, scale_bytes=None, ske
 
 torch.manual_seed(0)
 C = gg.Cfg
-dec1, dec2 = gg.candidates(16, True, False)[0], gg.candidates(16, False, False)[0]
+dec1, dec2 = gg.candidates(16, True, False, "mxfp4")[0], gg.candidates(16, False, False, "mxfp4")[0]
 m64 = gg.candidates(64, True, False)[0]
 big = gg.candidates(128, True, True)[0]._replace(w_tma=False, a_tma=False)  # expert groups, split tiles
 big8 = gg.candidates(128, True, False)[0]

@@ -17,9 +17,11 @@ expert run together and share the expert's weight tiles through L2: for 128-row 
 the blocks of one expert (``block_groups``; at most GROUP_CAP), otherwise ``GROUP_M`` blocks. With
 ``narrow_last`` the narrow last column tiles come after all of these, so the grid ends on short tiles.
 
-Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read.
-Only ``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32) exists today; an MXFP4 or FP8 format adds
-a branch in ``_load_w_tile`` (plus its scale pointer arguments) and keeps the rest of the kernel.
+Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read:
+``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32), ``"mxfp4"`` (the checkpoint's e2m1 blocks + e8m0 scales,
+dequantized exactly in registers with Triton ops) and ``"mxfp4_asm"`` (the same for bf16 activations, packed
+bf16x2 PTX; GPU only, ``GOK_MXFP4_ASM=0`` turns it off). A format is a branch in ``_load_w_tile`` plus its scale
+pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared.
 """
 
 from __future__ import annotations
@@ -74,15 +76,80 @@ def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl
     return tl.trans(w.to(DTYPE))
 
 
+# One int32 word (8 e2m1 values, nibble i = k 8j + i) and its scale 2^(s - 128) as bf16x2 -> the 8 values as bf16,
+# two per 32-bit op: nibbles p and p + 4 share a register (lanes 0 / 1). Per pair: magnitude bits to 6..8 and sign
+# to 15 of each lane (two shifts, two LOP3), giving v * 2^-126 (0.5 lands on the bf16 subnormal 2^-127); then
+# fma.rn.bf16x2 by 2^127 (exact: 2v) and by 2^(s - 128) with -0 added: RN_bf16(v * 2^(s - 127)), the same bits as
+# _mxfp4_tile's float32 path (bf16 arithmetic keeps subnormals; overflow rounds to inf). ~3 instructions per value
+# instead of ~9. GPU only (the interpreter cannot run PTX): W_FORMAT "mxfp4_asm".
+_E2M1X8_BF16_ASM = tl.constexpr("""
+{
+.reg .b32 t, m, r, c, z;
+mov.b32 c, 0x7F007F00;
+mov.b32 z, 0x80008000;
+shl.b32 m, $8, 6;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 12;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$0, $4}, r;
+shl.b32 m, $8, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 8;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$1, $5}, r;
+shr.b32 m, $8, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 4;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$2, $6}, r;
+shr.b32 m, $8, 6;
+and.b32 m, m, 0x01C001C0;
+and.b32 t, $8, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$3, $7}, r;
+}
+""")
+
+
+@triton.jit
+def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # _mxfp4_tile for bf16 activations, the dequantization in packed bf16x2 PTX (_E2M1X8_BF16_ASM).
+    q = tl.load(q_ptrs, mask=q_mask, other=0)
+    s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
+    f = tl.where(s >= 2, (s - 1) << 7, 0x20 << s)  # bf16 bits of 2^(s - 128) (2^-128, 2^-127: subnormals)
+    f = f | (f << 16)
+    f = tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, BLOCK_K // 32, 4)), (BLOCK_N, BLOCK_K // 8))
+    o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
+        _E2M1X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q, f], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    v = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
+    # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_K / 8, 2, 2, 2, BLOCK_N) -> (BLOCK_K, BLOCK_N)
+    return tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N))
+
+
 @triton.jit
 def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Every weight format dequantizes to the activation dtype here; "bf16" is a plain load of a
-    # (BLOCK_K, BLOCK_N) tile, "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile).
+    # (BLOCK_K, BLOCK_N) tile, "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile),
+    # "mxfp4_asm" the same for bf16 activations with the packed PTX dequantization (GPU only).
     if W_FORMAT == "bf16":
         return tl.load(w_ptrs, mask=mask, other=0.0)
     elif W_FORMAT == "mxfp4":
         return _mxfp4_tile(w_ptrs, s_ptrs, mask, s_mask, DTYPE, BLOCK_N, BLOCK_K)
+    elif W_FORMAT == "mxfp4_asm":
+        tl.static_assert(DTYPE == tl.bfloat16, "mxfp4_asm: bf16 activations only")
+        return _mxfp4_tile_asm(w_ptrs, s_ptrs, mask, s_mask, BLOCK_N, BLOCK_K)
     else:
         tl.static_assert(False, "unknown weight format")
 
@@ -112,8 +179,9 @@ def _moe_tile(
     offs_k = tl.arange(0, BLOCK_K)
     if not A_TMA:
         a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    if W_FORMAT == "mxfp4":
-        # w_ptr: the blocks as int32 words (E, N, K / 8), K contiguous; ws_ptr: the scales (E, N, K / 32)
+    if W_FORMAT != "bf16":
+        # MXFP4 ("mxfp4", "mxfp4_asm"): w_ptr: the blocks as int32 words (E, N, K / 8), K contiguous;
+        # ws_ptr: the scales (E, N, K / 32)
         offs_q = tl.arange(0, BLOCK_K // 8)
         offs_g = tl.arange(0, BLOCK_K // 32)
         w_ptrs = w_ptr + e * stride_we + offs_n[:, None] * stride_wn + offs_q[None, :] * stride_wk
@@ -131,7 +199,7 @@ def _moe_tile(
         else:
             k_ok = offs_k < K - kk * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_FORMAT == "mxfp4":  # K is a multiple of 32: the K tail masks whole words and scales
+        if W_FORMAT != "bf16":  # MXFP4: K is a multiple of 32: the K tail masks whole words and scales
             if EVEN_K:
                 w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None], n_ok[:, None], W_FORMAT, a.dtype, BLOCK_N, BLOCK_K)
             else:
@@ -152,7 +220,7 @@ def _moe_tile(
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
             a_ptrs += BLOCK_K * stride_ak
-        if not W_TMA and W_FORMAT != "mxfp4":
+        if not W_TMA and W_FORMAT == "bf16":
             w_ptrs += BLOCK_K * stride_wk
 
     if HAS_BIAS:
@@ -366,6 +434,13 @@ def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16") -> list[
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors.
     ``fmt="mxfp4"``: the same tiles (the weights then never go through TMA: see _pick); not tuned on a GPU
     yet (docs/moe.md, MXFP4)."""
+    if block_m <= 32 and fmt == "mxfp4":
+        # MXFP4 decode is issue-bound (dequantization: ~6.5 instructions per weight value in the sm_90a SASS), so
+        # the grid should spread evenly over the SMs: GEMM 1 in 64-column tiles (90 CTAs per routed expert; T=1:
+        # 360 CTAs, at most 3 per SM against an average of 2.7, where 128 columns give 180: 2 on some SMs, 1 on
+        # others); GEMM 2 keeps 64 (32 columns cost ~25% more instructions per value). A prediction from the
+        # SASS counts (scripts/moe_mxfp4_sm90_report.py), not measured yet (docs/moe.md, MXFP4).
+        return [Cfg(64, 64, 4, 4, 64), Cfg(128 if first else 32, 64, 4, 6, 64)]
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
         # Fixed (not tuned): in CUDA graphs the first is the fastest (or within 2%) at T = 1 / 4 / 64 for
         # both GEMMs (probe of 2026-11-22 ~12:42 UTC, docs/NOTES-moe.md "v6"), and the do_bench tuner did not
@@ -462,6 +537,19 @@ def _w_strides(w, ws):
     return w.stride(0), w.stride(2), w.stride(1), ws.stride(0), ws.stride(1)
 
 
+def _mxfp4_format(a: torch.Tensor) -> str:
+    """"mxfp4_asm" (packed PTX dequantization) for bf16 activations on CUDA, unless GOK_MXFP4_ASM=0 or under
+    TRITON_INTERPRET; "mxfp4" (Triton ops, float32 math) otherwise."""
+    return _mxfp4_format_cached(a.dtype, a.device.type, os.environ.get("GOK_MXFP4_ASM", "1"),
+                                os.environ.get("TRITON_INTERPRET", "0"))
+
+
+@functools.lru_cache(maxsize=None)
+def _mxfp4_format_cached(dtype, dev_type, env, interpret) -> str:
+    ok = dtype == torch.bfloat16 and dev_type == "cuda" and env != "0" and interpret != "1"
+    return "mxfp4_asm" if ok else "mxfp4"
+
+
 def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
           m_bucket, block_m, ws=None):
     tail = bn_tail(n, cfg)
@@ -473,7 +561,7 @@ def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w,
         a.stride(0), a.stride(1), *_w_strides(w, ws),
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
         out.stride(0), out.stride(1),
-        first, has_bias, k % cfg.bk == 0, "bf16" if ws is None else "mxfp4",
+        first, has_bias, k % cfg.bk == 0, "bf16" if ws is None else _mxfp4_format(a),
         "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
         cfg.narrow_last,
@@ -551,7 +639,8 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n,
     sp = ws.data_ptr() if ws is not None else wp
     bp = bias.data_ptr() if has_bias else wp
     key = (first, block_m, m_bucket, n, k, top_k, a.dtype, w.dtype, a_st, w_st, o_st, b_st, has_bias,
-           ap % 16, wp % 16, bp % 16, tp % 16, sp % 16, a.get_device(), groups is not None, ws is not None)
+           ap % 16, wp % 16, bp % 16, tp % 16, sp % 16, a.get_device(), groups is not None,
+           None if ws is None else _mxfp4_format(a))
     gp = groups if groups is not None else block_expert  # a placeholder pointer when there are no groups
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
