@@ -12,6 +12,11 @@ has sm_clock_mhz / power_w: the median SM clock and board power while the same g
 Floor: max(bytes of the experts that uniform routing touches, E * (1 - (1 - k/E)^T) experts of
 (H*2I + I*H) * 2 bytes, over the copy bandwidth; FLOPs 2 * T * k * 3 * H * I over the bf16 matmul
 rate), both ceilings measured in the same run.
+
+MXFP4 rows (``mxfp4_rows``): the block with the checkpoint's MXFP4 experts (``moe_with_scores_mxfp4``, router
+included, CUDA-graph replay) at T = 1, 4, 64, 1024, 4096, beside our bf16 block on exactly the dequantized
+weights (same router, same input); floor as above with (H*2I + I*H) * (1/2 + 1/32) bytes per expert (4-bit
+values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4.
 """
 
 from __future__ import annotations
@@ -134,6 +139,63 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         for impl, us in timings.items():
             rows.append(row("moe", case, f"transformers {impl} (eager)", us, floor))
         print(rows[-1 - len(timings) - len(experiments):], flush=True)
+        del x
+        torch.cuda.empty_cache()
+    del mlp
+    torch.cuda.empty_cache()
+    rows += mxfp4_rows(kernel, ceilings, quick)
+    return rows
+
+
+MXFP4_TOKENS = (1, 4, 64, 1024, 4096)
+MXFP4_TARGET_US = {1: 25, 4: 60, 64: 150, 4096: 1533}  # T=4096: no slower than our bf16 block (H200, 1,533 us)
+
+
+def floor_mxfp4(ceilings: dict, T: int) -> float:
+    touched = E * (1 - (1 - K / E) ** T)
+    expert_bytes = (H * 2 * I + I * H) * (0.5 + 1 / 32)
+    return floor_us(ceilings, bytes_moved=touched * expert_bytes + T * H * 4, flops=2 * T * K * 3 * H * I)
+
+
+def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
+    import sys
+
+    mx = sys.modules[kernel.__name__ + ".moe.mxfp4"]
+    rows = []
+    g = torch.Generator(device="cuda").manual_seed(0)
+    packed = {}
+    for name, shape in (("gate_up", (E, H, 2 * I)), ("down", (E, I, H))):
+        w = torch.randn(shape, device="cuda", generator=g) * 0.02
+        packed[name + "_blocks"], packed[name + "_scales"] = kernel.quantize_mxfp4(w)
+        del w
+        packed[name + "_bias"] = (torch.randn(shape[0], shape[2], device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    router_w = (torch.randn(E, H, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    router_b = (torch.randn(E, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
+    deq = {n: kernel.dequantize_mxfp4(packed[n + "_blocks"], packed[n + "_scales"], torch.bfloat16)
+           for n in ("gate_up", "down")}
+    args = [packed[n] for n in ("gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales",
+                                "down_bias")]
+    for T in (1, 64, 4096) if quick else MXFP4_TOKENS:
+        x = torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16)
+        ours = lambda: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0)  # noqa: E731
+        bf16 = lambda: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],  # noqa: E731
+                                  deq["down"], packed["down_bias"], 1.702, 7.0)[0]
+        with torch.inference_mode():
+            out = ours()[0]
+            ref = bf16()
+            err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+            us = median_us_graph(ours, replays=40, gpu_state=T >= 1024)
+            state = dict(harness.LAST_GPU_STATE) if T >= 1024 else {}
+            us_eager = median_us(ours)
+            us_bf16 = median_us_graph(bf16, replays=40)
+        target = MXFP4_TARGET_US.get(T)
+        extra = dict(target_us=target, meets_target=us <= target) if target else {}
+        rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP (CUDA graph)", us, floor_mxfp4(ceilings, T),
+                        eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2),
+                        rel_err_vs_bf16_on_dequantized=f"{err:.1e}", **extra, **state))
+        rows.append(row("moe", f"T={T}", "ours bf16 MoeMLP on the dequantized weights (CUDA graph)", us_bf16,
+                        floor_for(ceilings, T)))
+        print(rows[-2:], flush=True)
         del x
         torch.cuda.empty_cache()
     return rows

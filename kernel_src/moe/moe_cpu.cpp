@@ -10,6 +10,8 @@
 //                is outside [0, E) contributes NaN (the CUDA path's clamp-and-flag).
 //   moe_experts  the expert math of GptOssExperts, grouped by expert through at::mm (the CPU has
 //                the ids on the host, so ids outside [0, E) raise here).
+//   moe_experts_mxfp4  the same with the checkpoint's MXFP4 blocks/scales, each hit expert dequantized
+//                (exactly, to float) just before its two matmuls: no copy of all experts.
 // Intermediates follow the GPU path: matmuls in fp32, the SwiGLU activations rounded to the
 // input dtype, each weighted expert output rounded to the input dtype, the k outputs summed in fp32.
 #include <ATen/ATen.h>
@@ -80,23 +82,22 @@ at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t
   return yf.sum(1).to(y.scalar_type());
 }
 
-at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
-                       const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,
-                       const at::Tensor& down_proj, const std::optional<at::Tensor>& down_proj_bias, double alpha,
-                       double limit) {
-  TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
-              "moe_experts: hidden (T, H), topk_ids and topk_weights (T, k)");
+namespace {
+
+// The expert math of GptOssExperts for the slots routed to each expert, one pair of at::mm per expert that is
+// hit. w1(e) gives expert e's (H, 2I) and w2(e) its (I, H) weights as float tensors (views are fine).
+template <typename W1, typename W2>
+at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::Tensor& topk_ids,
+                           const at::Tensor& topk_weights, int64_t e_num, int64_t i2, W1 w1,
+                           const std::optional<at::Tensor>& b1, W2 w2, const std::optional<at::Tensor>& b2,
+                           double alpha, double limit) {
   const int64_t t = hidden.size(0), h = hidden.size(1), k = topk_ids.size(1);
-  const int64_t e_num = gate_up_proj.size(0), i2 = gate_up_proj.size(2);
-  TORCH_CHECK(gate_up_proj.dim() == 3 && gate_up_proj.size(1) == h && i2 % 2 == 0, "moe_experts: gate_up_proj (E, H, 2I)");
-  TORCH_CHECK(down_proj.dim() == 3 && down_proj.size(0) == e_num && down_proj.size(1) == i2 / 2 && down_proj.size(2) == h,
-              "moe_experts: down_proj (E, I, H)");
   const auto dtype = hidden.scalar_type();
   auto ids = topk_ids.to(at::kLong).contiguous();
   if (ids.numel() > 0) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
-    TORCH_CHECK(lo >= 0 && hi < e_num, "moe_experts: topk_ids must be in [0, ", e_num, "), got values in [", lo, ", ",
-                hi, "]");
+    TORCH_CHECK(lo >= 0 && hi < e_num, op, ": topk_ids must be in [0, ", e_num, "), got values in [", lo, ", ", hi,
+                "]");
   }
   if (ids.numel() == 0) return at::zeros({t, h}, hidden.options());
   const auto x = hidden.to(at::kFloat);
@@ -116,15 +117,98 @@ at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, con
     auto slots = order.narrow(0, start, c);
     start += c;
     auto xe = x.index_select(0, token_of.index_select(0, slots));
-    auto gu = at::mm(xe, gate_up_proj[e].to(at::kFloat));
-    if (gate_up_proj_bias.has_value()) gu = gu + (*gate_up_proj_bias)[e].to(at::kFloat);
+    auto gu = at::mm(xe, w1(e));
+    if (b1.has_value()) gu = gu + (*b1)[e].to(at::kFloat);
     auto gate = gu.slice(1, 0, i2, 2).clamp_max(lim);
     auto up = gu.slice(1, 1, i2, 2).clamp(-lim, lim);
     auto act = ((up + 1) * gate * at::sigmoid(gate * alp)).to(dtype).to(at::kFloat);
-    auto o = at::mm(act, down_proj[e].to(at::kFloat));
-    if (down_proj_bias.has_value()) o = o + (*down_proj_bias)[e].to(at::kFloat);
+    auto o = at::mm(act, w2(e));
+    if (b2.has_value()) o = o + (*b2)[e].to(at::kFloat);
     o = (o * w.index_select(0, slots).unsqueeze(1)).to(dtype).to(at::kFloat);
     y.index_copy_(0, slots, o);
   }
   return y.view({t, k, h}).sum(1).to(dtype);
+}
+
+// 2 * e2m1 value of each nibble (sign bit 3): exact small integers, so 2v * 2^(s - 128) is exact in float for
+// every scale byte (2^-128 is a float subnormal, 2^127 normal) or overflows to inf, as torch.ldexp does.
+constexpr float kTwoE2m1[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f, -0.f, -1.f, -2.f, -3.f, -4.f, -6.f, -8.f, -12.f};
+
+// Expert e of an MXFP4 projection -> its (N, K) weights as float, each value RN_dtype(e2m1 * 2^(s - 127)) (the
+// values quant/mxfp4.dequantize_mxfp4 gives for `dtype`; only float16 rounds). blocks (E, N, K/32, 16), scales
+// (E, N, K/32), both contiguous uint8.
+at::Tensor dequant_expert(const at::Tensor& blocks, const at::Tensor& scales, int64_t e, at::ScalarType dtype) {
+  const int64_t n = blocks.size(1), g = blocks.size(2), kk = g * 32;
+  auto out = at::empty({n, kk}, blocks.options().dtype(at::kFloat));
+  const uint8_t* bp = blocks.data_ptr<uint8_t>() + e * n * g * 16;
+  const uint8_t* sp = scales.data_ptr<uint8_t>() + e * n * g;
+  float* op = out.data_ptr<float>();
+  const bool half = dtype == at::kHalf;
+  at::parallel_for(0, n, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      for (int64_t b = 0; b < g; ++b) {
+        const float f = std::ldexp(1.0f, static_cast<int>(sp[r * g + b]) - 128);
+        const uint8_t* q = bp + (r * g + b) * 16;
+        float* o = op + r * kk + b * 32;
+        for (int j = 0; j < 16; ++j) {
+          float lo = kTwoE2m1[q[j] & 0x0F] * f, hi = kTwoE2m1[q[j] >> 4] * f;
+          if (half) {
+            lo = static_cast<float>(static_cast<c10::Half>(lo));
+            hi = static_cast<float>(static_cast<c10::Half>(hi));
+          }
+          o[2 * j] = lo;
+          o[2 * j + 1] = hi;
+        }
+      }
+    }
+  });
+  return out;
+}
+
+}  // namespace
+
+at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                       const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,
+                       const at::Tensor& down_proj, const std::optional<at::Tensor>& down_proj_bias, double alpha,
+                       double limit) {
+  TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
+              "moe_experts: hidden (T, H), topk_ids and topk_weights (T, k)");
+  const int64_t h = hidden.size(1);
+  const int64_t e_num = gate_up_proj.size(0), i2 = gate_up_proj.size(2);
+  TORCH_CHECK(gate_up_proj.dim() == 3 && gate_up_proj.size(1) == h && i2 % 2 == 0, "moe_experts: gate_up_proj (E, H, 2I)");
+  TORCH_CHECK(down_proj.dim() == 3 && down_proj.size(0) == e_num && down_proj.size(1) == i2 / 2 && down_proj.size(2) == h,
+              "moe_experts: down_proj (E, I, H)");
+  return experts_grouped(
+      "moe_experts", hidden, topk_ids, topk_weights, e_num, i2,
+      [&](int64_t e) { return gate_up_proj[e].to(at::kFloat); }, gate_up_proj_bias,
+      [&](int64_t e) { return down_proj[e].to(at::kFloat); }, down_proj_bias, alpha, limit);
+}
+
+at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                             const at::Tensor& gate_up_blocks, const at::Tensor& gate_up_scales,
+                             const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_blocks,
+                             const at::Tensor& down_scales, const std::optional<at::Tensor>& down_bias, double alpha,
+                             double limit) {
+  TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
+              "moe_experts_mxfp4: hidden (T, H), topk_ids and topk_weights (T, k)");
+  const int64_t h = hidden.size(1);
+  TORCH_CHECK(gate_up_blocks.scalar_type() == at::kByte && gate_up_scales.scalar_type() == at::kByte &&
+                  down_blocks.scalar_type() == at::kByte && down_scales.scalar_type() == at::kByte,
+              "moe_experts_mxfp4: blocks and scales must be uint8");
+  TORCH_CHECK(gate_up_blocks.dim() == 4 && gate_up_blocks.size(3) == 16 && gate_up_blocks.size(2) * 32 == h &&
+                  gate_up_scales.sizes() == gate_up_blocks.sizes().slice(0, 3),
+              "moe_experts_mxfp4: gate_up blocks (E, 2I, H/32, 16), scales (E, 2I, H/32)");
+  const int64_t e_num = gate_up_blocks.size(0), i2 = gate_up_blocks.size(1);
+  TORCH_CHECK(i2 % 2 == 0 && down_blocks.dim() == 4 && down_blocks.size(0) == e_num && down_blocks.size(1) == h &&
+                  down_blocks.size(2) * 32 == i2 / 2 && down_blocks.size(3) == 16 &&
+                  down_scales.sizes() == down_blocks.sizes().slice(0, 3),
+              "moe_experts_mxfp4: down blocks (E, H, I/32, 16), scales (E, H, I/32)");
+  const auto dtype = hidden.scalar_type();
+  const auto b1 = gate_up_blocks.contiguous(), s1 = gate_up_scales.contiguous();
+  const auto b2 = down_blocks.contiguous(), s2 = down_scales.contiguous();
+  // One expert dequantized at a time (only the experts that are hit): (N, K) float, used transposed.
+  return experts_grouped(
+      "moe_experts_mxfp4", hidden, topk_ids, topk_weights, e_num, i2,
+      [&](int64_t e) { return dequant_expert(b1, s1, e, dtype).t(); }, gate_up_bias,
+      [&](int64_t e) { return dequant_expert(b2, s2, e, dtype).t(); }, down_bias, alpha, limit);
 }

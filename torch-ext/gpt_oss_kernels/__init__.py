@@ -5,8 +5,9 @@ parameter classes), ``reference`` the plain-torch math every test compares again
 ``kernel_config`` / ``from_pretrained`` put every layer into a transformers GPT-OSS model.
 """
 
-from . import layers, reference
-from .moe import moe, moe_experts, moe_route
+from . import layers, quant, reference
+from .moe import moe, moe_experts, moe_experts_mxfp4, moe_mxfp4, moe_route
+from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # mxfp4
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
 from .integrations import from_pretrained, kernel_config
@@ -22,6 +23,12 @@ __all__ = [
     "layers",
     "moe",
     "moe_experts",
+    "moe_experts_mxfp4",  # mxfp4
+    "moe_mxfp4",  # mxfp4
+    "dequantize_mxfp4",  # mxfp4
+    "quantize_mxfp4",  # mxfp4
+    "quantize_experts_mxfp4",  # mxfp4
+    "quant",  # mxfp4
     "moe_route",
     "reference",
     "rms_norm",

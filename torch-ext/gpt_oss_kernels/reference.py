@@ -161,6 +161,33 @@ def moe_experts(
     return out
 
 
+def moe_experts_mxfp4(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    alpha: float,
+    limit: float,
+    *,
+    weight_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``moe_experts`` on the MXFP4 checkpoint's weights as ``weight_dtype`` (the kernels' activation dtype):
+    ``quant.mxfp4.dequantize_mxfp4`` (computed on the CPU, where torch.ldexp is exact: RN(e2m1 * 2^(s-127))),
+    then the math in ``hidden``'s dtype (pass float64)."""
+    from .quant.mxfp4 import dequantize_mxfp4
+
+    def deq(b, s):
+        return dequantize_mxfp4(b.cpu(), s.cpu(), weight_dtype).to(device=hidden.device, dtype=hidden.dtype)
+
+    return moe_experts(hidden, topk_ids, topk_weights, deq(gate_up_blocks, gate_up_scales), gate_up_bias,
+                       deq(down_blocks, down_scales), down_bias, alpha, limit)
+
+
 def moe(
     hidden: torch.Tensor,
     router_weight: torch.Tensor,

@@ -3,10 +3,12 @@
 Data path (docs/moe.md): router GEMM (cuBLAS) -> moe_route (fused top-k + softmax) ->
 moe_dispatch (counts, padded offsets, permutation, on the GPU) -> grouped GEMM 1 (gather,
 gate_up, bias, clamped SwiGLU) -> grouped GEMM 2 (down, bias, routing weight) -> moe_finalize
-(k rows per token summed in fp32, token order).
+(k rows per token summed in fp32, token order). ``moe_mxfp4`` / ``moe_experts_mxfp4``: the same with the
+checkpoint's MXFP4 expert weights (moe/mxfp4.py).
 """
 
 from .experts import moe, moe_experts
+from .mxfp4 import moe_experts_mxfp4, moe_mxfp4
 from .routing import moe_route
 
-__all__ = ["moe", "moe_experts", "moe_route"]
+__all__ = ["moe", "moe_experts", "moe_experts_mxfp4", "moe_mxfp4", "moe_route"]

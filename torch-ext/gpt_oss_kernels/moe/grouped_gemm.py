@@ -17,9 +17,11 @@ expert run together and share the expert's weight tiles through L2: for 128-row 
 the blocks of one expert (``block_groups``; at most GROUP_CAP), otherwise ``GROUP_M`` blocks. With
 ``narrow_last`` the narrow last column tiles come after all of these, so the grid ends on short tiles.
 
-Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read.
-Only ``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32) exists today; an MXFP4 or FP8 format adds
-a branch in ``_load_w_tile`` (plus its scale pointer arguments) and keeps the rest of the kernel.
+Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weight tile is read:
+``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32), ``"mxfp4"`` (the checkpoint's e2m1 blocks + e8m0 scales,
+dequantized exactly in registers with Triton ops) and ``"mxfp4_asm"`` (the same for bf16 activations, packed
+bf16x2 PTX; GPU only, ``GOK_MXFP4_ASM=0`` turns it off). A format is a branch in ``_load_w_tile`` plus its scale
+pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared.
 """
 
 from __future__ import annotations
@@ -38,19 +40,125 @@ _get_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") e
 
 
 @triton.jit
-def _load_w_tile(w_ptrs, mask, W_FORMAT: tl.constexpr):
-    # Every weight format dequantizes to the activation dtype here; "bf16" is a plain load.
+def _e2m1(w, SH: tl.constexpr):
+    # The e2m1 nibble at bits SH..SH+3 of the int32 words ``w`` as float32 bits: sign to bit 31, the 3
+    # magnitude bits (exponent 2, mantissa 1) to bits 22..24, so the float is value * 2^-126 exactly
+    # (0.5 lands on the subnormal 2^-127; zero stays +-0).
+    if SH <= 22:
+        m = (w << (22 - SH)) & 0x01C00000
+    else:
+        m = (w >> (SH - 22)) & 0x01C00000
+    if SH <= 28:
+        sg = (w << (28 - SH)) & -2147483648
+    else:
+        sg = (w >> (SH - 28)) & -2147483648
+    return (m | sg).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # (BLOCK_N, BLOCK_K / 8) int32 words of the checkpoint's blocks (8 e2m1 values each, k order: nibble i of
+    # a word is k = 8j + i, low nibble first) and (BLOCK_N, BLOCK_K / 32) e8m0 scale bytes -> the
+    # (BLOCK_K, BLOCK_N) tile in DTYPE, each value RN_DTYPE(e2m1 * 2^(s - 127)) computed exactly:
+    # (v * 2^-126) * 2^127 = 2v (exact, normal) times 2^(s - 128) (representable for every byte: 2^-128 is
+    # a float32 subnormal, 2^127 normal), one rounding (to inf past the range: scale byte 255 gives 0, 2^127
+    # or +-inf, as torch.ldexp). No flush to zero anywhere (Triton emits no .ftz for these).
+    q = tl.load(q_ptrs, mask=q_mask, other=0)
+    s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
+    sf = tl.where(s >= 2, (s - 1) << 23, 0x00200000 << s).to(tl.float32, bitcast=True)  # 2^(s - 128)
+    # tl.join appends its new dimension last, so the outermost join gives the lowest bit of the nibble index:
+    # (BLOCK_N, BLOCK_K / 8, x2, x1, x0) holds nibble 4 x2 + 2 x1 + x0, i.e. k order after the reshape.
+    v = tl.join(tl.join(tl.join(_e2m1(q, 0), _e2m1(q, 16)), tl.join(_e2m1(q, 8), _e2m1(q, 24))),
+                tl.join(tl.join(_e2m1(q, 4), _e2m1(q, 20)), tl.join(_e2m1(q, 12), _e2m1(q, 28))))
+    v = tl.reshape(v, (BLOCK_N, BLOCK_K))
+    sf = tl.reshape(tl.broadcast_to(sf[:, :, None], (BLOCK_N, BLOCK_K // 32, 32)), (BLOCK_N, BLOCK_K))
+    w = (v * 1.7014118346046923e38) * sf  # 2v * 2^(s - 128)
+    return tl.trans(w.to(DTYPE))
+
+
+# One int32 word (8 e2m1 values, nibble i = k 8j + i) and its scale 2^(s - 128) as bf16x2 -> the 8 values as bf16,
+# two per 32-bit op: nibbles p and p + 4 share a register (lanes 0 / 1). Per pair: magnitude bits to 6..8 and sign
+# to 15 of each lane (two shifts, two LOP3), giving v * 2^-126 (0.5 lands on the bf16 subnormal 2^-127); then
+# fma.rn.bf16x2 by 2^127 (exact: 2v) and by 2^(s - 128) with -0 added: RN_bf16(v * 2^(s - 127)), the same bits as
+# _mxfp4_tile's float32 path (bf16 arithmetic keeps subnormals; overflow rounds to inf). ~3 instructions per value
+# instead of ~9. GPU only (the interpreter cannot run PTX): W_FORMAT "mxfp4_asm".
+_E2M1X8_BF16_ASM = tl.constexpr("""
+{
+.reg .b32 t, m, r, c, z;
+mov.b32 c, 0x7F007F00;
+mov.b32 z, 0x80008000;
+shl.b32 m, $8, 6;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 12;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$0, $4}, r;
+shl.b32 m, $8, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 8;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$1, $5}, r;
+shr.b32 m, $8, 2;
+and.b32 m, m, 0x01C001C0;
+shl.b32 t, $8, 4;
+and.b32 t, t, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$2, $6}, r;
+shr.b32 m, $8, 6;
+and.b32 m, m, 0x01C001C0;
+and.b32 t, $8, 0x80008000;
+or.b32 r, m, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$3, $7}, r;
+}
+""")
+
+
+@triton.jit
+def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # _mxfp4_tile for bf16 activations, the dequantization in packed bf16x2 PTX (_E2M1X8_BF16_ASM).
+    q = tl.load(q_ptrs, mask=q_mask, other=0)
+    s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
+    f = tl.where(s >= 2, (s - 1) << 7, 0x20 << s)  # bf16 bits of 2^(s - 128) (2^-128, 2^-127: subnormals)
+    f = f | (f << 16)
+    f = tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, BLOCK_K // 32, 4)), (BLOCK_N, BLOCK_K // 8))
+    o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
+        _E2M1X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q, f], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    v = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
+    # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_K / 8, 2, 2, 2, BLOCK_N) -> (BLOCK_K, BLOCK_N)
+    return tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N))
+
+
+@triton.jit
+def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # Every weight format dequantizes to the activation dtype here; "bf16" is a plain load of a
+    # (BLOCK_K, BLOCK_N) tile, "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile),
+    # "mxfp4_asm" the same for bf16 activations with the packed PTX dequantization (GPU only).
     if W_FORMAT == "bf16":
         return tl.load(w_ptrs, mask=mask, other=0.0)
+    elif W_FORMAT == "mxfp4":
+        return _mxfp4_tile(w_ptrs, s_ptrs, mask, s_mask, DTYPE, BLOCK_N, BLOCK_K)
+    elif W_FORMAT == "mxfp4_asm":
+        tl.static_assert(DTYPE == tl.bfloat16, "mxfp4_asm: bf16 activations only")
+        return _mxfp4_tile_asm(w_ptrs, s_ptrs, mask, s_mask, BLOCK_N, BLOCK_K)
     else:
         tl.static_assert(False, "unknown weight format")
 
 
 @triton.jit
 def _moe_tile(
-    a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
     N, K, top_k, alpha, limit,
-    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on,
+    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
@@ -71,8 +179,16 @@ def _moe_tile(
     offs_k = tl.arange(0, BLOCK_K)
     if not A_TMA:
         a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    if not W_TMA:
+    if W_FORMAT != "bf16":
+        # MXFP4 ("mxfp4", "mxfp4_asm"): w_ptr: the blocks as int32 words (E, N, K / 8), K contiguous;
+        # ws_ptr: the scales (E, N, K / 32)
+        offs_q = tl.arange(0, BLOCK_K // 8)
+        offs_g = tl.arange(0, BLOCK_K // 32)
+        w_ptrs = w_ptr + e * stride_we + offs_n[:, None] * stride_wn + offs_q[None, :] * stride_wk
+        s_ptrs = ws_ptr + e * stride_se + offs_n[:, None] * stride_sn + offs_g[None, :]
+    elif not W_TMA:
         w_ptrs = w_ptr + e * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
+        s_ptrs = w_ptrs
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
@@ -83,17 +199,28 @@ def _moe_tile(
         else:
             k_ok = offs_k < K - kk * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_TMA:
+        if W_FORMAT != "bf16":  # MXFP4: K is a multiple of 32: the K tail masks whole words and scales
+            if EVEN_K:
+                w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None], n_ok[:, None], W_FORMAT, a.dtype, BLOCK_N, BLOCK_K)
+            else:
+                k_left = K - kk * BLOCK_K
+                w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None] & (offs_q[None, :] < k_left // 8),
+                                 n_ok[:, None] & (offs_g[None, :] < k_left // 32), W_FORMAT, a.dtype, BLOCK_N,
+                                 BLOCK_K)
+            w_ptrs += (BLOCK_K // 8) * stride_wk
+            s_ptrs += BLOCK_K // 32
+        elif W_TMA:
             w = w_ptr.load([e32, kk * BLOCK_K, n0]).reshape(BLOCK_K, BLOCK_N)
         elif EVEN_K:
-            w = _load_w_tile(w_ptrs, n_ok[None, :], W_FORMAT)
+            w = _load_w_tile(w_ptrs, s_ptrs, n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N, BLOCK_K)
         else:
             k_ok = offs_k < K - kk * BLOCK_K
-            w = _load_w_tile(w_ptrs, k_ok[:, None] & n_ok[None, :], W_FORMAT)
+            w = _load_w_tile(w_ptrs, s_ptrs, k_ok[:, None] & n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N,
+                             BLOCK_K)
         acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
             a_ptrs += BLOCK_K * stride_ak
-        if not W_TMA:
+        if not W_TMA and W_FORMAT == "bf16":
             w_ptrs += BLOCK_K * stride_wk
 
     if HAS_BIAS:
@@ -145,9 +272,9 @@ def _block_groups_kernel(block_expert_ptr, groups_ptr, nb, CAP: tl.constexpr, NB
 
 @triton.jit(do_not_specialize=["nb", "top_k", "M_BUCKET"])
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, groups_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
+    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, groups_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
     N, K, nb, top_k, alpha, limit, M_BUCKET,
-    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on,
+    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
@@ -197,27 +324,27 @@ def _moe_gemm_kernel(
     last_n = pid_n == tl.cdiv(N, BLOCK_N) - 1
     if SPLIT_M:
         if tl.load(sorted_pos_ptr + row0 + BLOCK_M // 2) < 0:
-            _moe_tile_at(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
-                         stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
+                         stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                          W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
         else:
-            _moe_tile_at(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
-                         stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
+                         stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                          W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
     else:
-        _moe_tile_at(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+        _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                      row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
-                     stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
+                     stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                      W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
 
 
 @triton.jit
 def _moe_tile_at(
-    a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32, row0, n0, last_n,
+    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32, row0, n0, last_n,
     N, K, top_k, alpha, limit,
-    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_be, stride_bn, stride_om, stride_on,
+    stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BN_TAIL: tl.constexpr,
@@ -228,35 +355,35 @@ def _moe_tile_at(
     if HALF:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_half_ptr, w_tail_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+                _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_half_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+                _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_half_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                      N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+            _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                      N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                       DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_ptr, w_tail_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+                _moe_tile(a_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+                _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                          N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_ptr, w_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
-                      N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn,
+            _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                      N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                       DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
 
@@ -302,9 +429,18 @@ def block_m_for(m: int, num_experts: int) -> int:
     return 128
 
 
-def candidates(block_m: int, first: bool, tma: bool) -> list[Cfg]:
+def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16") -> list[Cfg]:
     """Tile candidates, best first (H100 sweep of 2026-11-22, docs/decisions-moe.md "v3"). ``tma``: the
-    BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors."""
+    BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors.
+    ``fmt="mxfp4"``: the same tiles (the weights then never go through TMA: see _pick); not tuned on a GPU
+    yet (docs/moe.md, MXFP4)."""
+    if block_m <= 32 and fmt == "mxfp4":
+        # MXFP4 decode is issue-bound (dequantization: ~6.5 instructions per weight value in the sm_90a SASS), so
+        # the grid should spread evenly over the SMs: GEMM 1 in 64-column tiles (90 CTAs per routed expert; T=1:
+        # 360 CTAs, at most 3 per SM against an average of 2.7, where 128 columns give 180: 2 on some SMs, 1 on
+        # others); GEMM 2 keeps 64 (32 columns cost ~25% more instructions per value). A prediction from the
+        # SASS counts (scripts/moe_mxfp4_sm90_report.py), not measured yet (docs/moe.md, MXFP4).
+        return [Cfg(64, 64, 4, 4, 64), Cfg(128 if first else 32, 64, 4, 6, 64)]
     if block_m <= 32:  # decode: stream the routed experts' weights, many CTAs along N
         # Fixed (not tuned): in CUDA graphs the first is the fastest (or within 2%) at T = 1 / 4 / 64 for
         # both GEMMs (probe of 2026-11-22 ~12:42 UTC, docs/decisions-moe.md "v6"), and the do_bench tuner did not
@@ -390,21 +526,43 @@ def _descs(first, cfg, a, w, block_m, tail):
     return ad, ah, wd, wt
 
 
-_N_ARGS = 26  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
+_N_ARGS = 29  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
+
+
+def _w_strides(w, ws):
+    """(stride_we, stride_wk, stride_wn, stride_se, stride_sn): w (E, K, N) for bf16; for MXFP4, w is the
+    blocks as int32 words (E, N, K / 8) and ws the scales (E, N, K / 32), both K-contiguous."""
+    if ws is None:
+        return w.stride(0), w.stride(1), w.stride(2), 0, 0
+    return w.stride(0), w.stride(2), w.stride(1), ws.stride(0), ws.stride(1)
+
+
+def _mxfp4_format(a: torch.Tensor) -> str:
+    """"mxfp4_asm" (packed PTX dequantization) for bf16 activations on CUDA, unless GOK_MXFP4_ASM=0 or under
+    TRITON_INTERPRET; "mxfp4" (Triton ops, float32 math) otherwise."""
+    return _mxfp4_format_cached(a.dtype, a.device.type, os.environ.get("GOK_MXFP4_ASM", "1"),
+                                os.environ.get("TRITON_INTERPRET", "0"))
+
+
+@functools.lru_cache(maxsize=None)
+def _mxfp4_format_cached(dtype, dev_type, env, interpret) -> str:
+    ok = dtype == torch.bfloat16 and dev_type == "cuda" and env != "0" and interpret != "1"
+    return "mxfp4_asm" if ok else "mxfp4"
 
 
 def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
-          m_bucket, block_m):
+          m_bucket, block_m, ws=None):
     tail = bn_tail(n, cfg)
     ad, ah, wd, wt = _descs(first, cfg, a, w, block_m, tail)
     has_bias = bias is not None
     return (
-        ad, wd, bias if has_bias else w, out, sorted_pos, block_expert, groups, topk_w, ah, wt,
-        n, k, nb, top_k, alpha, limit, m_bucket,
-        a.stride(0), a.stride(1), w.stride(0), w.stride(1), w.stride(2),
+        ad, wd, w if ws is None else ws, bias if has_bias else w, out, sorted_pos, block_expert, groups, topk_w, ah,
+        wt, n, k, nb, top_k, alpha, limit, m_bucket,
+        a.stride(0), a.stride(1), *_w_strides(w, ws),
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
         out.stride(0), out.stride(1),
-        first, has_bias, k % cfg.bk == 0, "bf16", "ieee" if a.dtype == torch.float32 else "tf32",
+        first, has_bias, k % cfg.bk == 0, "bf16" if ws is None else _mxfp4_format(a),
+        "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
         cfg.narrow_last,
     )
@@ -427,21 +585,25 @@ def _run(kern, grid0, args):
 
 
 def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
-          m_bucket, tma):
+          m_bucket, tma, ws=None):
     """The tile for this key: forced, default, or timed once (autotune, eager calls only)."""
-    forced = FORCE.get((block_m, first))
+    fmt = "bf16" if ws is None else "mxfp4"
+    forced = FORCE.get((block_m, first, fmt)) or (FORCE.get((block_m, first)) if ws is None else None)
     if forced is not None:
+        forced = forced if ws is None else forced._replace(w_tma=False)
         return forced if forced.group_m or groups is not None else forced._replace(group_m=8)
-    cands = candidates(block_m, first, tma)
+    cands = candidates(block_m, first, tma, fmt)
     if not tma:
         cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
+    if ws is not None:  # MXFP4 weights are read with plain loads (packed bytes + scales), never TMA
+        cands = list(dict.fromkeys(c._replace(w_tma=False) for c in cands))
     if groups is None:  # expert groups need the caller's block_groups table
         cands = list(dict.fromkeys(c._replace(group_m=c.group_m or 8) for c in cands))
     fp32 = a.dtype == torch.float32
     if (fp32 or len(cands) == 1 or block_m <= 32 or not _use_autotune(a.device, n, k)
             or torch.cuda.is_current_stream_capturing()):
         return cands[0]
-    ckey = (block_m, first, n, k, m_bucket, a.dtype, tma)
+    ckey = (block_m, first, n, k, m_bucket, a.dtype, tma, fmt)
     cfg = _CHOSEN.get(ckey)
     if cfg is None:
         import triton.testing
@@ -449,7 +611,7 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
         runs = {}
         for c in cands:
             args = _args(first, c, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha,
-                         limit, m_bucket, block_m)
+                         limit, m_bucket, block_m, ws)
             try:
                 runs[c] = (_compile(args, c, fp32), nb * triton.cdiv(n, c.bn), args)
             except Exception:  # e.g. out of shared memory on a smaller part
@@ -467,33 +629,37 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
 
 
 def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
-            m_bucket):
-    a_st, w_st, o_st = a.stride(), w.stride(), out.stride()
+            m_bucket, ws=None):
+    # ws: None (w is the (E, K, N) weights) or the MXFP4 scales (E, N, K / 32) (w: the blocks as int32 words)
+    a_st, o_st = a.stride(), out.stride()
+    w_st = _w_strides(w, ws)
     has_bias = bias is not None
     b_st = bias.stride() if has_bias else (0, 0)
     ap, wp, tp = a.data_ptr(), w.data_ptr(), topk_w.data_ptr()
+    sp = ws.data_ptr() if ws is not None else wp
     bp = bias.data_ptr() if has_bias else wp
     key = (first, block_m, m_bucket, n, k, top_k, a.dtype, w.dtype, a_st, w_st, o_st, b_st, has_bias,
-           ap % 16, wp % 16, bp % 16, tp % 16, a.get_device(), groups is not None)
+           ap % 16, wp % 16, bp % 16, tp % 16, sp % 16, a.get_device(), groups is not None,
+           None if ws is None else _mxfp4_format(a))
     gp = groups if groups is not None else block_expert  # a placeholder pointer when there are no groups
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
         kern, cfg, tail, tma = hit
         if tma:  # descriptors (large T only: the host is not the bottleneck there)
             args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha,
-                         limit, m_bucket, block_m)
+                         limit, m_bucket, block_m, ws)
         else:  # raw pointers: the launcher skips its per-pointer driver query
-            args = (ap, wp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
+            args = (ap, wp, sp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
                     ap, wp,
                     n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, *o_st) + tail
         _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn), args)
         return
-    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and _tma_able(w)
+    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and (ws is not None or _tma_able(w))
            and (first or _tma_able(a)))
     cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
-                block_m, m_bucket, tma)
+                block_m, m_bucket, tma, ws)
     args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha, limit,
-                 m_bucket, block_m)
+                 m_bucket, block_m, ws)
     kern = _compile(args, cfg, a.dtype == torch.float32)
     _run(kern, nb * triton.cdiv(n, cfg.bn), args)
     if not FORCE:
@@ -518,16 +684,36 @@ def block_groups(block_expert: torch.Tensor, block_m: int) -> torch.Tensor | Non
     return groups
 
 
+def _nk(w, scales):
+    """(N, K) of a weight operand: (E, K, N) bf16 weights, or MXFP4 words (E, N, K / 8) with their scales."""
+    if scales is None:
+        return w.shape[2], w.shape[1]
+    return w.shape[1], w.shape[2] * 8
+
+
+def mxfp4_words(blocks: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's (E, N, K/32, 16) uint8 blocks as (E, N, K/8) int32 words: a view of the same bytes
+    (a copy only if they are not contiguous or not 4-byte aligned). Word j of a row holds k = 8j..8j+7,
+    nibble i (bits 4i..4i+3) = k 8j + i: little-endian bytes, low nibble first."""
+    e, n, g, _ = blocks.shape
+    if not blocks.is_contiguous() or blocks.storage_offset() % 4:
+        blocks = blocks.clone(memory_format=torch.contiguous_format)
+    return blocks.view(torch.int32).view(e, n, g * 4)
+
+
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
-                 block_m, m_bucket, groups=None):
-    """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row."""
+                 block_m, m_bucket, groups=None, scales=None):
+    """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row. With
+    ``scales``, ``gate_up_proj`` is the MXFP4 blocks as words (``mxfp4_words``)."""
+    n, k = _nk(gate_up_proj, scales)
     _launch(True, hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, groups, sorted_pos,
-            gate_up_proj.shape[2], gate_up_proj.shape[1], block_expert.shape[0], top_k, float(alpha), float(limit),
-            block_m, m_bucket)
+            n, k, block_expert.shape[0], top_k, float(alpha), float(limit), block_m, m_bucket, scales)
 
 
 def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket,
-                   groups=None):
-    """y[slot] = w[slot] * (act[row] @ W2[e] + b2[e]) with slot = sorted_pos[row]."""
+                   groups=None, scales=None):
+    """y[slot] = w[slot] * (act[row] @ W2[e] + b2[e]) with slot = sorted_pos[row]. With ``scales``,
+    ``down_proj`` is the MXFP4 blocks as words (``mxfp4_words``)."""
+    n, k = _nk(down_proj, scales)
     _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, groups, topk_w,
-            down_proj.shape[2], down_proj.shape[1], block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket)
+            n, k, block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket, scales)

@@ -1,0 +1,217 @@
+"""MXFP4 experts: the checkpoint's blocks and scales (quant/mxfp4.py) straight into the MoE block.
+
+``moe_experts_mxfp4`` is one op of the C++ schema (torch-ext/torch_binding.cpp): in the CPU variant a C++
+implementation (kernel_src/moe/moe_cpu.cpp: each hit expert dequantized exactly, then two matmuls); in the
+CUDA variant ``_moe_experts_mxfp4_cuda`` below (the bf16 op's dispatch and finalize, the same Triton grouped
+GEMM with ``W_FORMAT="mxfp4"``: weight tiles dequantized in registers), registered on that schema with
+``torch.library.impl``, with a fake implementation for torch.compile. No host sync anywhere.
+
+Weights are those of ``dequantize_mxfp4(blocks, scales, hidden.dtype)``: each RN(e2m1 * 2^(s - 127)) in the
+activation dtype (exact for bf16 / fp32; float16 rounds and overflows as the cast does), so the result is the
+bf16 op's on those weights; docs/moe.md "MXFP4" has the format and the 0xFF / subnormal decisions.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._ops import add_op_namespace_prefix, ops
+from .dispatch import moe_dispatch
+from .experts import _FINALIZE, _ID_DTYPES, _PREPARE, _check_router, _fast_path_ok
+from .routing import check_top_k
+
+
+def _check_packed(name, blocks, scales_name, scales, e, n, k):
+    """blocks (E, N, K/32, 16) and scales (E, N, K/32), uint8; None entries of (e, n, k) are free."""
+    _checks.tensor(name, blocks, dtypes=(torch.uint8,), ndim=4)
+    _checks.tensor(scales_name, scales, dtypes=(torch.uint8,), ndim=3)
+    g = None if k is None else k // 32
+    _checks.shape(name, blocks, (e, n, g, 16))
+    _checks.shape(scales_name, scales, tuple(blocks.shape[:3]))
+
+
+def _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
+                         alpha, limit):
+    """Shapes, dtypes and devices of the MXFP4 experts (never values). Returns (alpha, limit) as floats."""
+    _checks.tensor("hidden", hidden, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    h = hidden.shape[1]
+    if h % 32 or h == 0:
+        raise ValueError(f"hidden's last dimension (H) must be a positive multiple of 32 for MXFP4 weights, got {h}")
+    _check_packed("gate_up_blocks", gate_up_blocks, "gate_up_scales", gate_up_scales, None, None, h)
+    e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
+    if i2 % 64 or i2 == 0:
+        raise ValueError(f"gate_up_blocks must be (E, 2I, H/32, 16) with I a positive multiple of 32 (gate/up "
+                         f"interleaved), got shape {tuple(gate_up_blocks.shape)}")
+    _check_packed("down_blocks", down_blocks, "down_scales", down_scales, e, h, i2 // 2)
+    if gate_up_bias is not None:
+        _checks.tensor("gate_up_bias", gate_up_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("gate_up_bias", gate_up_bias, (e, i2))
+    if down_bias is not None:
+        _checks.tensor("down_bias", down_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("down_bias", down_bias, (e, h))
+    _checks.same_device("hidden", hidden, gate_up_blocks=gate_up_blocks, gate_up_scales=gate_up_scales,
+                        gate_up_bias=gate_up_bias, down_blocks=down_blocks, down_scales=down_scales,
+                        down_bias=down_bias)
+    return _checks.number("alpha", alpha), _checks.number("limit", limit, minimum=0.0)
+
+
+def moe_experts_mxfp4(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+) -> torch.Tensor:
+    """``moe_experts`` with the checkpoint's MXFP4 expert weights (openai/gpt-oss layout, no re-layout).
+
+    ``hidden`` (T, H) bf16/fp16/fp32; ``topk_ids`` (T, k) int32/int64; ``topk_weights`` (T, k) float;
+    ``gate_up_blocks`` uint8 (E, 2I, H/32, 16), ``gate_up_scales`` uint8 (E, 2I, H/32) (rows gate/up
+    interleaved); ``gate_up_bias`` (E, 2I) or None; ``down_blocks`` uint8 (E, H, I/32, 16), ``down_scales``
+    uint8 (E, H, I/32); ``down_bias`` (E, H) or None. Equals ``moe_experts`` on the weights
+    ``dequantize_mxfp4(blocks, scales, hidden.dtype)``; returns (T, H) in hidden's dtype.
+    Ids outside [0, E): as ``moe_experts`` (CPU: error; CUDA: that token's row is NaN).
+    """
+    alpha, limit = _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                                        down_scales, down_bias, alpha, limit)
+    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
+    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
+    check_top_k(topk_ids.shape[1], gate_up_blocks.shape[0])
+    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
+    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
+    return ops.moe_experts_mxfp4(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(),
+                                 gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
+                                 alpha, limit)
+
+
+def moe_mxfp4(
+    hidden: torch.Tensor,
+    router_weight: torch.Tensor,
+    router_bias: torch.Tensor | None,
+    top_k: int,
+    gate_up_blocks: torch.Tensor,
+    gate_up_scales: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_blocks: torch.Tensor,
+    down_scales: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The whole GPT-OSS MoE block with MXFP4 experts: router GEMM, ``moe_route``, ``moe_experts_mxfp4``.
+
+    ``router_weight`` (E, H), ``router_bias`` (E,) or None (not quantized in the checkpoints). Returns
+    ``(out (T, H) in hidden's dtype, topk_weights fp32 (T, k), topk_ids int32 (T, k))``.
+    """
+    alpha, limit = _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                                        down_scales, down_bias, alpha, limit)
+    e = gate_up_blocks.shape[0]
+    _check_router(hidden, router_weight, router_bias, e)
+    top_k = check_top_k(top_k, e)
+    hidden = hidden.contiguous()
+    if _fast_path_ok(hidden):
+        out, weights, ids, _ = _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks,
+                                               gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
+                                               alpha, limit)
+        return out, weights, ids
+    logits = F.linear(hidden, router_weight.to(hidden.dtype),
+                      None if router_bias is None else router_bias.to(hidden.dtype))
+    weights, ids = ops.moe_route(logits, top_k)
+    out = ops.moe_experts_mxfp4(hidden, ids, weights, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                                down_scales, down_bias, alpha, limit)
+    return out, weights, ids
+
+
+def moe_with_scores_mxfp4(hidden, router_weight, router_bias, top_k, gate_up_blocks, gate_up_scales, gate_up_bias,
+                          down_blocks, down_scales, down_bias, alpha=1.702, limit=7.0):
+    """``moe_mxfp4`` for the MoE layer: returns ``(out, router scores (T, k) in hidden's dtype)`` (the softmax
+    of the top-k logits, as transformers' GptOssMLP returns them)."""
+    if isinstance(hidden, torch.Tensor) and hidden.dim() == 2 and _fast_path_ok(hidden):
+        alpha, limit = _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
+                                            down_scales, down_bias, alpha, limit)
+        e = gate_up_blocks.shape[0]
+        _check_router(hidden, router_weight, router_bias, e)
+        top_k = check_top_k(top_k, e)
+        out, _, _, scores = _moe_mxfp4_fast(hidden.contiguous(), router_weight, router_bias, top_k, gate_up_blocks,
+                                            gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias, alpha,
+                                            limit)
+        return out, scores
+    out, weights, _ = moe_mxfp4(hidden, router_weight, router_bias, top_k, gate_up_blocks, gate_up_scales,
+                                gate_up_bias, down_blocks, down_scales, down_bias, alpha, limit)
+    return out, weights.to(hidden.dtype)
+
+
+def _scales(s: torch.Tensor) -> torch.Tensor:
+    return s if s.is_contiguous() else s.contiguous()
+
+
+# --- eager fast path (CUDA variant): as moe/experts.py's _moe_fast ------------------------------------
+
+
+def _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks, gate_up_scales, gate_up_bias,
+                    down_blocks, down_scales, down_bias, alpha, limit):
+    from . import grouped_gemm
+
+    t = hidden.shape[0]
+    e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
+    m = t * top_k
+    block_m = grouped_gemm.block_m_for(m, e)
+    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
+                                                              i2 // 2)
+    if m == 0:
+        return hidden.new_zeros(hidden.shape), w, ids, w_lo
+    m_bucket = m.bit_length()
+    groups = grouped_gemm.block_groups(block_expert, block_m)
+    grouped_gemm.gemm1_swiglu(hidden, grouped_gemm.mxfp4_words(gate_up_blocks), gate_up_bias, act, sorted_pos,
+                              block_expert, top_k, alpha, limit, block_m, m_bucket, groups, _scales(gate_up_scales))
+    grouped_gemm.gemm2_weighted(act, grouped_gemm.mxfp4_words(down_blocks), down_bias, w, y, sorted_pos,
+                                block_expert, block_m, m_bucket, groups, _scales(down_scales))
+    return _FINALIZE(y, ids, e), w, ids, w_lo
+
+
+# --- CUDA implementation of the op (Triton) ---------------------------------------------------------
+
+
+def _moe_experts_mxfp4_cuda(hidden, topk_ids, topk_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                            down_blocks, down_scales, down_bias, alpha, limit):
+    from . import grouped_gemm  # triton, imported on first use
+
+    t, h = hidden.shape
+    k = topk_ids.shape[1]
+    e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
+    m = t * k
+    if m == 0:
+        return hidden.new_zeros((t, h))
+    ids = topk_ids.to(torch.int32).contiguous()
+    w = topk_weights.to(torch.float32).contiguous()
+    block_m = grouped_gemm.block_m_for(m, e)
+    m_bucket = m.bit_length()
+    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
+    nb = block_expert.shape[0]
+    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
+    groups = grouped_gemm.block_groups(block_expert, block_m)
+    grouped_gemm.gemm1_swiglu(hidden, grouped_gemm.mxfp4_words(gate_up_blocks), gate_up_bias, act, sorted_pos,
+                              block_expert, k, alpha, limit, block_m, m_bucket, groups, _scales(gate_up_scales))
+    y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
+    grouped_gemm.gemm2_weighted(act, grouped_gemm.mxfp4_words(down_blocks), down_bias, w, y, sorted_pos,
+                                block_expert, block_m, m_bucket, groups, _scales(down_scales))
+    return ops.moe_finalize(y, ids, e)
+
+
+if "_cuda_" in add_op_namespace_prefix("moe_experts_mxfp4"):
+    torch.library.impl(add_op_namespace_prefix("moe_experts_mxfp4"), "CUDA")(_moe_experts_mxfp4_cuda)
+
+
+@torch.library.register_fake(add_op_namespace_prefix("moe_experts_mxfp4"))
+def _moe_experts_mxfp4_fake(hidden, topk_ids, topk_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
+                            down_blocks, down_scales, down_bias, alpha, limit):
+    return torch.empty_like(hidden)
