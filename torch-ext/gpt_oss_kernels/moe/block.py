@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from . import experts as _experts
+from . import mxfp4 as _mxfp4
 
 
 def expert_format(experts: torch.nn.Module) -> str:
@@ -38,7 +39,7 @@ def experts_forward(experts: torch.nn.Module, hidden: torch.Tensor, topk_ids: to
                     topk_weights: torch.Tensor) -> torch.Tensor:
     """The experts alone (T, H) -> (T, H): transformers' experts interface."""
     if expert_format(experts) == "mxfp4":
-        return _experts.moe_experts_mxfp4(
+        return _mxfp4.moe_experts_mxfp4(
             hidden, topk_ids, topk_weights, experts.gate_up_proj_blocks, experts.gate_up_proj_scales,
             experts.gate_up_proj_bias, experts.down_proj_blocks, experts.down_proj_scales, experts.down_proj_bias,
             experts.alpha, experts.limit)
@@ -55,7 +56,7 @@ def moe_block(hidden: torch.Tensor, router: torch.nn.Module, experts: torch.nn.M
         _, scores, ids = router(hidden)
         return experts(hidden, ids, scores), scores
     if expert_format(experts) == "mxfp4":
-        return _experts.moe_with_scores_mxfp4(
+        return _mxfp4.moe_with_scores_mxfp4(
             hidden, router.weight, router.bias, router.top_k, experts.gate_up_proj_blocks,
             experts.gate_up_proj_scales, experts.gate_up_proj_bias, experts.down_proj_blocks,
             experts.down_proj_scales, experts.down_proj_bias, experts.alpha, experts.limit)

@@ -1,0 +1,118 @@
+"""An MXFP4 checkpoint in the official on-disk format (written here, from a tiny model built in code) loaded
+with every layer of ours through the package's ``from_pretrained``: the experts keep the checkpoint's blocks
+and scales (no bf16 copy), transformers' MXFP4 quantizer and its Hub kernel (gpt-oss-triton-kernels) are
+never involved (offline, nowhere on disk), and the model computes what the same model computes in float64 on
+the exactly dequantized weights."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+from conftest import dispatched, record_ops, rel_err
+from tiny_checkpoint import write_mxfp4_checkpoint
+from tiny_gpt_oss import tiny_model
+
+OPS = ("rms_norm", "moe_route", "moe_experts_mxfp4", "rotary_pos_emb", "attn_fwd")
+
+
+def _dequantized_reference(kernel, model, path, dtype):
+    """``model`` as the checkpoint at ``path`` stores it, computed in ``dtype``: every tensor rounded to bf16 (as
+    stored) and the experts replaced by the exact values of the checkpoint's blocks and scales."""
+    from safetensors.torch import load_file
+
+    stored = load_file(str(path / "model.safetensors"))
+    ref = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in ref.parameters():  # parameters only: the rotary buffers stay as computed
+            p.copy_(p.to(torch.bfloat16))
+    ref = ref.to(dtype)
+    ref.set_attn_implementation("eager")
+    ref.set_experts_implementation("eager")  # grouped_mm has no float64
+    with torch.no_grad():
+        for i, layer in enumerate(ref.model.layers):
+            ex = layer.mlp.experts
+            for proj in ("gate_up_proj", "down_proj"):
+                key = f"model.layers.{i}.mlp.experts.{proj}"
+                w = kernel.dequantize_mxfp4(stored[f"{key}_blocks"], stored[f"{key}_scales"], torch.float32)
+                getattr(ex, proj).copy_(w.to(dtype))
+    return ref
+
+
+@pytest.fixture
+def checkpoint(tmp_path, monkeypatch):
+    monkeypatch.delenv("LOCAL_KERNELS", raising=False)  # no gpt-oss-triton-kernels anywhere
+    model = tiny_model(seed=5, dtype=torch.float32)
+    return model, write_mxfp4_checkpoint(model, tmp_path / "tiny-mxfp4")
+
+
+def test_mxfp4_checkpoint_loads_into_our_layers(kernel, device, checkpoint):
+    model, path = checkpoint
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    ours = kernel.from_pretrained(path, device=device, dtype=dtype)
+    assert ours.config.gpt_oss_kernels_experts == "mxfp4"
+    for layer in ours.model.layers:
+        ex = layer.mlp.experts
+        assert type(ex) is kernel.layers.MoeExpertsLayout
+        assert ex.gate_up_proj_blocks.dtype == torch.uint8 and ex.down_proj_scales.dtype == torch.uint8
+        assert not hasattr(ex, "gate_up_proj") and not hasattr(ex, "down_proj")
+    assert not any(p.is_floating_point() and p.dim() == 3 for p in ours.parameters()), "a full-size float expert copy"
+
+    # float32 (not 64): under kernels 0.17 kernelize replaces the rotary function process-wide, so the reference
+    # may run our rotary op too, which takes fp16/bf16/fp32
+    ref = _dequantized_reference(kernel, model, path, torch.float32).to(device)
+    ids = torch.randint(1, model.config.vocab_size, (2, 29), device=device)
+    with torch.inference_mode():
+        expected = ref(ids).logits
+        with record_ops() as names:
+            got = ours(ids).logits
+    assert [op for op in OPS if not dispatched(names, kernel, op)] == []
+    assert rel_err(got, expected) <= (2e-2 if device == "cuda" else 1e-4)
+
+
+def test_mxfp4_greedy_matches_dequantized_model(kernel, device, checkpoint):
+    model, path = checkpoint
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    ours = kernel.from_pretrained(path, device=device, dtype=dtype)
+    ref = _dequantized_reference(kernel, model, path, dtype).to(device)
+    prompt = torch.randint(1, model.config.vocab_size, (1, 10), device=device)
+    kw = dict(max_new_tokens=12, min_new_tokens=12, do_sample=False)
+    with torch.inference_mode():
+        expected = ref.generate(prompt, **kw)
+        if device == "cuda":  # bf16: compare each position's next token on the same text
+            a = ref(expected).logits[0, 9:-1].argmax(-1)
+            b = ours(expected).logits[0, 9:-1].argmax(-1)
+            assert (a == b).float().mean().item() >= 0.9
+            return
+        assert ours.generate(prompt, **kw).tolist() == expected.tolist()
+
+
+@pytest.mark.gpu
+def test_two_layer_20b_shapes_mxfp4_argmax_agreement(kernel, tmp_path):
+    """gpt-oss-20b shapes, 2 layers, random weights (std 0.02): ours with MXFP4 experts in bf16 against the same
+    model in fp32 on the dequantized weights, per-position argmax agreement >= 99%."""
+    from transformers import GptOssConfig, GptOssForCausalLM
+
+    torch.manual_seed(0)
+    config = GptOssConfig(num_hidden_layers=2, layer_types=["sliding_attention", "full_attention"])
+    with torch.device("cuda"):
+        model = GptOssForCausalLM(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" not in name:
+                p.normal_(0.0, 0.02)
+    path = write_mxfp4_checkpoint(model, tmp_path / "mxfp4-2l")
+    ref = _dequantized_reference(kernel, model, path, torch.float32)
+    del model
+    ids = torch.randint(1, config.vocab_size, (1, 512), device="cuda")
+    with torch.inference_mode():
+        expected = ref(ids).logits[0].float()
+    del ref
+    ours = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode():
+        got = ours(ids).logits[0].float()
+    agree = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
+    print(f"argmax agreement {agree:.4f}, logits rel err {rel_err(got, expected):.3e}")
+    assert agree >= 0.99
