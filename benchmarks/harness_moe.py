@@ -24,7 +24,7 @@ from __future__ import annotations
 import torch
 
 import harness
-from harness import floor_us, median_us, median_us_graph, row
+from harness import floor_us, median_us, median_us_graph, rotation, row
 
 H = I = 2880
 E, K = 32, 4
@@ -157,6 +157,37 @@ def floor_mxfp4(ceilings: dict, T: int) -> float:
     return floor_us(ceilings, bytes_moved=touched * expert_bytes + T * H * 4, flops=2 * T * K * 3 * H * I)
 
 
+def _transformers_mxfp4_block(packed: dict, router_w, router_b):
+    """transformers' own MXFP4 block (Mxfp4GptOssMLP: OpenAI's triton_kernels through the Hub kernel
+    gpt-oss-triton-kernels, the carried copy in .anchors/ resolved by LOCAL_KERNELS) on the same packed
+    weights, or None when the anchor is not there."""
+    import os
+
+    import kernels
+    from transformers import GptOssConfig
+    from transformers.integrations import mxfp4 as tm
+    from transformers.models.gpt_oss.modeling_gpt_oss import GptOssTopKRouter
+
+    anchor = harness.ROOT / ".anchors" / "gpt-oss-triton-kernels"
+    if not anchor.exists():
+        print("no .anchors/gpt-oss-triton-kernels: transformers' MXFP4 rows skipped", flush=True)
+        return None
+    repo = "kernels-community/gpt-oss-triton-kernels"
+    os.environ["LOCAL_KERNELS"] = ":".join(e for e in [os.environ.get("LOCAL_KERNELS", ""), f"{repo}={anchor}"] if e)
+    tm.triton_kernels_hub = kernels.get_kernel(repo, version=1)
+    config = GptOssConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=K)
+    experts = tm.Mxfp4GptOssExperts(config)
+    for proj in ("gate_up", "down"):
+        tm.swizzle_mxfp4_convertops(packed[f"{proj}_blocks"], packed[f"{proj}_scales"], experts, f"{proj}_proj",
+                                    torch.device("cuda"), tm.triton_kernels_hub)
+        setattr(experts, f"{proj}_proj_bias", torch.nn.Parameter(packed[f"{proj}_bias"].float(), requires_grad=False))
+    router = GptOssTopKRouter(config).to(device="cuda", dtype=torch.bfloat16)
+    with torch.no_grad():
+        router.weight.copy_(router_w)
+        router.bias.copy_(router_b)
+    return tm.Mxfp4GptOssMLP(router, experts).eval()
+
+
 def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
     import sys
 
@@ -175,27 +206,53 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
            for n in ("gate_up", "down")}
     args = [packed[n] for n in ("gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales",
                                 "down_bias")]
+    theirs = _transformers_mxfp4_block(packed, router_w, router_b)
     for T in (1, 64, 4096) if quick else MXFP4_TOKENS:
-        x = torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16)
-        ours = lambda: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0)  # noqa: E731
-        bf16 = lambda: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],  # noqa: E731
-                                  deq["down"], packed["down_bias"], 1.702, 7.0)[0]
+        # Several inputs per graph at small T: one token touches 4 experts (53 MB in MXFP4, under the 60 MB L2),
+        # so replaying one input would read the same experts from L2 every time.
+        n_sets = rotation(int(E * (1 - (1 - K / E) ** T) * (H * 2 * I + I * H) * (0.5 + 1 / 32)))
+        xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(n_sets)]
+        ours = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0) for x in xs]
+        bf16 = [lambda x=x: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],
+                                       deq["down"], packed["down_bias"], 1.702, 7.0)[0] for x in xs]
         with torch.inference_mode():
-            out = ours()[0]
-            ref = bf16()
+            out = ours[0]()[0]
+            ref = bf16[0]()
             err = ((out.float() - ref.float()).abs().max() / ref.float().abs().max()).item()
             us = median_us_graph(ours, replays=40, gpu_state=T >= 1024)
             state = dict(harness.LAST_GPU_STATE) if T >= 1024 else {}
-            us_eager = median_us(ours)
+            us_eager = median_us(ours[0])
             us_bf16 = median_us_graph(bf16, replays=40)
+            anchor = {}
+            if theirs is not None:
+                calls = [lambda x=x: theirs(x[None])[0] for x in xs]
+                t_out = calls[0]()[0].float()
+                anchor["eager"] = median_us(calls[0])
+                try:
+                    anchor["graph"] = median_us_graph(calls, replays=40)
+                except Exception as e:  # capture refused: the eager number stands alone
+                    anchor["graph_error"] = repr(e)[:120]
+                anchor["err"] = ((t_out - ref.float()).abs().max() / ref.float().abs().max()).item()
         target = MXFP4_TARGET_US.get(T)
         extra = dict(target_us=target, meets_target=us <= target) if target else {}
+        if "graph" in anchor:
+            extra["vs_transformers_mxfp4_graph"] = round(anchor["graph"] / us, 2)
+        if "eager" in anchor:
+            extra["vs_transformers_mxfp4_eager"] = round(anchor["eager"] / us_eager, 2)
         rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP (CUDA graph)", us, floor_mxfp4(ceilings, T),
-                        eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2),
+                        eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2), input_sets=n_sets,
                         rel_err_vs_bf16_on_dequantized=f"{err:.1e}", **extra, **state))
         rows.append(row("moe", f"T={T}", "ours bf16 MoeMLP on the dequantized weights (CUDA graph)", us_bf16,
                         floor_for(ceilings, T)))
-        print(rows[-2:], flush=True)
-        del x
+        if "graph" in anchor:
+            rows.append(row("moe", f"T={T}", "transformers MXFP4 Mxfp4GptOssMLP, triton_kernels (CUDA graph)",
+                            anchor["graph"], floor_mxfp4(ceilings, T), eager_us=round(anchor["eager"], 2),
+                            rel_err_vs_bf16_on_dequantized=f"{anchor['err']:.1e}"))
+        elif "eager" in anchor:
+            rows.append(row("moe", f"T={T}", "transformers MXFP4 Mxfp4GptOssMLP, triton_kernels (eager)",
+                            anchor["eager"], floor_mxfp4(ceilings, T), capture=anchor.get("graph_error"),
+                            rel_err_vs_bf16_on_dequantized=f"{anchor['err']:.1e}"))
+        print(rows[-3:], flush=True)
+        del xs
         torch.cuda.empty_cache()
     return rows
