@@ -63,9 +63,10 @@ def load_kernel():
     return kernels.get_local_kernel(BUILD_DIR)
 
 
-def with_our_kernels(model: GptOssForCausalLM, *, fused: bool = True, attention: bool = True) -> GptOssForCausalLM:
-    """A copy of ``model`` with every layer of ours, through the package's public ``from_pretrained`` (the
-    weights come from the model's state dict instead of a checkpoint on disk)."""
+def with_our_kernels(model: GptOssForCausalLM, *, fused: bool = True, attention: bool = True,
+                     dtype: torch.dtype | None = None) -> GptOssForCausalLM:
+    """A copy of ``model`` (in ``dtype``, default the model's) with every layer of ours, through the package's
+    public ``from_pretrained`` (the weights come from the model's state dict instead of a checkpoint on disk)."""
     return load_kernel().from_pretrained(None, config=model.config, state_dict=model.state_dict(),
-                                         device=str(model.device), dtype=model.dtype, fused=fused,
+                                         device=str(model.device), dtype=dtype or model.dtype, fused=fused,
                                          attention=attention)

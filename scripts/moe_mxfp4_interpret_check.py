@@ -205,4 +205,16 @@ case(70, 96, 160, 3, 2, torch.bfloat16, m64, m64, 64)
 # 128-row blocks: expert groups, half-height last block, narrow last column tile (N = 2I = 320 = 256 + 64)
 case(300, 64, 160, 3, 2, torch.bfloat16, big, big, 128, skew=True)
 case(140, 64, 160, 2, 1, torch.float16, big8, big8, 128)
+# the prefill path's one-pass dequantization (dequantize_mxfp4_experts): bit for bit dequantize_mxfp4's values
+for dtype in (torch.bfloat16, torch.float16, torch.float32):
+    for e_, n_, k_ in ((3, 192, 96), (2, 70, 160)):
+        blocks = torch.randint(0, 256, (e_, n_, k_ // 32, 16), dtype=torch.uint8)
+        scales = torch.randint(0, 256, (e_, n_, k_ // 32), dtype=torch.uint8)
+        scales[0, 0, :] = torch.tensor([0, 1, 254, 255, 127][: k_ // 32])
+        got = gg.dequantize_mxfp4_experts(gg.mxfp4_words(blocks), scales, dtype)
+        want = mx.dequantize_mxfp4(blocks, scales, dtype)
+        assert got.shape == want.shape and torch.equal(got.view(-1).view(torch.uint8 if dtype != torch.float32 else
+                                                                         torch.uint8), want.view(-1).view(
+            torch.uint8)), f"dequantize_mxfp4_experts {dtype} {(e_, n_, k_)}"
+print("dequantize_mxfp4_experts: bit for bit")
 print(f"all ok, worst rel. err {worst:.1e}")

@@ -4,6 +4,8 @@ on the GPU machine. Sizes grow on CUDA (GPT-OSS heads: 64 q, 8 kv, head_dim 64; 
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -411,7 +413,7 @@ def test_native_decode_is_the_public_route(kernel, ref, paged):
     """flash_attn_with_kvcache's Sq = 1 decode of a large batch reaches the native kernel (same bits) on sm_90+,
     also inside a CUDA graph replayed with new lengths."""
     op = _native_decode_op(kernel)
-    ta = kernel.attention._triton_attn
+    ta = importlib.import_module(kernel.__name__ + ".attention._triton_attn")  # imported on first CUDA use
     b, cap, page = 32, 1024, 64
     assert b * 8 >= ta.SQ1_CUDA_MIN_BH
     if paged:
@@ -572,7 +574,8 @@ def test_native_window_is_the_public_route(kernel, ref):
                                              window_size=(127, 127), s_aux=sinks)
 
     got = step()
-    direct = op(q, k, v, cu, cu, None, sinks, 0.125, 2, 0, max(lens), 127, kernel.attention._triton_attn.WINDOW_CUDA_POSITIONS)
+    direct = op(q, k, v, cu, cu, None, sinks, 0.125, 2, 0, max(lens), 127,
+                importlib.import_module(kernel.__name__ + ".attention._triton_attn").WINDOW_CUDA_POSITIONS)
     assert torch.equal(got, direct)
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):

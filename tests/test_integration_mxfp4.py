@@ -11,7 +11,7 @@ import copy
 import pytest
 import torch
 
-from conftest import dispatched, record_ops, rel_err
+from conftest import dispatched, positions_within, record_ops, rel_err
 from tiny_checkpoint import write_mxfp4_checkpoint
 from tiny_gpt_oss import tiny_model
 
@@ -69,7 +69,10 @@ def test_mxfp4_checkpoint_loads_into_our_layers(kernel, device, checkpoint):
         with record_ops() as names:
             got = ours(ids).logits
     assert [op for op in OPS if not dispatched(names, kernel, op)] == []
-    assert rel_err(got, expected) <= (2e-2 if device == "cuda" else 1e-4)
+    if device == "cuda":  # bf16: positions within 2e-2 (conftest.positions_within: a routing flip moves one)
+        assert positions_within(got, expected, 2e-2) >= 0.95
+    else:
+        assert rel_err(got, expected) <= 1e-4
 
 
 def test_mxfp4_greedy_matches_dequantized_model(kernel, device, checkpoint):
@@ -91,8 +94,11 @@ def test_mxfp4_greedy_matches_dequantized_model(kernel, device, checkpoint):
 
 @pytest.mark.gpu
 def test_two_layer_20b_shapes_mxfp4_argmax_agreement(kernel, tmp_path):
-    """gpt-oss-20b shapes, 2 layers, random weights (std 0.02): ours with MXFP4 experts in bf16 against the same
-    model in fp32 on the dequantized weights, per-position argmax agreement >= 99%."""
+    """gpt-oss-20b shapes, 2 layers, random weights (std 0.02), MXFP4 experts: ours against the same model in fp32
+    on the exactly dequantized weights, per-position argmax agreement over 512 positions: >= 99% with fp32
+    activations; in bf16 at least what transformers' own bf16 model (on the same dequantized weights) gets (at
+    random initialisation the 201,088 logits of a position are nearly tied, so bf16 rounding alone moves the
+    argmax: docs/decisions-moe.md)."""
     from transformers import GptOssConfig, GptOssForCausalLM
 
     torch.manual_seed(0)
@@ -104,15 +110,26 @@ def test_two_layer_20b_shapes_mxfp4_argmax_agreement(kernel, tmp_path):
             if "norm" not in name:
                 p.normal_(0.0, 0.02)
     path = write_mxfp4_checkpoint(model, tmp_path / "mxfp4-2l")
+    ids = torch.randint(1, config.vocab_size, (1, 512), device="cuda")
+
+    def logits(m):
+        with torch.inference_mode():
+            return m(ids).logits[0].float()
+
     ref = _dequantized_reference(kernel, model, path, torch.float32)
     del model
-    ids = torch.randint(1, config.vocab_size, (1, 512), device="cuda")
-    with torch.inference_mode():
-        expected = ref(ids).logits[0].float()
+    expected = logits(ref)
+    for p in ref.parameters():  # parameters only: the rotary buffers stay fp32, as from_pretrained leaves them
+        p.data = p.data.to(torch.bfloat16)
+    theirs16 = logits(ref)
     del ref
-    ours = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
-    with torch.inference_mode():
-        got = ours(ids).logits[0].float()
-    agree = (got.argmax(-1) == expected.argmax(-1)).float().mean().item()
-    print(f"argmax agreement {agree:.4f}, logits rel err {rel_err(got, expected):.3e}")
-    assert agree >= 0.99
+    agree = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        ours = kernel.from_pretrained(path, device="cuda", dtype=dtype)
+        agree[dtype] = (logits(ours).argmax(-1) == expected.argmax(-1)).float().mean().item()
+        del ours
+    baseline = (theirs16.argmax(-1) == expected.argmax(-1)).float().mean().item()
+    print(f"argmax agreement with fp32: ours fp32 {agree[torch.float32]:.4f}, ours bf16 {agree[torch.bfloat16]:.4f}, "
+          f"transformers bf16 {baseline:.4f}")
+    assert agree[torch.float32] >= 0.99
+    assert agree[torch.bfloat16] >= baseline - 0.01

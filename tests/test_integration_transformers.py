@@ -15,7 +15,7 @@ import sys
 import pytest
 import torch
 
-from conftest import REPO_ID, ROOT, dispatched, record_ops, rel_err
+from conftest import REPO_ID, ROOT, dispatched, positions_within, record_ops, rel_err
 from tiny_gpt_oss import tiny_model, with_our_kernels
 
 # One op per layer: RMSNorm, the MoE block (router + experts), rotary, attention.
@@ -27,10 +27,15 @@ def _logits(model, ids):
         return model(ids).logits.float()
 
 
+# Ours runs in bf16 on the GPU and fp32 on the CPU. The unkernelized model is the reference in fp32 on both:
+# transformers' own bf16 model is not one (on these random tiny models it lands up to 0.36 away from its fp32
+# self, ours ~0.01; measured on the CPU, 2026-12-04).
+OURS_DTYPE = {"cuda": torch.bfloat16, "cpu": torch.float32}
+
+
 def _reference(device):
-    """The unkernelized model: eager attention, transformers' experts."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = tiny_model(seed=3, dtype=dtype, device=device)
+    """The unkernelized model, fp32: eager attention, transformers' experts."""
+    model = tiny_model(seed=3, dtype=torch.float32, device=device)
     model.set_attn_implementation("eager")
     return model
 
@@ -41,14 +46,17 @@ def _check_runs_our_layers(kernel, ours, reference, device):
     with record_ops() as names:
         got = _logits(ours, ids)
     assert [op for op in OPS if not dispatched(names, kernel, op)] == []
-    assert rel_err(got, expected) <= (2e-2 if device == "cuda" else 1e-4)
+    if device == "cuda":  # bf16: positions within 2e-2 (conftest.positions_within: a routing flip moves one)
+        assert positions_within(got, expected, 2e-2) >= 0.95
+    else:
+        assert rel_err(got, expected) <= 1e-4
 
 
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 def test_from_pretrained_runs_every_layer(kernel, device, fused):
     reference = _reference(device)
-    ours = with_our_kernels(reference, fused=fused)
+    ours = with_our_kernels(reference, fused=fused, dtype=OURS_DTYPE[device])
     layer = ours.model.layers[0]
     assert type(layer.mlp) is (kernel.layers.NormMoeMLPLayout if fused else kernel.layers.MoeMLPLayout)
     assert type(layer.mlp.experts) is kernel.layers.MoeExpertsLayout
@@ -61,13 +69,13 @@ def test_from_pretrained_runs_every_layer(kernel, device, fused):
 def test_fused_and_unfused_agree_bit_for_bit(kernel, device):
     reference = _reference(device)
     ids = torch.randint(1, reference.config.vocab_size, (3, 17), device=device)
-    fused = _logits(with_our_kernels(reference, fused=True), ids)
-    assert torch.equal(fused, _logits(with_our_kernels(reference, fused=False), ids))
+    fused = _logits(with_our_kernels(reference, fused=True, dtype=OURS_DTYPE[device]), ids)
+    assert torch.equal(fused, _logits(with_our_kernels(reference, fused=False, dtype=OURS_DTYPE[device]), ids))
 
 
 def test_from_pretrained_greedy_identical(kernel, device):
     reference = _reference(device)
-    ours = with_our_kernels(reference)
+    ours = with_our_kernels(reference, dtype=OURS_DTYPE[device])
     prompt = torch.randint(1, reference.config.vocab_size, (1, 12), device=device)
     kw = dict(max_new_tokens=16, min_new_tokens=16, do_sample=False)
     with torch.inference_mode():
@@ -84,7 +92,7 @@ def test_from_pretrained_greedy_identical(kernel, device):
 def test_from_pretrained_checkpoint_on_disk(kernel, device, tmp_path):
     reference = _reference(device)
     reference.save_pretrained(tmp_path / "tiny")
-    ours = kernel.from_pretrained(tmp_path / "tiny", device=device, dtype=reference.dtype, local_files_only=True)
+    ours = kernel.from_pretrained(tmp_path / "tiny", device=device, dtype=OURS_DTYPE[device], local_files_only=True)
     _check_runs_our_layers(kernel, ours, reference, device)
 
 
@@ -95,7 +103,7 @@ def test_from_pretrained_leaves_transformers_as_it_was(kernel, device, tmp_path)
     reference = _reference(device)
     with_our_kernels(reference)
     reference.save_pretrained(tmp_path / "tiny")
-    plain = GptOssForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device)
+    plain = GptOssForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device, use_kernels=False)
     assert type(plain.model.layers[0].mlp) is GptOssMLP
 
 
@@ -152,7 +160,7 @@ def test_transformers_from_pretrained_with_kernel_config(kernel, accelerator_or_
     device = accelerator_or_cpu
     reference = _reference(device)
     reference.save_pretrained(tmp_path / "tiny")
-    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device, dtype=reference.dtype,
+    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device, dtype=OURS_DTYPE[device],
                                                 use_kernels=True, kernel_config=kernel.kernel_config(fused=fused),
                                                 attn_implementation=REPO_ID)
     assert type(ours.model.layers[0].mlp).__name__ == ("NormMoeMLPLayout" if fused else "MoeMLPLayout")
@@ -189,34 +197,6 @@ def test_transformers_use_local_kernel_upstream_bug(kernel, accelerator_or_cpu, 
     with pytest.raises(AttributeError, match="'tuple' object has no attribute 'split'"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", device_map=accelerator_or_cpu, use_kernels=True,
                                              kernel_config=config)
-
-
-def _transformers_before_5_25():
-    import transformers
-    from packaging.version import Version
-
-    return Version(transformers.__version__) < Version("5.25")
-
-
-@pytest.mark.gpu
-@pytest.mark.skipif(not _transformers_before_5_25(), reason="transformers 5.25 removed the hub names RMSNorm and "
-                    "MegaBlocksMoeMLP from GPT-OSS")
-def test_hub_name_route_before_5_25(kernel, local_kernels, tmp_path):
-    """transformers 5.22-5.24 only: KernelConfig keyed by GPT-OSS's hub layer names."""
-    from transformers import AutoModelForCausalLM, KernelConfig
-
-    reference = _reference("cuda")
-    reference.save_pretrained(tmp_path / "tiny")
-    config = KernelConfig(kernel_mapping={"RMSNorm": (f"{REPO_ID}:RMSNorm", {"revision": "v1"}),
-                                          "MegaBlocksMoeMLP": (f"{REPO_ID}:MoeMLP", {"revision": "v1"})},
-                          inherit_mapping=False)
-    ours = AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", dtype=torch.bfloat16, device_map="cuda",
-                                                attn_implementation="eager", use_kernels=True, kernel_config=config)
-    ids = torch.randint(1, reference.config.vocab_size, (1, 32), device="cuda")
-    with record_ops() as names:
-        got = _logits(ours, ids)
-    assert dispatched(names, kernel, "rms_norm") and dispatched(names, kernel, "moe_route")
-    assert rel_err(got, _logits(reference, ids)) <= 2e-2
 
 
 def test_demo_generates_the_same_tokens(kernel):

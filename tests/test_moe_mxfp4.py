@@ -69,6 +69,28 @@ def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype):
     assert rel_err(out, _ref(kernel, x, ids, w, p)) <= TOL[dtype]
 
 
+@pytest.mark.gpu
+def test_moe_experts_mxfp4_prefill_dequantizes_once(kernel):
+    """From DEQUANT_MIN_ROWS routed rows on, the experts are dequantized in one pass (bit for bit
+    dequantize_mxfp4, edge scale bytes included) and the bf16 GEMMs run: the same results as the reference."""
+    import sys
+
+    mx = sys.modules[kernel.__name__ + ".moe.mxfp4"]
+    gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
+    blocks = torch.randint(0, 256, (4, 192, 5, 16), dtype=torch.uint8, device="cuda")
+    scales = torch.randint(0, 256, (4, 192, 5), dtype=torch.uint8, device="cuda")
+    scales[0, 0] = torch.tensor([0, 1, 254, 255, 127])
+    got = gg.dequantize_mxfp4_experts(gg.mxfp4_words(blocks), scales, torch.bfloat16)
+    want = kernel.dequantize_mxfp4(blocks.cpu(), scales.cpu(), torch.bfloat16)  # ldexp on the CPU is exact
+    assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+    s = BIG
+    p = _packed(kernel, s, "cuda")
+    T = mx.DEQUANT_MIN_ROWS // s["k"] + 5
+    x = torch.randn(T, s["H"], device="cuda").to(torch.bfloat16)
+    w, ids = _route(T, s["E"], s["k"], "cuda")
+    assert rel_err(_experts(kernel, x, ids, w, p), _ref(kernel, x, ids, w, p)) <= TOL[torch.bfloat16]
+
+
 @pytest.mark.parametrize("T", [1, 37, 600])
 @pytest.mark.parametrize("bias", [True, False])
 def test_moe_experts_mxfp4_odd_shapes(kernel, device, T, bias):

@@ -701,6 +701,45 @@ def mxfp4_words(blocks: torch.Tensor) -> torch.Tensor:
     return blocks.view(torch.int32).view(e, n, g * 4)
 
 
+@triton.jit
+def _dequant_mxfp4_kernel(q_ptr, s_ptr, out_ptr, N, K, W_FORMAT: tl.constexpr, DTYPE: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    # One (BLOCK_K, BLOCK_N) tile of expert program_id(0)'s weights, dequantized by the GEMMs' own _load_w_tile
+    # (the same bits as the GEMM path and as dequantize_mxfp4), stored in the (E, K, N) layout of bf16 experts.
+    e = tl.program_id(0).to(tl.int64)
+    n0 = tl.program_id(1) * BLOCK_N
+    k0 = tl.program_id(2) * BLOCK_K
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_w = k0 // 8 + tl.arange(0, BLOCK_K // 8)
+    offs_s = k0 // 32 + tl.arange(0, BLOCK_K // 32)
+    n_ok = offs_n < N
+    q_ptrs = q_ptr + e * N * (K // 8) + offs_n[:, None] * (K // 8) + offs_w[None, :]
+    s_ptrs = s_ptr + e * N * (K // 32) + offs_n[:, None] * (K // 32) + offs_s[None, :]
+    w = _load_w_tile(q_ptrs, s_ptrs, n_ok[:, None] & (offs_w[None, :] < K // 8),
+                     n_ok[:, None] & (offs_s[None, :] < K // 32), W_FORMAT, DTYPE, BLOCK_N, BLOCK_K)
+    offs_k = k0 + tl.arange(0, BLOCK_K)
+    out_ptrs = out_ptr + e * K * N + offs_k[:, None] * N + offs_n[None, :]
+    tl.store(out_ptrs, w, mask=(offs_k[:, None] < K) & n_ok[None, :])
+
+
+def dequantize_mxfp4_experts(words: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """MXFP4 experts (``mxfp4_words`` of the blocks, and the scales) -> (E, K, N) in ``dtype`` on the GPU, one
+    launch, exactly ``quant.dequantize_mxfp4``'s values (the GEMMs' tile dequantization)."""
+    e, n, kw = words.shape
+    k = kw * 8
+    out = torch.empty((e, k, n), dtype=dtype, device=words.device)
+    if out.numel() == 0:
+        return out
+    tl_dtype = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}[dtype]
+    fmt = _mxfp4_format_cached(dtype, words.device.type, os.environ.get("GOK_MXFP4_ASM", "1"),
+                               os.environ.get("TRITON_INTERPRET", "0"))
+    bn, bk = 64, 128
+    _dequant_mxfp4_kernel[(e, triton.cdiv(n, bn), triton.cdiv(k, bk))](words, scales, out, n, k, W_FORMAT=fmt,
+                                                                       DTYPE=tl_dtype, BLOCK_N=bn, BLOCK_K=bk,
+                                                                       num_warps=4)
+    return out
+
+
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
                  block_m, m_bucket, groups=None, scales=None):
     """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row. With

@@ -154,6 +154,25 @@ def _scales(s: torch.Tensor) -> torch.Tensor:
     return s if s.is_contiguous() else s.contiguous()
 
 
+# From this many routed rows (T * k) on, the experts are dequantized to the activation dtype (one launch per
+# weight, exact) and the bf16 GEMMs run: at prefill sizes the GEMMs are tensor-core bound and dequantizing every
+# tile in their main loop costs more than one pass over the weights (H200, 2026-12-04: T=4096 took 4,376 us
+# in-loop against 1,436 us for the bf16 block on the same weights; the pass writes E * 3 * H * I values, 1.6 GB
+# for gpt-oss-20b, freed after the block).
+DEQUANT_MIN_ROWS = 4096
+
+
+def _gemm_weights(blocks, scales, dtype, m):
+    """(weights, scales) for the grouped GEMMs: the MXFP4 words and their scales, or at m >= DEQUANT_MIN_ROWS the
+    dequantized (E, K, N) weights and None."""
+    from . import grouped_gemm
+
+    words = grouped_gemm.mxfp4_words(blocks)
+    if m >= DEQUANT_MIN_ROWS and dtype in (torch.bfloat16, torch.float16):
+        return grouped_gemm.dequantize_mxfp4_experts(words, _scales(scales), dtype), None
+    return words, _scales(scales)
+
+
 # --- eager fast path (CUDA variant): as moe/experts.py's _moe_fast ------------------------------------
 
 
@@ -171,10 +190,12 @@ def _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks, g
         return hidden.new_zeros(hidden.shape), w, ids, w_lo
     m_bucket = m.bit_length()
     groups = grouped_gemm.block_groups(block_expert, block_m)
-    grouped_gemm.gemm1_swiglu(hidden, grouped_gemm.mxfp4_words(gate_up_blocks), gate_up_bias, act, sorted_pos,
-                              block_expert, top_k, alpha, limit, block_m, m_bucket, groups, _scales(gate_up_scales))
-    grouped_gemm.gemm2_weighted(act, grouped_gemm.mxfp4_words(down_blocks), down_bias, w, y, sorted_pos,
-                                block_expert, block_m, m_bucket, groups, _scales(down_scales))
+    w1, s1 = _gemm_weights(gate_up_blocks, gate_up_scales, hidden.dtype, m)
+    grouped_gemm.gemm1_swiglu(hidden, w1, gate_up_bias, act, sorted_pos, block_expert, top_k, alpha, limit, block_m,
+                              m_bucket, groups, s1)
+    del w1
+    w2, s2 = _gemm_weights(down_blocks, down_scales, hidden.dtype, m)
+    grouped_gemm.gemm2_weighted(act, w2, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2)
     return _FINALIZE(y, ids, e), w, ids, w_lo
 
 
@@ -199,11 +220,13 @@ def _moe_experts_mxfp4_cuda(hidden, topk_ids, topk_weights, gate_up_blocks, gate
     nb = block_expert.shape[0]
     act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
     groups = grouped_gemm.block_groups(block_expert, block_m)
-    grouped_gemm.gemm1_swiglu(hidden, grouped_gemm.mxfp4_words(gate_up_blocks), gate_up_bias, act, sorted_pos,
-                              block_expert, k, alpha, limit, block_m, m_bucket, groups, _scales(gate_up_scales))
+    w1, s1 = _gemm_weights(gate_up_blocks, gate_up_scales, hidden.dtype, m)
+    grouped_gemm.gemm1_swiglu(hidden, w1, gate_up_bias, act, sorted_pos, block_expert, k, alpha, limit, block_m,
+                              m_bucket, groups, s1)
+    del w1
     y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
-    grouped_gemm.gemm2_weighted(act, grouped_gemm.mxfp4_words(down_blocks), down_bias, w, y, sorted_pos,
-                                block_expert, block_m, m_bucket, groups, _scales(down_scales))
+    w2, s2 = _gemm_weights(down_blocks, down_scales, hidden.dtype, m)
+    grouped_gemm.gemm2_weighted(act, w2, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2)
     return ops.moe_finalize(y, ids, e)
 
 
