@@ -1,10 +1,12 @@
 """One rank of tests/test_expert_parallel_transformers.py (run by torchrun; CPU, gloo).
 
-``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ep_worker.py BUILD CHECKPOINT OUT``
+``python -m torch.distributed.run --standalone --nproc-per-node 2 tests/ep_worker.py BUILD CHECKPOINT OUT
+[MXFP4_CHECKPOINT]``
 
 Loads the checkpoint through our ``from_pretrained`` with transformers' distributed arguments in several
 layouts (below), runs the same inputs through each, and writes ``OUT/rank<r>.pt``: the logits and greedy tokens
-of every layout, and what the experts op was called with. Nothing here compares; the test does.
+of every layout, and what the experts op was called with; for the MXFP4 checkpoint, this rank's expert tensors
+after loading (blocks and scales split like the bf16 experts). Nothing here compares; the test does.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ class _ExpertCalls(TorchDispatchMode):
         return func(*args, **kwargs)
 
 
-def main(build: str, checkpoint: str, out: str) -> None:
+def main(build: str, checkpoint: str, out: str, mxfp4_checkpoint: str | None = None) -> None:
     import kernels
     from transformers.distributed import DistributedConfig
 
@@ -127,6 +129,17 @@ def main(build: str, checkpoint: str, out: str) -> None:
         result["device_error"] = None
     except ValueError as e:
         result["device_error"] = str(e)
+    if mxfp4_checkpoint:
+        model = k.from_pretrained(mxfp4_checkpoint, dtype=torch.float32,
+                                  distributed_config=DistributedConfig(tp_size=2, ep_size=2, tp_plan={}))
+        experts = model.model.layers[1].mlp.experts
+        result["mxfp4"] = dict(
+            format=model.config.gpt_oss_kernels_experts, num_experts=experts.num_experts,
+            is_expert_parallel=getattr(experts, "_is_expert_parallel", False),
+            tensors={n: getattr(experts, n).to_local().clone() for n in (
+                "gate_up_proj_blocks", "gate_up_proj_scales", "down_proj_blocks", "down_proj_scales",
+                "gate_up_proj_bias", "down_proj_bias")})
+        del model
     torch.save(result, Path(out) / f"rank{dist.get_rank()}.pt")
     dist.barrier()
     dist.destroy_process_group()
@@ -134,7 +147,7 @@ def main(build: str, checkpoint: str, out: str) -> None:
 
 if __name__ == "__main__":
     try:
-        main(*sys.argv[1:4])
+        main(*sys.argv[1:5])
     except BaseException:
         traceback.print_exc()
         raise

@@ -14,6 +14,8 @@ loads a tiny GPT-OSS checkpoint through our ``from_pretrained(..., distributed_c
 - ``heads_tp_ep``: a TP plan that splits the attention heads and sinks (``local_params`` on the attention) + EP,
 
 and the logits (fp32) and greedy tokens of every rank must match the single-process model with our layers.
+An MXFP4 checkpoint (blocks and scales as openai/gpt-oss ships them) loads with each rank holding its half
+of the experts' blocks and scales (its forward needs the MXFP4 experts op, which lands separately).
 Skipped on a CUDA machine: transformers would bind rank r to cuda:r and use NCCL (benchmarks/e2e_ep.py is
 the multi-GPU run).
 """
@@ -37,6 +39,30 @@ LAYOUTS = {"ep": True, "auto_tp_ep": False, "all_to_all": True, "heads_tp_ep": T
 E, E_LOCAL = 8, 4  # tiny_model: 8 experts over 2 ranks
 
 
+def _mxfp4_checkpoint(path):
+    """tiny_model's weights with its experts stored as openai/gpt-oss stores them: uint8 blocks (E, N, K/32, 16)
+    and e8m0 scales (E, N, K/32), quantization_config.quant_method = "mxfp4"."""
+    import json
+
+    from safetensors.torch import save_file
+
+    model = tiny_model(seed=3)
+    c = model.config
+    e, h, i = c.num_local_experts, c.hidden_size, c.intermediate_size
+    gen = torch.Generator().manual_seed(1)
+    u8 = lambda *shape, lo=0, hi=256: torch.randint(lo, hi, shape, dtype=torch.uint8, generator=gen)  # noqa: E731
+    sd = {k: v.contiguous() for k, v in model.state_dict().items() if not k.endswith(("gate_up_proj", "down_proj"))}
+    for layer in range(c.num_hidden_layers):
+        p = f"model.layers.{layer}.mlp.experts."
+        sd[p + "gate_up_proj_blocks"], sd[p + "gate_up_proj_scales"] = u8(e, 2 * i, h // 32, 16), u8(
+            e, 2 * i, h // 32, lo=120, hi=130)
+        sd[p + "down_proj_blocks"], sd[p + "down_proj_scales"] = u8(e, h, i // 32, 16), u8(e, h, i // 32, lo=120, hi=130)
+    path.mkdir()
+    save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
+    (path / "config.json").write_text(json.dumps({**c.to_dict(), "quantization_config": {"quant_method": "mxfp4"}}))
+    return sd
+
+
 def _needs(layout):
     if layout not in layouts():
         pytest.skip(f"layout {layout!r} needs a newer transformers (tests/ep_worker.py capabilities())")
@@ -46,12 +72,13 @@ def _needs(layout):
 def runs(kernel, tmp_path_factory):
     """(single-process logits and tokens per fused flag, the two ranks' results)."""
     tmp = tmp_path_factory.mktemp("ep")
-    checkpoint, out = tmp / "checkpoint", tmp / "out"
+    checkpoint, out, mxfp4 = tmp / "checkpoint", tmp / "out", tmp / "mxfp4"
     out.mkdir()
     tiny_model(seed=3).save_pretrained(checkpoint)
+    _mxfp4_checkpoint(mxfp4)
     env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-           str(ROOT / "tests" / "ep_worker.py"), str(ROOT / "build"), str(checkpoint), str(out)]
+           str(ROOT / "tests" / "ep_worker.py"), str(ROOT / "build"), str(checkpoint), str(out), str(mxfp4)]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     # The single-process models load while the two ranks run.
     ids = torch.arange(3, 3 + 2 * 21).reshape(2, 21) % 250 + 1
@@ -121,3 +148,15 @@ def test_clear_errors(runs):
         assert "expert-parallel hook no longer runs this forward" in (result["clobbered_error"] or "")
         assert "sinks" in (result["unsharded_sinks_error"] or "")
         assert "not both" in (result["device_error"] or "")
+
+
+def test_mxfp4_experts_split_over_ranks(runs, tmp_path):
+    """Our from_pretrained adds the MXFP4 tensors to transformers' ep_plan (its own names only the bf16 ones):
+    rank r holds experts [4r, 4r + 4) of every blocks / scales / bias tensor, exactly as stored."""
+    expected = _mxfp4_checkpoint(tmp_path / "mxfp4")  # same generator seed: the same tensors as the run's
+    for rank, result in enumerate(runs[1]):
+        mx = result["mxfp4"]
+        assert mx["format"] == "mxfp4" and mx["num_experts"] == E_LOCAL and mx["is_expert_parallel"]
+        for name, local in mx["tensors"].items():
+            full = expected[f"model.layers.1.mlp.experts.{name}"]
+            assert torch.equal(local, full[rank * E_LOCAL:(rank + 1) * E_LOCAL].to(local.dtype)), name

@@ -26,7 +26,7 @@ _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_down
 _DISTRIBUTED_KWARGS = ("distributed_config", "tp_plan", "tp_size", "device_mesh")
 # The MXFP4 layout's expert tensors, split over expert-parallel ranks like the bf16 ones of GPT-OSS's own ep_plan
 # (dim 0 = experts).
-_MXFP4_EP_PLAN = {f"layers.*.mlp.experts.{w}_{part}": "grouped_gemm"
+_MXFP4_EP_PLAN = {f"model.layers.*.mlp.experts.{w}_{part}": "grouped_gemm"
                   for w in ("gate_up_proj", "down_proj") for part in ("blocks", "scales")}
 
 # transformers class (anchored pattern: transformers matches patch keys with re.search, and a bare
