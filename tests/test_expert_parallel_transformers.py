@@ -160,3 +160,43 @@ def test_mxfp4_experts_split_over_ranks(runs, tmp_path):
         for name, local in mx["tensors"].items():
             full = expected[f"model.layers.1.mlp.experts.{name}"]
             assert torch.equal(local, full[rank * E_LOCAL:(rank + 1) * E_LOCAL].to(local.dtype)), name
+
+
+# --- benchmarks/e2e_ep.py: the multi-GPU run's script, kept runnable on the CPU -------------------------------
+
+
+def _e2e_ep(*argv, torchrun=False, timeout=240):
+    env = dict(os.environ, OMP_NUM_THREADS="1", HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2"] if torchrun \
+        else [sys.executable]
+    proc = subprocess.run(launch + [str(ROOT / "benchmarks" / "e2e_ep.py"), *argv], env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize("nproc,per_rank_gib", [(2, 31.3), (4, 16.5)])
+def test_e2e_ep_dry_run_plans_120b(nproc, per_rank_gib):
+    import json
+
+    out = _e2e_ep("--dry-run", "--cuda", "--nproc", str(nproc))
+    plan = json.loads(out)
+    assert (plan["config"], plan["layers"], plan["experts"], plan["top_k"]) == ("120b", 36, 128, 4)
+    assert plan["experts_per_rank"] == 128 // nproc and plan["ours_experts"] == "mxfp4"
+    assert plan["batches"] == [1, 16, 64] and plan["prefill"] == 4096
+    assert plan["per_rank_ours"]["total_gib"] == pytest.approx(per_rank_gib, abs=0.5)
+    assert plan["per_rank_transformers"]["total_gib"] < 139  # bf16 experts of 120b fit on 2 H200s, barely
+
+
+def test_e2e_ep_runs_on_two_cpu_ranks(tmp_path):
+    """The script's whole logic (check, then bench, ours and transformers') at the tiny config under gloo."""
+    import json
+
+    _e2e_ep("--prefill", "64", "--new-tokens", "4", "--batches", "1,2", "--reps", "1", "--out", str(tmp_path),
+            torchrun=True)
+    res = json.loads((tmp_path / "e2e_ep_2gpu.json").read_text())
+    for impl in ("ours", "transformers"):
+        check = res["check"]["impls"][impl]
+        assert check["pass"] and check["ranks_bit_identical"] and check["greedy_tokens_equal"], check
+        assert check["ep_load"]["local_experts"] == E_LOCAL and check["one_gpu_load"]["local_experts"] == E
+    assert [r["what"] for r in res["bench"]["rows"]] == ["prefill_64_tok_s", "generate_b1_tok_s", "generate_b2_tok_s"]
