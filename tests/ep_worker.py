@@ -52,6 +52,8 @@ def layouts():
         "auto_tp_ep": (dict(tp_plan="auto", enable_expert_parallel=True), dict(fused=False)),
         # Tokens exchanged by all-to-all instead (the experts see local ids, top-1, unit weights).
         "all_to_all": (dict(tp_size=2, ep_size=2, tp_plan={}, ep_implementation="all_to_all"), dict(fused=True)),
+        # GPT-OSS's TP plan alone: every rank runs every expert (our experts are not hooked: the fused fast path).
+        "tp_only": (dict(tp_size=2), dict(fused=True)),
         # Attention heads (and sinks) split over the ranks, EP on the experts.
         "heads_tp_ep": (dict(tp_plan=HEAD_SHARDED_TP_PLAN, enable_expert_parallel=True), dict(fused=True)),
     }
@@ -97,7 +99,7 @@ def main(build: str, checkpoint: str, out: str, mxfp4_checkpoint: str | None = N
             tokens = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         result[name] = dict(
             logits=logits, tokens=tokens, calls=calls.calls, ops=sorted(calls.ops), experts_class=type(experts).__name__,
-            local_experts=int(experts.gate_up_proj.to_local().shape[0]),
+            local_experts=int(getattr(experts.gate_up_proj, "to_local", lambda: experts.gate_up_proj)().shape[0]),
             kv_heads=int(model.model.layers[0].self_attn.k_proj.weight.to_local().shape[0] // 32)
             if hasattr(model.model.layers[0].self_attn.k_proj.weight, "to_local") else None,
         )
