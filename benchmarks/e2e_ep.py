@@ -3,7 +3,7 @@
 
     torchrun --standalone --nproc-per-node 2 benchmarks/e2e_ep.py              # 2 GPUs: check, then bench
     torchrun --standalone --nproc-per-node 4 benchmarks/e2e_ep.py --mode bench
-    python benchmarks/e2e_ep.py --dry-run --nproc 4                            # the plan and memory, no torch.distributed
+    python benchmarks/e2e_ep.py --dry-run --nproc 4 --cuda               # the plan and memory, no torch.distributed
     torchrun --standalone --nproc-per-node 2 benchmarks/e2e_ep.py --config tiny   # CPU, gloo: the logic end to end
 
 Model: gpt-oss-120b's configuration (36 layers, 128 experts of 2880 x 2880, top-4, 64 / 8 heads of 64, window 128,

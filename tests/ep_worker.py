@@ -98,7 +98,8 @@ def main(build: str, checkpoint: str, out: str, mxfp4_checkpoint: str | None = N
         with torch.inference_mode():
             tokens = model.generate(prompt, max_new_tokens=8, min_new_tokens=8, do_sample=False)
         result[name] = dict(
-            logits=logits, tokens=tokens, calls=calls.calls, ops=sorted(calls.ops), experts_class=type(experts).__name__,
+            logits=logits, tokens=tokens, calls=calls.calls, ops=sorted(calls.ops),
+            experts_class=type(experts).__name__,
             local_experts=int(getattr(experts.gate_up_proj, "to_local", lambda: experts.gate_up_proj)().shape[0]),
             kv_heads=int(model.model.layers[0].self_attn.k_proj.weight.to_local().shape[0] // 32)
             if hasattr(model.model.layers[0].self_attn.k_proj.weight, "to_local") else None,

@@ -57,7 +57,8 @@ def _mxfp4_checkpoint(path):
         p = f"model.layers.{layer}.mlp.experts."
         sd[p + "gate_up_proj_blocks"], sd[p + "gate_up_proj_scales"] = u8(e, 2 * i, h // 32, 16), u8(
             e, 2 * i, h // 32, lo=120, hi=130)
-        sd[p + "down_proj_blocks"], sd[p + "down_proj_scales"] = u8(e, h, i // 32, 16), u8(e, h, i // 32, lo=120, hi=130)
+        sd[p + "down_proj_blocks"], sd[p + "down_proj_scales"] = u8(e, h, i // 32, 16), u8(
+            e, h, i // 32, lo=120, hi=130)
     path.mkdir()
     save_file(sd, path / "model.safetensors", metadata={"format": "pt"})
     (path / "config.json").write_text(json.dumps({**c.to_dict(), "quantization_config": {"quant_method": "mxfp4"}}))
