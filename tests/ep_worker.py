@@ -54,6 +54,8 @@ def layouts():
         "all_to_all": (dict(tp_size=2, ep_size=2, tp_plan={}, ep_implementation="all_to_all"), dict(fused=True)),
         # GPT-OSS's TP plan alone: every rank runs every expert (our experts are not hooked: the fused fast path).
         "tp_only": (dict(tp_size=2), dict(fused=True)),
+        # The same through from_pretrained's older keyword (deprecated in transformers, still accepted).
+        "tp_plan_kwarg": (None, dict(fused=True, tp_plan="auto")),
         # Attention heads (and sinks) split over the ranks, EP on the experts.
         "heads_tp_ep": (dict(tp_plan=HEAD_SHARDED_TP_PLAN, enable_expert_parallel=True), dict(fused=True)),
     }
@@ -90,8 +92,8 @@ def main(build: str, checkpoint: str, out: str, mxfp4_checkpoint: str | None = N
     prompt = ids[:1, :9]
     result = {}
     for name, (dc_kwargs, kw) in layouts().items():
-        model = k.from_pretrained(checkpoint, dtype=torch.float32, distributed_config=DistributedConfig(**dc_kwargs),
-                                  **kw)
+        dist_kw = {} if dc_kwargs is None else dict(distributed_config=DistributedConfig(**dc_kwargs))
+        model = k.from_pretrained(checkpoint, dtype=torch.float32, **dist_kw, **kw)
         experts = model.model.layers[0].mlp.experts
         with torch.inference_mode(), _ExpertCalls() as calls:
             logits = model(ids).logits.float()

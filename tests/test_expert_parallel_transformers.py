@@ -4,14 +4,15 @@ transformers 5.25 runs its distributed inference on the CPU: with no accelerator
 puts every rank on the CPU (``distributed/utils.py``), and DTensor sharding, the EP hook on ``mlp.experts``
 and the all-reduce / all-to-all collectives all work there. So this is the real thing, not an emulation:
 ``tests/ep_worker.py`` runs under ``torchrun --standalone --nproc-per-node 2`` (a free port each time),
-loads a tiny GPT-OSS checkpoint through our ``from_pretrained(..., distributed_config=...)`` in four layouts
+loads a tiny GPT-OSS checkpoint through our ``from_pretrained(..., distributed_config=...)`` in these layouts
 
 - ``ep``: ``DistributedConfig(tp_size=2, ep_size=2, tp_plan={})`` (EP alone; "auto" = AllReduceEP, the experts
   see the sentinel id E_local for the other rank's experts), fused norm + MoE module;
 - ``auto_tp_ep``: ``tp_plan="auto", enable_expert_parallel=True`` (GPT-OSS's TP plan: embedding rows and LM
   head columns), unfused MoE module;
 - ``all_to_all``: ``ep_implementation="all_to_all"`` (tokens exchanged; local ids only);
-- ``tp_only``: ``tp_size=2`` without EP (every rank runs all experts, our fused fast path);
+- ``tp_only``: ``tp_size=2`` without EP (every rank runs all experts, our fused fast path), and the same through
+  the older ``from_pretrained(..., tp_plan="auto")`` keyword (``tp_plan_kwarg``);
 - ``heads_tp_ep``: a TP plan that splits the attention heads and sinks (``local_params`` on the attention) + EP,
 
 and the logits (fp32) and greedy tokens of every rank must match the single-process model with our layers.
@@ -36,7 +37,8 @@ from tiny_gpt_oss import tiny_model
 
 pytestmark = pytest.mark.skipif(HAS_CUDA, reason="CPU/gloo test: on a GPU machine transformers binds ranks to GPUs")
 
-LAYOUTS = {"ep": True, "auto_tp_ep": False, "all_to_all": True, "tp_only": True, "heads_tp_ep": True}  # -> fused
+LAYOUTS = {"ep": True, "auto_tp_ep": False, "all_to_all": True, "tp_only": True, "tp_plan_kwarg": True,
+           "heads_tp_ep": True}  # name -> fused
 E, E_LOCAL = 8, 4  # tiny_model: 8 experts over 2 ranks
 
 
@@ -114,7 +116,7 @@ def test_two_ranks_match_one_process(runs, layout):
         # our layers ran (attention, norms, rotary, the experts), on this rank's half of the experts
         assert {"attn_fwd", "rms_norm", "rotary_pos_emb", "moe_experts"} <= set(got["ops"]), got["ops"]
         assert got["experts_class"] == "MoeExpertsLayout"
-        assert got["local_experts"] == (E if layout == "tp_only" else E_LOCAL)
+        assert got["local_experts"] == (E if layout.startswith("tp_") else E_LOCAL)
 
 
 @pytest.mark.parametrize("layout", ["ep", "auto_tp_ep", "heads_tp_ep"])
