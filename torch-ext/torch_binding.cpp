@@ -27,11 +27,14 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("moe_route", BACKEND, &moe_route);
   ops.def("moe_dispatch(Tensor topk_ids, int num_experts, int block_m) -> (Tensor, Tensor)");
   ops.impl("moe_dispatch", BACKEND, &moe_dispatch);
-  ops.def("moe_finalize(Tensor y, Tensor topk_ids, int num_experts) -> Tensor");
+  // skip_foreign: ids outside [0, num_experts) contribute zero (expert parallelism: another rank's
+  // experts) instead of flagging their token's row NaN.
+  ops.def("moe_finalize(Tensor y, Tensor topk_ids, int num_experts, bool skip_foreign=False) -> Tensor");
   ops.impl("moe_finalize", BACKEND, &moe_finalize);
   ops.def(
       "moe_experts(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_proj, "
-      "Tensor? gate_up_proj_bias, Tensor down_proj, Tensor? down_proj_bias, float alpha, float limit) -> Tensor");
+      "Tensor? gate_up_proj_bias, Tensor down_proj, Tensor? down_proj_bias, float alpha, float limit, "
+      "bool skip_foreign=False) -> Tensor");
 #if defined(CPU_KERNEL)
   ops.impl("moe_experts", BACKEND, &moe_experts);  // CUDA: Triton, registered in moe/experts.py
 #endif
@@ -39,7 +42,7 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(
       "moe_experts_mxfp4(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_blocks, "
       "Tensor gate_up_scales, Tensor? gate_up_bias, Tensor down_blocks, Tensor down_scales, Tensor? down_bias, "
-      "float alpha, float limit) -> Tensor");
+      "float alpha, float limit, bool skip_foreign=False) -> Tensor");
 #if defined(CPU_KERNEL)
   ops.impl("moe_experts_mxfp4", BACKEND, &moe_experts_mxfp4);  // CUDA: Triton, registered in moe/mxfp4.py
 #endif

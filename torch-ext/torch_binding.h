@@ -17,7 +17,7 @@ std::tuple<at::Tensor, at::Tensor> fused_add_rms_norm(const at::Tensor& x, const
 // pipeline, registered from Python (gpt_oss_kernels/moe/experts.py, moe/mxfp4.py) on this same schema.
 std::tuple<at::Tensor, at::Tensor> moe_route(const at::Tensor& router_logits, int64_t top_k);
 std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int64_t num_experts, int64_t block_m);
-at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts);
+at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts, bool skip_foreign);
 #if defined(CUDA_KERNEL)
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_prepare(
     const at::Tensor& hidden, const at::Tensor& router_weight, const std::optional<at::Tensor>& router_bias,
@@ -27,13 +27,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tenso
 at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                        const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,
                        const at::Tensor& down_proj, const std::optional<at::Tensor>& down_proj_bias, double alpha,
-                       double limit);
+                       double limit, bool skip_foreign);
 // MXFP4 experts (checkpoint layout): each hit expert dequantized exactly just before its matmuls.
 at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                              const at::Tensor& gate_up_blocks, const at::Tensor& gate_up_scales,
                              const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_blocks,
                              const at::Tensor& down_scales, const std::optional<at::Tensor>& down_bias, double alpha,
-                             double limit);
+                             double limit, bool skip_foreign);
 #endif
 
 // --- attention ---------------------------------------------------------------------------

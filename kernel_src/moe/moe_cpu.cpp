@@ -7,9 +7,12 @@
 //                (-1 unused); nb = (M + min(E, M) * (block_m - 1)) / block_m, M = T * k: a bound
 //                that depends on T alone, so no output shape depends on the routing.
 //   moe_finalize out[t] = sum_j y[t * k + j] in fp32, in slot order (deterministic); a slot whose id
-//                is outside [0, E) contributes NaN (the CUDA path's clamp-and-flag).
+//                is outside [0, E) contributes NaN (the CUDA path's clamp-and-flag), or nothing with
+//                skip_foreign (its y row is ignored).
 //   moe_experts  the expert math of GptOssExperts, grouped by expert through at::mm (the CPU has
-//                the ids on the host, so ids outside [0, E) raise here).
+//                the ids on the host, so ids outside [0, E) raise here), unless skip_foreign: then
+//                such a slot (expert parallelism: another rank's expert, transformers' sentinel id
+//                E_local) is computed by no expert and contributes zero, as on CUDA.
 //   moe_experts_mxfp4  the same with the checkpoint's MXFP4 blocks/scales, each hit expert dequantized
 //                (exactly, to float) just before its two matmuls: no copy of all experts.
 // Intermediates follow the GPU path: matmuls in fp32, the SwiGLU activations rounded to the
@@ -72,13 +75,14 @@ std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int6
   return {sorted_pos, block_expert};
 }
 
-at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts) {
+at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts, bool skip_foreign) {
   TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "moe_finalize: topk_ids must be int32 (T, k)");
   TORCH_CHECK(y.dim() == 2 && y.size(0) == topk_ids.numel(), "moe_finalize: y must be (T * k, H)");
   const int64_t t = topk_ids.size(0), k = topk_ids.size(1), h = y.size(1);
   auto yf = y.contiguous().to(at::kFloat).view({t, k, h});
   auto bad = ((topk_ids < 0) | (topk_ids >= num_experts)).unsqueeze(-1);
-  yf = at::where(bad, at::full({}, std::numeric_limits<float>::quiet_NaN(), yf.options()), yf);
+  const float fill = skip_foreign ? 0.f : std::numeric_limits<float>::quiet_NaN();
+  yf = at::where(bad, at::full({}, fill, yf.options()), yf);
   return yf.sum(1).to(y.scalar_type());
 }
 
@@ -90,11 +94,11 @@ template <typename W1, typename W2>
 at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::Tensor& topk_ids,
                            const at::Tensor& topk_weights, int64_t e_num, int64_t i2, W1 w1,
                            const std::optional<at::Tensor>& b1, W2 w2, const std::optional<at::Tensor>& b2,
-                           double alpha, double limit) {
+                           double alpha, double limit, bool skip_foreign) {
   const int64_t t = hidden.size(0), h = hidden.size(1), k = topk_ids.size(1);
   const auto dtype = hidden.scalar_type();
   auto ids = topk_ids.to(at::kLong).contiguous();
-  if (ids.numel() > 0) {
+  if (ids.numel() > 0 && !skip_foreign) {
     const int64_t lo = ids.min().item<int64_t>(), hi = ids.max().item<int64_t>();
     TORCH_CHECK(lo >= 0 && hi < e_num, op, ": topk_ids must be in [0, ", e_num, "), got values in [", lo, ", ", hi,
                 "]");
@@ -102,15 +106,17 @@ at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::T
   if (ids.numel() == 0) return at::zeros({t, h}, hidden.options());
   const auto x = hidden.to(at::kFloat);
   const auto w = topk_weights.to(at::kFloat).reshape({-1});
-  const auto flat = ids.reshape({-1});
+  auto flat = ids.reshape({-1});
+  // skip_foreign: every id outside [0, E) sorts last (key E) and no expert reads it; its y row stays zero.
+  if (skip_foreign) flat = at::where((flat >= 0) & (flat < e_num), flat, at::full({}, e_num, flat.options()));
   const auto token_of = at::arange(t * k, ids.options()).floor_divide(k);
   // Group the (token, slot) pairs by expert on the host: sort once, then one matmul per expert.
   auto [sorted, order] = at::sort(flat, /*stable=*/true, /*dim=*/0, /*descending=*/false);
-  auto counts = at::bincount(flat, {}, e_num).cpu();
+  auto counts = at::bincount(flat, {}, e_num + 1).cpu();
   const int64_t* cnt = counts.data_ptr<int64_t>();
   const float lim = static_cast<float>(limit), alp = static_cast<float>(alpha);
   int64_t start = 0;
-  auto y = at::empty({t * k, h}, x.options());
+  auto y = skip_foreign ? at::zeros({t * k, h}, x.options()) : at::empty({t * k, h}, x.options());
   for (int64_t e = 0; e < e_num; ++e) {
     const int64_t c = cnt[e];
     if (c == 0) continue;
@@ -170,7 +176,7 @@ at::Tensor dequant_expert(const at::Tensor& blocks, const at::Tensor& scales, in
 at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                        const at::Tensor& gate_up_proj, const std::optional<at::Tensor>& gate_up_proj_bias,
                        const at::Tensor& down_proj, const std::optional<at::Tensor>& down_proj_bias, double alpha,
-                       double limit) {
+                       double limit, bool skip_foreign) {
   TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
               "moe_experts: hidden (T, H), topk_ids and topk_weights (T, k)");
   const int64_t h = hidden.size(1);
@@ -181,14 +187,14 @@ at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, con
   return experts_grouped(
       "moe_experts", hidden, topk_ids, topk_weights, e_num, i2,
       [&](int64_t e) { return gate_up_proj[e].to(at::kFloat); }, gate_up_proj_bias,
-      [&](int64_t e) { return down_proj[e].to(at::kFloat); }, down_proj_bias, alpha, limit);
+      [&](int64_t e) { return down_proj[e].to(at::kFloat); }, down_proj_bias, alpha, limit, skip_foreign);
 }
 
 at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
                              const at::Tensor& gate_up_blocks, const at::Tensor& gate_up_scales,
                              const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_blocks,
                              const at::Tensor& down_scales, const std::optional<at::Tensor>& down_bias, double alpha,
-                             double limit) {
+                             double limit, bool skip_foreign) {
   TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
               "moe_experts_mxfp4: hidden (T, H), topk_ids and topk_weights (T, k)");
   const int64_t h = hidden.size(1);
@@ -210,5 +216,5 @@ at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_id
   return experts_grouped(
       "moe_experts_mxfp4", hidden, topk_ids, topk_weights, e_num, i2,
       [&](int64_t e) { return dequant_expert(b1, s1, e, dtype).t(); }, gate_up_bias,
-      [&](int64_t e) { return dequant_expert(b2, s2, e, dtype).t(); }, down_bias, alpha, limit);
+      [&](int64_t e) { return dequant_expert(b2, s2, e, dtype).t(); }, down_bias, alpha, limit, skip_foreign);
 }

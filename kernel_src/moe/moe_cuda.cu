@@ -10,6 +10,9 @@
 //                nb = (M + min(E, M) * (block_m - 1)) / block_m blocks of block_m rows. Ids outside
 //                [0, E) are routed nowhere (clamp-and-flag: moe_finalize turns them into NaN).
 //   moe_finalize out[t] = sum_j y[t * k + j] in fp32, slot order (deterministic); 16-byte vectors.
+//                A slot whose id is outside [0, E) (its y row was never written) makes the token's row
+//                NaN, or with skip_foreign (expert parallelism: another rank's expert) is not read:
+//                it contributes zero.
 //   moe_prepare  the eager/graph fast path: router GEMM, route, dispatch in one host call; at
 //                decode sizes on sm_90 one cluster launch does all three (moe_small_prepare_kernel).
 #include <ATen/ATen.h>
@@ -306,7 +309,7 @@ constexpr int kFinThreads = 128;
 template <typename T>
 __global__ void __launch_bounds__(kFinThreads)
 moe_finalize_vec_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids, T* __restrict__ out, int top_k,
-                        int hidden, int num_experts) {
+                        int hidden, int num_experts, bool skip_foreign) {
   constexpr int N = Vec16<T>::N;
   const int64_t t = blockIdx.x;
   const int v = blockIdx.y * kFinThreads + threadIdx.x;
@@ -317,7 +320,10 @@ moe_finalize_vec_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids
   bool bad = false;
   for (int j = 0; j < top_k; ++j) {
     const int e = ids[t * top_k + j];
-    bad |= e < 0 || e >= num_experts;
+    if (e < 0 || e >= num_experts) {
+      bad |= !skip_foreign;
+      continue;
+    }
     Vec16<T> r;
     r.raw = __ldcs(reinterpret_cast<const uint4*>(y + (t * top_k + j) * hidden) + v);
 #pragma unroll
@@ -332,14 +338,17 @@ moe_finalize_vec_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids
 template <typename T>
 __global__ void __launch_bounds__(kFinThreads)
 moe_finalize_scalar_kernel(const T* __restrict__ y, const int32_t* __restrict__ ids, T* __restrict__ out, int top_k,
-                           int hidden, int num_experts) {
+                           int hidden, int num_experts, bool skip_foreign) {
   const int64_t t = blockIdx.x;
   for (int c = blockIdx.y * kFinThreads + threadIdx.x; c < hidden; c += gridDim.y * kFinThreads) {
     float acc = 0.f;
     bool bad = false;
     for (int j = 0; j < top_k; ++j) {
       const int e = ids[t * top_k + j];
-      bad |= e < 0 || e >= num_experts;
+      if (e < 0 || e >= num_experts) {
+        bad |= !skip_foreign;
+        continue;
+      }
       acc += to_float(y[(t * top_k + j) * hidden + c]);
     }
     out[t * hidden + c] = from_float<T>(bad ? __int_as_float(0x7fc00000) : acc);
@@ -347,7 +356,8 @@ moe_finalize_scalar_kernel(const T* __restrict__ y, const int32_t* __restrict__ 
 }
 
 template <typename T>
-void launch_finalize(const at::Tensor& y, const at::Tensor& ids, at::Tensor& out, int num_experts, cudaStream_t stream) {
+void launch_finalize(const at::Tensor& y, const at::Tensor& ids, at::Tensor& out, int num_experts, bool skip_foreign,
+                     cudaStream_t stream) {
   const int64_t t = ids.size(0);
   const int k = static_cast<int>(ids.size(1));
   const int h = static_cast<int>(y.size(1));
@@ -357,10 +367,10 @@ void launch_finalize(const at::Tensor& y, const at::Tensor& ids, at::Tensor& out
   const int32_t* ip = ids.data_ptr<int32_t>();
   if (h % N == 0 && gok::is_aligned16(yp) && gok::is_aligned16(op)) {
     const dim3 grid(static_cast<unsigned>(t), static_cast<unsigned>((h / N + kFinThreads - 1) / kFinThreads));
-    moe_finalize_vec_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts);
+    moe_finalize_vec_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts, skip_foreign);
   } else {
     const dim3 grid(static_cast<unsigned>(t), static_cast<unsigned>((h + kFinThreads - 1) / kFinThreads));
-    moe_finalize_scalar_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts);
+    moe_finalize_scalar_kernel<T><<<grid, kFinThreads, 0, stream>>>(yp, ip, op, k, h, num_experts, skip_foreign);
   }
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
@@ -604,7 +614,7 @@ std::tuple<at::Tensor, at::Tensor> moe_dispatch(const at::Tensor& topk_ids, int6
   return {sorted_pos, block_expert};
 }
 
-at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts) {
+at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t num_experts, bool skip_foreign) {
   TORCH_CHECK(y.is_cuda() && topk_ids.is_cuda(), "moe_finalize: CUDA tensors expected");
   TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "moe_finalize: topk_ids must be int32 (T, k)");
   TORCH_CHECK(y.dim() == 2 && y.size(0) == topk_ids.numel(), "moe_finalize: y must be (T * k, H)");
@@ -616,9 +626,9 @@ at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int e = static_cast<int>(num_experts);
   switch (yc.scalar_type()) {
-    case at::kFloat: launch_finalize<float>(yc, ids, out, e, stream); break;
-    case at::kBFloat16: launch_finalize<__nv_bfloat16>(yc, ids, out, e, stream); break;
-    case at::kHalf: launch_finalize<__half>(yc, ids, out, e, stream); break;
+    case at::kFloat: launch_finalize<float>(yc, ids, out, e, skip_foreign, stream); break;
+    case at::kBFloat16: launch_finalize<__nv_bfloat16>(yc, ids, out, e, skip_foreign, stream); break;
+    case at::kHalf: launch_finalize<__half>(yc, ids, out, e, skip_foreign, stream); break;
     default: TORCH_CHECK(false, "moe_finalize: y must be float32, bfloat16 or float16");
   }
   return out;

@@ -12,6 +12,7 @@ import contextlib
 import copy
 import os
 from pathlib import Path
+from types import MethodType
 
 from .. import layers
 
@@ -21,6 +22,12 @@ REPO_ID = "kernels-community/gpt-oss-kernels"
 CONTINUOUS_BATCHING_ALIAS = "kernels-community/vllm-flash-attn3"
 
 _HUB_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "force_download", "subfolder")
+# transformers' from_pretrained arguments that distribute the model (each rank loads its shard onto its own device).
+_DISTRIBUTED_KWARGS = ("distributed_config", "tp_plan", "tp_size", "device_mesh")
+# The MXFP4 layout's expert tensors, split over expert-parallel ranks like the bf16 ones of GPT-OSS's own ep_plan
+# (dim 0 = experts).
+_MXFP4_EP_PLAN = {f"model.layers.*.mlp.experts.{w}_{part}": "grouped_gemm"
+                  for w in ("gate_up_proj", "down_proj") for part in ("blocks", "scales")}
 
 # transformers class (anchored pattern: transformers matches patch keys with re.search, and a bare
 # "GptOssMLP" would also replace its Mxfp4GptOssMLP) -> our layer. The layout class is layers.<layer>Layout.
@@ -186,6 +193,14 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
     ``RuntimeError`` naming any module that did not get our layer (transformers' own kernelize would
     silently keep its layer).
 
+    Distributed (every rank calls this, e.g. under torchrun): ``distributed_config=DistributedConfig(...)``
+    (or transformers' older ``tp_plan=`` / ``tp_size=`` / ``device_mesh=``) go to transformers, which
+    places each rank on its own device (``cuda:LOCAL_RANK``, or the CPU with gloo), so ``device`` must be
+    left out. Under expert parallelism our experts layer runs inside transformers' hook on this rank's
+    experts (kernelize keeps the hook; docs/transformers.md, "Expert parallelism"); MXFP4 experts get the
+    plan rules of their blocks and scales. A ``tp_plan`` that splits the attention heads must also split
+    the sinks (``ValueError`` otherwise, before loading).
+
     MXFP4 checkpoints (``quantization_config.quant_method == "mxfp4"``, as openai/gpt-oss ships) load
     without transformers' MXFP4 quantizer (which would replace the MoE block and fetch another Hub kernel):
     the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``).
@@ -206,6 +221,15 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
         del config.quantization_config
     if attention and "attn_implementation" not in kwargs:
         kwargs["attn_implementation"] = attention_implementation()
+    distributed = [k for k in _DISTRIBUTED_KWARGS if kwargs.get(k) is not None]
+    if distributed:
+        if device is not None or kwargs.get("device_map") is not None:
+            raise ValueError(
+                f"from_pretrained: pass device= (or device_map=) or {' / '.join(distributed)}=, not both: "
+                "transformers places each rank of a distributed load on its own device (cuda:LOCAL_RANK, or the CPU)")
+        _check_tp_plan(_plan_of(kwargs, "tp_plan"))
+        if config.gpt_oss_kernels_experts == "mxfp4" and kwargs.get("distributed_config") is not None:
+            kwargs["distributed_config"] = _with_mxfp4_ep_plan(kwargs["distributed_config"])
     if device is not None:
         kwargs.setdefault("device_map", device)
     if dtype is not None:
@@ -217,10 +241,76 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
     device_type = model.device.type
     names = _hub_names(fused)
     mapping = {hub: {device_type: _ThisBuild(layer)} for hub, layer in names.items()}
+    # transformers' tensor / expert parallel hooks replace `forward` on the instance, wrapping the forward the
+    # module had when the model was built: for our layouts that is already our layer's (layout.forward is
+    # layer.forward). kernelize would replace the hook itself (module.forward = layer.forward), losing the
+    # cross-rank part (the experts would see global ids against local shards), so the hooks are put back.
+    hooks = {m: m.__dict__["forward"] for m in model.modules()
+             if str(getattr(type(m), "kernel_layer_name", None)) in names and _is_parallel_hook(m)}
     with use_kernel_mapping(mapping, inherit_mapping=False):
         kernelize(model, mode=Mode.INFERENCE, device=device_type, use_fallback=False)
+    for module, hook in hooks.items():
+        module.forward = hook
     check_kernelized(model, names)
     return model
+
+
+def _is_parallel_hook(module) -> bool:
+    """Whether transformers' tensor/expert parallelism installed its forward hook on this module (a plain
+    function in the instance's ``forward``; kernelize installs bound methods)."""
+    fwd = module.__dict__.get("forward")
+    return bool(getattr(module, "_is_hooked", False)) and callable(fwd) and not isinstance(fwd, MethodType)
+
+
+def _plan_of(kwargs: dict, name: str):
+    dc = kwargs.get("distributed_config")
+    if dc is not None:
+        return dc.get(name) if isinstance(dc, dict) else getattr(dc, name, None)
+    return kwargs.get(name)
+
+
+def _check_tp_plan(tp_plan) -> None:
+    """GPT-OSS's own plan (``tp_plan="auto"``) splits only the embedding and the LM head: attention and the norms
+    run whole on every rank. A custom plan that splits the heads (q/k/v colwise) must split the sinks the same
+    way and give the attention module its local parameters, or each rank's attention sees its heads with all
+    the sinks (a shape error deep in the attention call, ours or transformers' eager one)."""
+    if not isinstance(tp_plan, dict):
+        return
+    def style(key):
+        return next((v for k, v in tp_plan.items() if k.endswith(key)), None)
+    heads = [p for p in ("q_proj", "k_proj", "v_proj") if str(style(f"self_attn.{p}")).endswith("colwise")]
+    if not heads:
+        return
+    missing = []
+    if style("self_attn.sinks") != "colwise":
+        missing.append("'model.layers.*.self_attn.sinks': 'colwise'")
+    if style("self_attn") != "local_params":
+        missing.append("'model.layers.*.self_attn': 'local_params'")
+    from transformers.distributed import tensor_parallel  # noqa: F401 (registers the TP styles)
+    from transformers.distributed.parallel_utils import ALL_PARALLEL_STYLES
+
+    if "local_params" not in ALL_PARALLEL_STYLES:
+        raise ValueError(
+            f"tp_plan splits the attention heads ({', '.join(heads)}): GPT-OSS attention with sharded heads needs "
+            "its sinks split too and the attention run on local parameters ('local_params'), which this "
+            "transformers does not have (5.25 does); use tp_plan='auto' (attention whole on every rank)")
+    if missing:
+        raise ValueError(
+            f"tp_plan splits the attention heads ({', '.join(heads)}) but not the sinks: GPT-OSS attention with "
+            f"sharded heads needs {' and '.join(missing)} in tp_plan (each rank's attention then gets its heads' "
+            "sinks as a local tensor)")
+
+
+def _with_mxfp4_ep_plan(distributed_config):
+    """The distributed config with the MXFP4 experts' plan rules added (the model's own ep_plan names only the
+    bf16 tensors); rules the caller gave win."""
+    if isinstance(distributed_config, dict):
+        return {**distributed_config, "ep_plan": {**_MXFP4_EP_PLAN, **(distributed_config.get("ep_plan") or {})}}
+    if getattr(distributed_config, "ep_size", 1) in (None, 1):
+        return distributed_config
+    out = copy.copy(distributed_config)
+    out.ep_plan = {**_MXFP4_EP_PLAN, **(distributed_config.ep_plan or {})}
+    return out
 
 
 def check_kernelized(model, names: dict[str, str]) -> None:
@@ -235,7 +325,9 @@ def check_kernelized(model, names: dict[str, str]) -> None:
                 continue
             layer = getattr(layers, names[str(name)]) if str(name) in names else None
             forward = getattr(mod.__dict__.get("forward"), "__func__", None)
-            if layer is None or forward is not layer.forward:
+            # A module under transformers' parallel hook runs our layer inside it when its class's forward is ours.
+            hooked = _is_parallel_hook(mod) and layer is not None and type(mod).forward is layer.forward
+            if layer is None or (forward is not layer.forward and not hooked):
                 missing.append(f"{where} ({type(mod).__name__}, hub name {name!r})")
             else:
                 used.add(names[str(name)])

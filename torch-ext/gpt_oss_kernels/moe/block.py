@@ -10,9 +10,12 @@ what is stored, never from a flag):
 
 Biases (``*_bias``), ``alpha`` and ``limit`` are the same in every format.
 
-Under transformers' expert parallelism the experts module's forward is hooked (``_is_hooked``): it then
-sees global router ids and computes its local share, so the block calls it instead of reading the
-weights itself.
+Under transformers' expert parallelism (docs/transformers.md, "Expert parallelism") the experts module's
+forward is hooked (``_is_hooked``): the hook maps the router's global ids to this rank's experts and sums
+the ranks' outputs, so the block calls the module instead of reading the weights itself. The module then
+holds only its rank's experts (``_is_expert_parallel``, set by transformers when it splits them) and is
+called with ids outside [0, E_local) for the other ranks' experts (transformers' sentinel E_local): those
+slots contribute zero (the ops' ``skip_foreign``), with no host sync.
 """
 
 from __future__ import annotations
@@ -37,14 +40,38 @@ def expert_format(experts: torch.nn.Module) -> str:
 
 def experts_forward(experts: torch.nn.Module, hidden: torch.Tensor, topk_ids: torch.Tensor,
                     topk_weights: torch.Tensor) -> torch.Tensor:
-    """The experts alone (T, H) -> (T, H): transformers' experts interface."""
+    """The experts alone (T, H) -> (T, H): transformers' experts interface.
+
+    Ids outside [0, E): bad input (the ops' default: CPU raises, CUDA flags the token NaN), except on a
+    module whose experts transformers split over expert-parallel ranks (``_is_expert_parallel``), where
+    they are the other ranks' experts and contribute zero (``skip_foreign``)."""
+    skip = {"skip_foreign": True} if getattr(experts, "_is_expert_parallel", False) else {}
+    if skip:
+        _check_local_params(experts)
     if expert_format(experts) == "mxfp4":
         return _mxfp4.moe_experts_mxfp4(
             hidden, topk_ids, topk_weights, experts.gate_up_proj_blocks, experts.gate_up_proj_scales,
             experts.gate_up_proj_bias, experts.down_proj_blocks, experts.down_proj_scales, experts.down_proj_bias,
-            experts.alpha, experts.limit)
+            experts.alpha, experts.limit, **skip)
     return _experts.moe_experts(hidden, topk_ids, topk_weights, experts.gate_up_proj, experts.gate_up_proj_bias,
-                                experts.down_proj, experts.down_proj_bias, experts.alpha, experts.limit)
+                                experts.down_proj, experts.down_proj_bias, experts.alpha, experts.limit, **skip)
+
+
+def _check_local_params(experts: torch.nn.Module) -> None:
+    """Under transformers' expert parallelism the experts' parameters are DTensors, swapped for their local
+    shards only while transformers' hook runs the forward. A DTensor here means the hook is gone (kernels'
+    kernelize replaces ``forward`` on the instance, and transformers' ``use_kernels`` route kernelizes after
+    the hook is installed): the call would see global ids against local experts."""
+    from torch.distributed.tensor import DTensor  # a module split by transformers implies torch.distributed
+
+    w = getattr(experts, "gate_up_proj", None)
+    if w is None:
+        w = getattr(experts, "gate_up_proj_blocks", None)
+    if isinstance(w, DTensor):
+        raise RuntimeError(
+            f"{type(experts).__name__}: the experts are split over expert-parallel ranks, but transformers' "
+            "expert-parallel hook no longer runs this forward (kernelize replaced it). Load the model with "
+            "gpt_oss_kernels' from_pretrained(..., distributed_config=...), which keeps the hook.")
 
 
 def moe_block(hidden: torch.Tensor, router: torch.nn.Module, experts: torch.nn.Module

@@ -4,7 +4,9 @@
 Every buffer is sized from M = T * k alone: each expert that is hit gets ceil(count / block_m)
 blocks, so at most ``nb = (M + min(E, M) * (block_m - 1)) // block_m`` blocks are used, whatever
 the routing (all tokens on one expert included). Unused blocks carry expert -1; padding rows
-carry slot -1. No count ever travels to the host.
+carry slot -1. No count ever travels to the host. Ids outside [0, E) are routed nowhere (no row);
+``moe_finalize(y, ids, E, skip_foreign)`` then flags their token's row NaN, or with ``skip_foreign``
+(expert parallelism: another rank's expert) leaves them out of the sum.
 """
 
 from __future__ import annotations
@@ -30,5 +32,5 @@ def _moe_dispatch_fake(topk_ids, num_experts, block_m):
 
 
 @torch.library.register_fake(add_op_namespace_prefix("moe_finalize"))
-def _moe_finalize_fake(y, topk_ids, num_experts):
+def _moe_finalize_fake(y, topk_ids, num_experts, skip_foreign=False):
     return y.new_empty((topk_ids.shape[0], y.shape[1]))

@@ -18,6 +18,7 @@ from .dispatch import moe_dispatch
 from .routing import check_top_k
 
 _ID_DTYPES = (torch.int32, torch.int64)
+_MAX_K = 32  # check_top_k's bound when E does not bound k (skip_foreign: E is one rank's share)
 
 
 def _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit):
@@ -52,6 +53,8 @@ def moe_experts(
     down_proj_bias: torch.Tensor | None,
     alpha: float = 1.702,
     limit: float = 7.0,
+    *,
+    skip_foreign: bool = False,
 ) -> torch.Tensor:
     """GPT-OSS experts: ``out[t] = sum_j w[t,j] * (swiglu(x[t] @ W1[e] + b1[e]) @ W2[e] + b2[e])``.
 
@@ -61,19 +64,26 @@ def moe_experts(
     SwiGLU: ``gate.clamp(max=limit)``, ``up.clamp(-limit, limit)``, ``(up + 1) * gate * sigmoid(alpha * gate)``.
     Returns (T, H) in hidden's dtype; the k expert outputs are summed in fp32.
 
-    Ids outside [0, E): on the CPU a ValueError-like RuntimeError; on CUDA (no host sync) such a
-    slot is routed nowhere and its token's output row is NaN (clamp-and-flag).
+    Ids outside [0, E), by default (a caller's bad input): on the CPU a RuntimeError; on CUDA (no host
+    sync) such a slot is routed nowhere and its token's output row is NaN (clamp-and-flag).
+
+    ``skip_foreign=True`` (expert parallelism): the E experts passed are this rank's, and an id outside
+    [0, E) names an expert held elsewhere (transformers' sentinel is E, with weight 0). Such a slot is
+    routed nowhere and contributes exactly zero, on both backends, without a host sync; k may then
+    exceed E (up to 32).
     """
     alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
     _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
     _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
     if topk_ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
-    check_top_k(topk_ids.shape[1], gate_up_proj.shape[0])
+    if type(skip_foreign) is not bool:
+        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
+    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else gate_up_proj.shape[0])
     _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
     _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
     return ops.moe_experts(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(), gate_up_proj,
-                           gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
+                           gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit, skip_foreign)
 
 
 def moe(
@@ -205,7 +215,7 @@ _FINALIZE = ops.moe_finalize if _PREPARE is not None else None
 
 
 def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
-                      alpha, limit):
+                      alpha, limit, skip_foreign=False):
     from . import grouped_gemm  # triton, imported on first use
 
     t, h = hidden.shape
@@ -227,7 +237,9 @@ def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj
     y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
     grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket,
                                 groups)
-    return ops.moe_finalize(y, ids, e)
+    # moe_dispatch routes an id outside [0, E) nowhere, so GEMM 2 never writes its y row; finalize either
+    # flags the token (NaN) or, with skip_foreign, does not read that row.
+    return ops.moe_finalize(y, ids, e, skip_foreign)
 
 
 if "_cuda_" in add_op_namespace_prefix("moe_experts"):
@@ -236,5 +248,5 @@ if "_cuda_" in add_op_namespace_prefix("moe_experts"):
 
 @torch.library.register_fake(add_op_namespace_prefix("moe_experts"))
 def _moe_experts_fake(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
-                      alpha, limit):
+                      alpha, limit, skip_foreign=False):
     return torch.empty_like(hidden)

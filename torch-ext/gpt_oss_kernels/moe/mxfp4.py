@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from .dispatch import moe_dispatch
-from .experts import _FINALIZE, _ID_DTYPES, _PREPARE, _check_router, _fast_path_ok
+from .experts import _FINALIZE, _ID_DTYPES, _MAX_K, _PREPARE, _check_router, _fast_path_ok
 from .routing import check_top_k
 
 
@@ -69,6 +69,8 @@ def moe_experts_mxfp4(
     down_bias: torch.Tensor | None,
     alpha: float = 1.702,
     limit: float = 7.0,
+    *,
+    skip_foreign: bool = False,
 ) -> torch.Tensor:
     """``moe_experts`` with the checkpoint's MXFP4 expert weights (openai/gpt-oss layout, no re-layout).
 
@@ -77,7 +79,8 @@ def moe_experts_mxfp4(
     interleaved); ``gate_up_bias`` (E, 2I) or None; ``down_blocks`` uint8 (E, H, I/32, 16), ``down_scales``
     uint8 (E, H, I/32); ``down_bias`` (E, H) or None. Equals ``moe_experts`` on the weights
     ``dequantize_mxfp4(blocks, scales, hidden.dtype)``; returns (T, H) in hidden's dtype.
-    Ids outside [0, E): as ``moe_experts`` (CPU: error; CUDA: that token's row is NaN).
+    Ids outside [0, E): as ``moe_experts`` (CPU: error; CUDA: that token's row is NaN; ``skip_foreign=True``:
+    another expert-parallel rank's experts, contributing zero).
     """
     alpha, limit = _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
                                         down_scales, down_bias, alpha, limit)
@@ -85,12 +88,14 @@ def moe_experts_mxfp4(
     _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
     if topk_ids.shape[0] != hidden.shape[0]:
         raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
-    check_top_k(topk_ids.shape[1], gate_up_blocks.shape[0])
+    if type(skip_foreign) is not bool:
+        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
+    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else gate_up_blocks.shape[0])
     _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
     _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
     return ops.moe_experts_mxfp4(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(),
                                  gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
-                                 alpha, limit)
+                                 alpha, limit, skip_foreign)
 
 
 def moe_mxfp4(
@@ -203,7 +208,7 @@ def _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks, g
 
 
 def _moe_experts_mxfp4_cuda(hidden, topk_ids, topk_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
-                            down_blocks, down_scales, down_bias, alpha, limit):
+                            down_blocks, down_scales, down_bias, alpha, limit, skip_foreign=False):
     from . import grouped_gemm  # triton, imported on first use
 
     t, h = hidden.shape
@@ -227,7 +232,7 @@ def _moe_experts_mxfp4_cuda(hidden, topk_ids, topk_weights, gate_up_blocks, gate
     y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
     w2, s2 = _gemm_weights(down_blocks, down_scales, hidden.dtype, m)
     grouped_gemm.gemm2_weighted(act, w2, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2)
-    return ops.moe_finalize(y, ids, e)
+    return ops.moe_finalize(y, ids, e, skip_foreign)  # as moe_experts: foreign slots NaN-flagged or skipped
 
 
 if "_cuda_" in add_op_namespace_prefix("moe_experts_mxfp4"):
@@ -236,5 +241,5 @@ if "_cuda_" in add_op_namespace_prefix("moe_experts_mxfp4"):
 
 @torch.library.register_fake(add_op_namespace_prefix("moe_experts_mxfp4"))
 def _moe_experts_mxfp4_fake(hidden, topk_ids, topk_weights, gate_up_blocks, gate_up_scales, gate_up_bias,
-                            down_blocks, down_scales, down_bias, alpha, limit):
+                            down_blocks, down_scales, down_bias, alpha, limit, skip_foreign=False):
     return torch.empty_like(hidden)
