@@ -14,6 +14,8 @@ import os
 from pathlib import Path
 from types import MethodType
 
+import torch
+
 from .. import layers
 
 REPO_ID = "kernels-community/gpt-oss-kernels"
@@ -237,6 +239,9 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
 
     with _registered(fused, config.model_type):
         model = GptOssForCausalLM.from_pretrained(model_id_or_path, config=config, use_kernels=False, **kwargs)
+    if attention and model.device.type == "cuda" and model.dtype == torch.float32:
+        raise ValueError("from_pretrained: our CUDA attention takes float16 / bfloat16 activations, the model loaded "
+                         "as float32: pass dtype=torch.bfloat16, or attention=False to keep transformers' attention")
 
     device_type = model.device.type
     names = _hub_names(fused)
