@@ -100,7 +100,7 @@ def test_from_pretrained_leaves_transformers_as_it_was(kernel, device, tmp_path)
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssMLP
 
     reference = _reference(device)
-    with_our_kernels(reference)
+    with_our_kernels(reference, dtype=OURS_DTYPE[device])  # fp32 on CUDA would refuse our attention
     reference.save_pretrained(tmp_path / "tiny")
     plain = GptOssForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device, use_kernels=False)
     assert type(plain.model.layers[0].mlp) is GptOssMLP
