@@ -285,6 +285,8 @@ def mxfp4_run(args) -> None:
         res[name] = r
         del m
     res["ours_vs_transformers_mxfp4_logits"] = compare(logits["ours"], logits["transformers_mxfp4"])
+    res["ours_static_cache"] = {k: res["ours"][k] for k in ("generate_b1_static_tok_s", "static_first_call_s")
+                                if k in res["ours"]}
     rows = [dict(what=k, transformers_mxfp4=res["transformers_mxfp4"][k], ours=res["ours"][k],
                  speedup=round(res["ours"][k] / res["transformers_mxfp4"][k], 2))
             for k in res["transformers_mxfp4"] if k.endswith("tok_s")]

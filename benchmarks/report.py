@@ -145,7 +145,8 @@ def family_table(rows: list) -> list[str]:
     return out
 
 
-E2E_NAMES = {"transformers": "transformers defaults", "ours": "ours"}
+E2E_NAMES = {"transformers": "transformers defaults", "transformers_mxfp4": "transformers' MXFP4 path",
+             "ours": "ours"}
 
 
 def e2e_series(e2e: dict) -> list[str]:
@@ -190,6 +191,9 @@ def e2e_labels(e2es) -> list[str]:
     versions = [e.get("transformers") for _, e in e2es]
     if all(versions) and len(set(versions)) == len(versions):
         return [f"transformers {v}" for v in versions]
+    kinds = ["MXFP4 experts" if "transformers_mxfp4" in e2e_series(e) else "bf16 experts" for _, e in e2es]
+    if len(set(kinds)) == len(kinds):
+        return kinds
     return [p.stem for p, _ in e2es]
 
 
@@ -202,8 +206,10 @@ def headline_table(e2es) -> list[str]:
         for s in series:
             head.append(E2E_NAMES.get(s, s.replace("_", " ")) + (f" ({lab})" if lab else ""))
             cols.append((e, s))
-        if "transformers" in series and "ours" in series:
-            head.append("ours / defaults" + (f" ({lab})" if lab else ""))
+        base = next((b for b in series if b.startswith("transformers")), None)
+        if base is not None and "ours" in series:
+            head.append(f"ours / {'defaults' if base == 'transformers' else E2E_NAMES.get(base, base)}"
+                        + (f" ({lab})" if lab else ""))
             cols.append((e, "speedup"))
     whats: list[str] = []
     for _, e in e2es:
@@ -298,6 +304,15 @@ def markdown(runs, fams, e2es, img_rel: str | None, plots: dict, decisions=()) -
             st = e.get("ours_static_cache") or {}
             if finite(st.get("static_first_call_s")):
                 extra.append(f"static cache: first call {st['static_first_call_s']} s (compilation included)")
+            mem = [(name, e.get(key) or {}) for key, name in (("transformers_mxfp4", "transformers' MXFP4 path"),
+                                                              ("ours", "ours"))]
+            if all(finite(m.get("peak_gb")) for _, m in mem):
+                extra.append("GPU memory, weights after loading / peak over loading and the runs: " + "; ".join(
+                    f"{name} {m['weights_gb']} / {m['peak_gb']} GB" for name, m in mem))
+            lg = e.get("ours_vs_transformers_mxfp4_logits")
+            if isinstance(lg, dict) and lg:
+                extra.append(f"logits of a 512-token input, ours against transformers' MXFP4 path: relative error "
+                             f"{lg.get('rel_err')}, argmax agreement {lg.get('argmax_agreement')}")
             ab = e.get("ours_b1_attn_op_ab") or {}
             if ab:
                 extra.append("batch-1 generate of ours, attention through the op's dispatcher / the eager fast path, "
