@@ -27,8 +27,10 @@ def main():
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = harness.load_kernel()
-    gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
-    mx = sys.modules[kernel.__name__ + ".moe.mxfp4"]
+    import importlib
+
+    gg = importlib.import_module(kernel.__name__ + ".moe.grouped_gemm")
+    mx = importlib.import_module(kernel.__name__ + ".moe.mxfp4")
     g = torch.Generator(device="cuda").manual_seed(0)
     packed = {}
     for name, shape in (("gate_up", (E, H, 2 * I)), ("down", (E, I, H))):
