@@ -1,9 +1,10 @@
 #!/usr/bin/env python3
 """Probe (issue 15, decode): MXFP4 MoE block at T = 1 / 4 / 64 (gpt-oss-20b shapes, CUDA graph, rotated inputs)
-for several decode tiles of the grouped GEMMs, the plain product against swap_ab (weights as the MMA's left
-operand); plus the per-kernel device times of one block (torch.profiler, eager) for the default and the best tile.
-Question: does swap_ab (wgmma, no shared-memory round trip of the dequantized weights) speed decode up, and which
-tile? Writes $OUT/mxfp4_decode_sweep.json. Delete once answered (git keeps it).
+for decode tiles of the grouped GEMMs, one GEMM's tile varied at a time (the other at the default); plus the
+per-kernel device times of one block (torch.profiler, eager) for the default and the best tile.
+Question: which decode tile (narrower / deeper / fewer warps: more CTAs in flight) streams the MXFP4 weights
+fastest? (swap_ab, the weights as wgmma's register operand, lost: 1.4-1.8x slower, decisions-moe.md.)
+Writes $OUT/mxfp4_decode_sweep.json. Delete once answered (git keeps it).
 
     python probes/mxfp4_decode_sweep.py --out $OUT
 """
@@ -44,11 +45,12 @@ def main():
                                  "down_bias")]
     C = gg.Cfg
     base = gg.candidates(16, True, False, "mxfp4")[0]
-    cfgs = {"default": None, "plain 64x64/4w/4s": (base, base)}
-    for bn, bk, w, s in ((64, 64, 4, 4), (128, 64, 4, 4), (64, 128, 4, 4), (128, 128, 4, 3), (64, 256, 4, 3),
-                         (128, 128, 8, 3), (128, 64, 4, 6), (64, 128, 4, 6), (256, 64, 8, 3), (64, 64, 4, 8)):
-        c = C(bn, bk, w, s, 64, swap_ab=True)
-        cfgs[f"swap {bn}x{bk}/{w}w/{s}s"] = (c, c)
+    cfgs = {"default": None}
+    for bn, bk, w, st in ((32, 64, 4, 4), (32, 128, 4, 4), (64, 128, 4, 4), (64, 128, 4, 3), (32, 256, 4, 3),
+                          (64, 64, 2, 4), (32, 64, 2, 6), (64, 64, 4, 6), (128, 64, 4, 4), (64, 256, 4, 2)):
+        c = C(bn, bk, w, st, 64)
+        cfgs[f"gemm1 {bn}x{bk}/{w}w/{st}s"] = (c, base)
+        cfgs[f"gemm2 {bn}x{bk}/{w}w/{st}s"] = (base, c)
     rows = []
     ref_out = {}
     for T in (1, 4, 64):
@@ -76,7 +78,7 @@ def main():
     # per-kernel device times, eager, T = 1 and 64: default and the best swap tile at that T
     prof = {}
     for T in (1, 64):
-        best = min((r for r in rows if r["T"] == T and "us" in r and r["tile"].startswith("swap")), key=lambda r: r["us"])
+        best = min((r for r in rows if r["T"] == T and "us" in r and r["tile"] != "default"), key=lambda r: r["us"])
         for name in ("default", best["tile"]):
             gg.FORCE.clear()
             if cfgs[name] is not None:
