@@ -2,8 +2,8 @@
 """Probe (issue 15, decode): MXFP4 MoE block at T = 1 / 4 / 64 (gpt-oss-20b shapes, CUDA graph, rotated inputs)
 for decode tiles of the grouped GEMMs, one GEMM's tile varied at a time (the other at the default); plus the
 per-kernel device times of one block (torch.profiler, eager) for the default and the best tile.
-Question: which decode tile (narrower / deeper / fewer warps: more CTAs in flight) streams the MXFP4 weights
-fastest? (swap_ab, the weights as wgmma's register operand, lost: 1.4-1.8x slower, decisions-moe.md.)
+Question: which decode tile (narrower / deeper / fewer warps / split K: more CTAs in flight) streams the MXFP4
+weights fastest? (swap_ab, the weights as wgmma's register operand, lost: 1.4-1.8x slower, decisions-moe.md.)
 Writes $OUT/mxfp4_decode_sweep.json. Delete once answered (git keeps it).
 
     python probes/mxfp4_decode_sweep.py --out $OUT
@@ -46,11 +46,19 @@ def main():
     C = gg.Cfg
     base = gg.candidates(16, True, False, "mxfp4")[0]
     cfgs = {"default": None}
-    for bn, bk, w, st in ((32, 64, 4, 4), (32, 128, 4, 4), (64, 128, 4, 4), (64, 128, 4, 3), (32, 256, 4, 3),
-                          (64, 64, 2, 4), (32, 64, 2, 6), (64, 64, 4, 6), (128, 64, 4, 4), (64, 256, 4, 2)):
+    for bn, bk, w, st in ((32, 64, 4, 4), (64, 128, 4, 4), (32, 256, 4, 3), (64, 64, 2, 4), (64, 64, 4, 6),
+                          (128, 64, 4, 4)):
         c = C(bn, bk, w, st, 64)
         cfgs[f"gemm1 {bn}x{bk}/{w}w/{st}s"] = (c, base)
         cfgs[f"gemm2 {bn}x{bk}/{w}w/{st}s"] = (base, c)
+    for sk in (2, 3, 4, 6):  # split K: sk programs per output tile, partial sums + an epilogue launch
+        c = base._replace(split_k=sk)
+        cfgs[f"gemm1 split_k={sk}"] = (c, base)
+        cfgs[f"gemm2 split_k={sk}"] = (base, c)
+        cfgs[f"both split_k={sk}"] = (c, c)
+    for sk in (2, 4):
+        c = C(32, 64, 4, 4, 64, split_k=sk)
+        cfgs[f"both 32x64 split_k={sk}"] = (c, c)
     rows = []
     ref_out = {}
     for T in (1, 4, 64):
