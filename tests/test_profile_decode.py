@@ -1,0 +1,26 @@
+"""benchmarks/profile_decode.py --tiny: the decode-step profile runs on the CPU (CI) and writes its table and JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from conftest import ROOT
+
+
+def test_profile_decode_tiny(kernel, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "profile_decode.py"), "--tiny", "--runner", "2",
+                        "--new-tokens", "5", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    res = json.loads((tmp_path / "profile_decode.json").read_text())
+    gen = res["generate_static"]
+    assert len(gen["steps"]) == 5  # the prefill, then one window per decode step
+    step = gen["median_step"]
+    assert step["wall_ms"] > 0 and step["host_forward_ms"] > 0 and step["host_prepare_inputs_ms"] > 0
+    assert step["host_forward_ms"] <= step["wall_ms"]
+    assert gen["dynamo_first_call"]["graph_breaks"] == 0  # no compile on the CPU
+    runner = res["runner"][0]
+    assert runner["launches"] == 2 and len(runner["windows"]) == 2  # tokens 2-3 and 4-5 (the prefill gives the first)
+    md = (tmp_path / "profile_decode.md").read_text()
+    assert "| wall |" in md and "DecodeRunner, 2 steps per launch" in md
