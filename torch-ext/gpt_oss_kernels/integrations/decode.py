@@ -20,8 +20,9 @@ attention modules call ``cache.update(key, value, layer_idx)`` and the attention
 ``sliding_window`` / ``s_aux`` (transformers' GPT-OSS; tested with it, plain and through our
 ``from_pretrained``). Prompts are unpadded (an ``attention_mask`` with zeros raises ``ValueError``).
 
-Rows of a batch still run after they finish (at most N - 1 extra steps past the last row's end also run): that is
-the price of checking the flags once per launch.
+Rows of a batch still run after they finish, and a captured launch runs all its N steps (up to N - 1 past the
+last row's end or ``max_new_tokens``): the price of checking the flags once per launch. Eager launches stop at
+``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -280,11 +281,14 @@ class DecodeRunner:
         st.max_new.fill_(max_new)
         st.min_new.fill_(min_new)
 
-    def _launch(self, st: _State, kind: _Sampling) -> None:
+    def _launch(self, st: _State, kind: _Sampling, remaining: int) -> int:
+        """One launch: the captured N steps, or (eager) up to N steps, none past max_new_tokens. Returns the steps run."""
         if st.graph is not None:
             st.graph.replay()
-        else:
-            self._steps(st, kind, self.steps_per_launch)
+            return self.steps_per_launch
+        n = min(self.steps_per_launch, remaining)
+        self._steps(st, kind, n)
+        return n
 
     def _settings(self, max_new_tokens, min_new_tokens, eos_token_id, pad_token_id, do_sample, temperature, top_k,
                   top_p):
@@ -377,9 +381,8 @@ class DecodeRunner:
                     streamed += chunk.shape[1]
                 if done:
                     break
-                self._launch(st, kind)
+                done_steps += self._launch(st, kind, max_new - done_steps)
                 launches += 1
-                done_steps += self.steps_per_launch
                 done = done_steps >= max_new or bool(st.finished.all())
         n = int(st.n_out)
         if streamer is not None:
