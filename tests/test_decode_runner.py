@@ -225,3 +225,26 @@ def test_cuda_graph_greedy_as_generate_and_sampling_seeded(kernel, models_cuda):
     a = runner.generate(prompt, seed=3, **kw)
     assert runner.generate(prompt, seed=3, **kw).tolist() == a.tolist()
     assert runner.generate(prompt, seed=4, **kw).tolist() != a.tolist()
+
+
+def test_static_cache_generate_with_flash_style_attention_reads_unwritten_slots(kernel, models_cpu):
+    """Why the runner owns its cache and lengths: transformers 5.25's ``cache_implementation="static"`` route gives a
+    flash-style attention (ours, registered under its repo id) the whole static K/V buffers with no mask and no
+    lengths (an unpadded batch's 2D mask is dropped), so the attention also reads the cache slots not written yet
+    and the logits differ from the dynamic cache's. transformers' eager attention gets a 4D mask and agrees. When
+    this test fails, transformers passes lengths or a mask there, and its static route can be measured as correct."""
+    plain, ours = models_cpu
+    prompt = torch.randint(1, VOCAB - 1, (1, 10))
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=6, min_new_tokens=6, do_sample=False,
+              return_dict_in_generate=True, output_logits=True)
+
+    def first_logits(model, **extra):
+        with torch.inference_mode():
+            return model.generate(prompt, **kw, **extra).logits[0]
+
+    assert torch.allclose(first_logits(plain, cache_implementation="static"), first_logits(plain), atol=1e-5)
+    static, dynamic = first_logits(ours, cache_implementation="static"), first_logits(ours)
+    assert (static - dynamic).abs().max() > 1e-2 * dynamic.abs().max()
+    runner = kernel.DecodeRunner(ours)
+    assert runner.generate(prompt, max_new_tokens=6, min_new_tokens=6, do_sample=False).tolist() == \
+        _greedy(ours, prompt, max_new_tokens=6, min_new_tokens=6).tolist()
