@@ -11,10 +11,10 @@ under the profiler (CPU + CUDA activity). generate's per-step pieces are wrapped
 class patches, removed afterwards): ``prepare_inputs`` (prepare_inputs_for_generation, the masks included),
 ``forward`` (the compiled call: guards, CUDA-graph replay, eager pieces between graph breaks), ``update_kwargs``,
 ``logits_processors``, ``stopping_criteria``, ``stop_check`` (generate's ``unfinished.max() == 0``: on CUDA it
-waits for the GPU every step), ``cache_update`` (only where it runs eagerly). A step is the host time from one
-``prepare_inputs`` to the next. Per step: wall, the sum of kernel durations that start in it, GPU busy (union
-of kernel intervals) and idle, the host ranges, and the runtime calls (kernel launches, graph launches,
-synchronisations). torch._dynamo's counters (graphs, graph breaks and their reasons, recompiles, cudagraph
+waits for the GPU every step), ``cache_update`` (CPU only: on CUDA it is inside the compiled forward). A step
+is the host time from one ``prepare_inputs`` to the next. Per step: wall, the sum of kernel durations that
+start in it, GPU busy (union of kernel intervals) and idle, the host ranges, and the runtime calls (kernel
+launches, graph launches, synchronisations). torch._dynamo's counters (graphs, graph breaks and their reasons, recompiles, cudagraph
 skips) are read after the warm-up and after the profiled call.
 
 ``--runner N``: also the package's DecodeRunner with N steps per launch (the "after"), profiled the same way
@@ -72,9 +72,12 @@ def generate_ranges(model):
         (logits_process.LogitsProcessorList, "__call__", "logits_processors", False),
         (stopping_criteria.StoppingCriteriaList, "__call__", "stopping_criteria", False),
         (gen_utils.StopCheck, "__call__", "stop_check", False),
-        (cache_utils.StaticLayer, "update", "cache_update", True),
-        (cache_utils.StaticSlidingWindowLayer, "update", "cache_update", True),
     ]
+    if model.device.type == "cpu":
+        # Only where generate does not compile: inside the compiled forward the update is traced, and a patched
+        # method would fail dynamo's guards on it (a recompile in the profiled call).
+        patches += [(cache_utils.StaticLayer, "update", "cache_update", True),
+                    (cache_utils.StaticSlidingWindowLayer, "update", "cache_update", True)]
     saved = []
     for owner, attr, name, eager_only in patches:
         original = owner.__dict__.get(attr)

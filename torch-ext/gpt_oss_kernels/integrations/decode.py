@@ -166,7 +166,6 @@ class DecodeRunner:
         self.capture_seconds: dict = {}
         self.last_stats: dict = {}
         self._states: dict = {}
-        self._pool = None
         _register_attention()
 
     # --- the device-side step ----------------------------------------------------------------------
@@ -261,9 +260,7 @@ class DecodeRunner:
         graph = torch.cuda.CUDAGraph()
         if kind.do_sample:
             graph.register_generator_state(st.generator)
-        if self._pool is None:
-            self._pool = torch.cuda.graph_pool_handle()
-        with torch.cuda.graph(graph, pool=self._pool):
+        with torch.cuda.graph(graph):  # a pool of its own: no intermediate is shared with another key's graph
             self._steps(st, kind, n)
         torch.cuda.synchronize(st.device)
         st.graph = graph
