@@ -18,7 +18,9 @@ launches, graph launches, synchronisations). torch._dynamo's counters (graphs, g
 skips) are read after the warm-up and after the profiled call.
 
 ``--runner N``: also the package's DecodeRunner with N steps per launch (the "after"), profiled the same way
-with one launch (N tokens) per window. ``--trace``: Chrome traces (open in Perfetto; the timeline pictures).
+with one launch (N tokens) per window. ``--trace``: Chrome traces (open in Perfetto). ``--png``: a timeline
+picture of one decode step of generate above the first 1/N of a launch of each runner (matplotlib; the JSON keeps
+the events of that step / launch under ``timeline`` either way).
 
 Writes --out/profile_decode.json and --out/profile_decode.md (also printed).
 """
@@ -167,12 +169,64 @@ def per_window(prof, marker: str, ranges: list[str]) -> list[dict]:
         row["graph_launches"] = sum(1 for e in inside if e.name in _GRAPH_LAUNCHES)
         row["syncs_and_copies"] = sum(1 for e in inside if e.name in _SYNCS)
         row["kernels_run"] = sum(1 for e in gpu if a <= e.time_range.start < b)
+        # what happened in the window, for the timeline picture: host ranges and runtime calls, GPU activity
+        row["timeline"] = (
+            [("host", e.name, e.time_range.start - a, e.time_range.end - a) for e in inside
+             if e.name in ranges or e.name in _KERNEL_LAUNCHES + _GRAPH_LAUNCHES + _SYNCS]
+            + [("gpu", e.name[:60], max(e.time_range.start, a) - a, min(e.time_range.end, b) - a) for e in gpu
+               if e.time_range.end > a and e.time_range.start < b])
         rows.append(row)
     return rows
 
 
 def _median_row(rows: list[dict]) -> dict:
-    return {k: round(statistics.median(r[k] for r in rows), 4) for k in rows[0]} if rows else {}
+    keys = [k for k in rows[0] if k != "timeline"] if rows else []
+    return {k: round(statistics.median(r[k] for r in rows), 4) for k in keys}
+
+
+def _middle_timeline(rows: list[dict]) -> list:
+    """The timeline of a window in the middle (a steady decode step / launch), and drop the others' (size)."""
+    middle = rows[len(rows) // 2]["timeline"] if rows else []
+    for r in rows:
+        r.pop("timeline", None)
+    return middle
+
+
+def plot_timelines(res: dict, path: Path) -> bool:
+    """One decode step of generate (static cache) above one step's share of a launch of each DecodeRunner
+    profiled, same time scale: host ranges and runtime calls, GPU activity. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    panels = [("generate, static cache: one decode step", res["generate_static"]["timeline"])]
+    for r in res.get("runner", []):  # the first 1/N of a launch: one step's worth of its timeline
+        n, tl = r["steps_per_launch"], r["timeline"]
+        cut = max([t1 for *_, t1 in tl] + [0.0]) / n
+        panels.append((f"DecodeRunner, {n} steps per launch: the first 1/{n} of a launch (one step's time)",
+                       [(lane, name, t0, min(t1, cut)) for lane, name, t0, t1 in tl if t0 < cut]))
+    span = max([t1 for _, tl in panels for *_, t1 in tl] + [1.0]) / 1e3
+    fig, axes = plt.subplots(len(panels), 1, figsize=(14, 1.6 + 1.4 * len(panels)), squeeze=False)
+    colors = {name: f"C{i}" for i, name in enumerate(GENERATE_RANGES + ["launch"])}
+    for ax, (title, tl) in zip(axes[:, 0], panels):
+        for lane, name, t0, t1 in tl:
+            y = 1 if lane == "host" else 0
+            color = colors.get(name, "0.6" if lane == "host" else "C3")
+            height = 0.8 if name in colors or lane == "gpu" else 0.4
+            ax.broken_barh([(t0 / 1e3, max(t1 - t0, 0.5) / 1e3)], (y - height / 2, height), color=color, lw=0)
+        ax.set_xlim(0, span)
+        ax.set_yticks([0, 1], ["GPU", "host"])
+        ax.set_title(title, fontsize=9, loc="left")
+    axes[-1, 0].set_xlabel("ms")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=c) for c in colors.values()]
+    fig.legend(handles, list(colors), loc="upper right", fontsize=7, ncol=4)
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def _top_cpu_ops(prof, n: int = 15) -> list[dict]:
@@ -219,10 +273,11 @@ def profile_generate(model, prompt, new_tokens: int, out: Path, trace: bool) -> 
     rows = per_window(prof, "prepare_inputs", GENERATE_RANGES)  # rows[0]: the prefill
     if trace:
         prof.export_chrome_trace(str(out / "profile_decode_generate_static.trace.json"))
+    median = _median_row(rows[1:] or rows)
     return dict(first_call_s=round(first, 3), call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), dynamo_first_call=after_warmup,
-                dynamo_steady_calls=steady, steps=rows, median_step=_median_row(rows[1:] or rows),
-                top_cpu_ops=_top_cpu_ops(prof))
+                dynamo_steady_calls=steady, median_step=median, timeline=_middle_timeline(rows[1:] or rows),
+                steps=rows, top_cpu_ops=_top_cpu_ops(prof))
 
 
 def profile_runner(kernel, model, prompt, new_tokens: int, steps: int, out: Path, trace: bool) -> dict:
@@ -250,7 +305,7 @@ def profile_runner(kernel, model, prompt, new_tokens: int, steps: int, out: Path
     med = _median_row(rows[:-1] or rows)  # the last window also holds the end of the call
     return dict(steps_per_launch=steps, first_call=first, call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), launches=runner.last_stats["launches"],
-                windows=rows, median_launch=med,
+                median_launch=med, timeline=_middle_timeline(rows[:-1] or rows), windows=rows,
                 median_per_token={k: round(v / steps, 4) for k, v in med.items() if k.endswith("_ms")})
 
 
@@ -338,6 +393,7 @@ def main(argv=None) -> dict:
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--runner", type=int, nargs="*", default=[], help="also DecodeRunner with these N")
     parser.add_argument("--trace", action="store_true", help="write Chrome traces")
+    parser.add_argument("--png", action="store_true", help="timeline picture of one step / launch (matplotlib)")
     args = parser.parse_args(argv)
     if args.tiny:
         args.prompt, args.new_tokens = min(args.prompt, 12), min(args.new_tokens, 6)
@@ -354,6 +410,9 @@ def main(argv=None) -> dict:
     res["generate_static"] = profile_generate(model, prompt, args.new_tokens, args.out, args.trace)
     res["runner"] = [profile_runner(kernel, model, prompt, args.new_tokens, n, args.out, args.trace)
                      for n in args.runner]
+    if args.png:
+        png = args.out / "profile_decode_timeline.png"
+        res["timeline_png"] = str(png) if plot_timelines(res, png) else "matplotlib missing: no picture"
     (args.out / "profile_decode.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)
     (args.out / "profile_decode.md").write_text(md)

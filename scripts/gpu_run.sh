@@ -15,8 +15,8 @@
 # --dry-run: print what would run, run nothing.
 #
 # --only also takes the decode runs (not part of the default set; each fits one device call):
-#   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome
-#     traces) and benchmarks/e2e_decode.py --no-cb (generate dynamic/static, DecodeRunner N=1/8/32, batch 1/16);
+#   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome traces,
+#     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic/static, DecodeRunner N=1/8/32, batch 1/16);
 #   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
 #   decode-mxfp4: both decode scripts with MXFP4 experts.
 #
@@ -121,7 +121,7 @@ if [ "$BENCH" = 1 ]; then
     echo "== $what"
     case "$what" in
       decode)
-        decode_bench profile_decode.log benchmarks/profile_decode.py --runner 8 32 --trace || status=1
+        decode_bench profile_decode.log benchmarks/profile_decode.py --runner 8 32 --trace --png || status=1
         decode_bench e2e_decode.log benchmarks/e2e_decode.py --no-cb --reps 2 || status=1 ;;
       decode-cb)
         decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only || status=1 ;;

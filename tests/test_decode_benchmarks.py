@@ -21,6 +21,8 @@ def test_profile_decode_tiny(kernel, tmp_path):
     assert step["wall_ms"] > 0 and step["host_forward_ms"] > 0 and step["host_prepare_inputs_ms"] > 0
     assert step["host_forward_ms"] <= step["wall_ms"]
     assert gen["dynamo_first_call"]["graph_breaks"] == 0  # no compile on the CPU
+    assert {lane for lane, *_ in gen["timeline"]} == {"host"}  # a step's events for the picture (no GPU here)
+    assert "timeline" not in gen["steps"][0]
     runner = res["runner"][0]
     assert runner["launches"] == 2 and len(runner["windows"]) == 2  # tokens 2-3 and 4-5 (the prefill gives the first)
     md = (tmp_path / "profile_decode.md").read_text()
