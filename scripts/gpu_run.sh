@@ -16,7 +16,8 @@
 #
 # --only also takes the decode runs (not part of the default set; each fits one device call):
 #   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome traces,
-#     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic/static, DecodeRunner N=1/8/32, batch 1/16);
+#     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic / static,
+#     DecodeRunner N=1/8/32, batch 1 and 16);
 #   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
 #   decode-mxfp4: both decode scripts with MXFP4 experts.
 #
