@@ -28,6 +28,7 @@ last row's end or ``max_new_tokens``): the price of checking the flags once per 
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import time
 from dataclasses import dataclass, field
@@ -166,6 +167,9 @@ class DecodeRunner:
         self.capture_seconds: dict = {}
         self.last_stats: dict = {}
         self._states: dict = {}
+        # transformers 5.25 calls the cache argument `cache`, 5.22-5.24 `past_key_values`
+        params = inspect.signature(model.forward).parameters
+        self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
         _register_attention()
 
     # --- the device-side step ----------------------------------------------------------------------
@@ -188,7 +192,7 @@ class DecodeRunner:
         st.seqlens.copy_((st.pos + s).to(torch.int32).expand(st.batch))
         masks = {"full_attention": st.seqlens, "sliding_attention": st.seqlens}
         out = self.model(input_ids=ids, position_ids=positions.expand(st.batch, s), attention_mask=masks,
-                         cache=st.cache, use_cache=True, logits_to_keep=1)
+                         use_cache=True, logits_to_keep=1, **{self._cache_kwarg: st.cache})
         st.pos.add_(s)
         return out.logits[:, -1].float()
 
