@@ -184,9 +184,10 @@ def _median_row(rows: list[dict]) -> dict:
     return {k: round(statistics.median(r[k] for r in rows), 4) for k in keys}
 
 
-def _middle_timeline(rows: list[dict]) -> list:
-    """The timeline of a window in the middle (a steady decode step / launch), and drop the others' (size)."""
-    middle = rows[len(rows) // 2]["timeline"] if rows else []
+def _middle_timeline(rows: list[dict], candidates: list[dict]) -> list:
+    """The timeline of the middle one of ``candidates`` (a steady decode step / launch); dropped from every row
+    (size)."""
+    middle = candidates[len(candidates) // 2]["timeline"] if candidates else []
     for r in rows:
         r.pop("timeline", None)
     return middle
@@ -276,7 +277,7 @@ def profile_generate(model, prompt, new_tokens: int, out: Path, trace: bool) -> 
     median = _median_row(rows[1:] or rows)
     return dict(first_call_s=round(first, 3), call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), dynamo_first_call=after_warmup,
-                dynamo_steady_calls=steady, median_step=median, timeline=_middle_timeline(rows[1:] or rows),
+                dynamo_steady_calls=steady, median_step=median, timeline=_middle_timeline(rows, rows[1:] or rows),
                 steps=rows, top_cpu_ops=_top_cpu_ops(prof))
 
 
@@ -305,7 +306,7 @@ def profile_runner(kernel, model, prompt, new_tokens: int, steps: int, out: Path
     med = _median_row(rows[:-1] or rows)  # the last window also holds the end of the call
     return dict(steps_per_launch=steps, first_call=first, call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), launches=runner.last_stats["launches"],
-                median_launch=med, timeline=_middle_timeline(rows[:-1] or rows), windows=rows,
+                median_launch=med, timeline=_middle_timeline(rows, rows[:-1] or rows), windows=rows,
                 median_per_token={k: round(v / steps, 4) for k, v in med.items() if k.endswith("_ms")})
 
 
