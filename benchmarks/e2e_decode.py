@@ -23,7 +23,7 @@ generate_batch accepts, ``ContinuousBatchingConfig(use_cuda_graph=True)``); tota
 (the first, with warm-up and capture, apart), and teacher-forced agreement of the answers.
 
 ``--tiny``: the tiny model on the CPU in fp32 (a smoke run of the script; no compile, no CUDA graphs).
-Writes --out/e2e_decode.json and --out/e2e_decode.md (also printed).
+Writes --out/e2e_decode.json and --out/e2e_decode.md (also printed); ``--cb-only``: e2e_decode_cb.json / .md.
 """
 
 from __future__ import annotations
@@ -214,9 +214,10 @@ def continuous_batching(kernel, plain, ours, args, device) -> dict:
 def markdown(res: dict) -> str:
     lines = [f"## Decode routes: {res['what']}", "",
              f"{res['prompt']}-token prompt, {res['new_tokens']} new tokens, greedy; {res['device']}, torch "
-             f"{res['torch']}, transformers {res['transformers']}, {res['date']}.", "",
-             "| route | batch | tok/s | first call s | capture s | launches / token | teacher-forced agreement |",
-             "|---|---|---|---|---|---|---|"]
+             f"{res['torch']}, transformers {res['transformers']}, {res['date']}.", ""]
+    if res["batches"]:
+        lines += ["| route | batch | tok/s | first call s | capture s | launches / token | teacher-forced agreement |",
+                  "|---|---|---|---|---|---|---|"]
     for b, routes in res["batches"].items():
         for route, r in routes.items():
             if "error" in r:
@@ -304,17 +305,18 @@ def main(argv=None) -> dict:
     res = dict(what=what, device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
                transformers=transformers.__version__, prompt=args.prompt, new_tokens=args.new_tokens,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batches={})
+    stem = "e2e_decode_cb" if args.cb_only else "e2e_decode"
     if not args.cb_only:
         for b in args.batches:
             res["batches"][str(b)] = decode_routes(kernel, ours, b, args, device)
-            (args.out / "e2e_decode.json").write_text(json.dumps(res, indent=1))
+            (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     if not args.no_cb:
         res["continuous_batching"] = continuous_batching(kernel, plain, ours, args, device)
     if device == "cuda":
         res["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
-    (args.out / "e2e_decode.json").write_text(json.dumps(res, indent=1))
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
     md = markdown(res)
-    (args.out / "e2e_decode.md").write_text(md)
+    (args.out / f"{stem}.md").write_text(md)
     print(md, flush=True)
     return res
 
