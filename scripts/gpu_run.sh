@@ -14,6 +14,13 @@
 #   `-m gpu`, logged to tests-522.log. The benchmarks (unless --no-bench) run under 5.25.
 # --dry-run: print what would run, run nothing.
 #
+# --only also takes the decode runs (not part of the default set; each fits one device call):
+#   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome traces,
+#     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic / static,
+#     DecodeRunner N=1/8/32, batch 1 and 16);
+#   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
+#   decode-mxfp4: both decode scripts with MXFP4 experts.
+#
 # From this machine: run(command="bash scripts/gpu_run.sh", carry=[".whl"]).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -91,10 +98,40 @@ else
   gpu_tests tests.log "${test_args[@]}" || status=1
 fi
 
+harness_only=(); decode_runs=()
+for family in "${only_args[@]}"; do
+  case "$family" in
+    decode|decode-cb|decode-mxfp4) decode_runs+=("$family") ;;
+    *) harness_only+=("$family") ;;
+  esac
+done
+
+decode_bench() {  # decode_bench LOG script [args...]
+  local log=$1; shift
+  run python3 "$@" --out "$OUT" 2>&1 | tee "$OUT/$log" | tail -60
+  return "${PIPESTATUS[0]}"
+}
+
 if [ "$BENCH" = 1 ]; then
-  echo "== benchmarks ($ONLY)"
-  run python3 benchmarks/harness.py --out "$OUT" --only "${only_args[@]}" "${quick_args[@]}" 2>&1 | tee "$OUT/bench.log" | tail -80
-  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  if [ ${#harness_only[@]} -gt 0 ]; then
+    echo "== benchmarks (${harness_only[*]})"
+    run python3 benchmarks/harness.py --out "$OUT" --only "${harness_only[@]}" "${quick_args[@]}" 2>&1 | tee "$OUT/bench.log" | tail -80
+    [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+  fi
+  for what in "${decode_runs[@]}"; do
+    echo "== $what"
+    case "$what" in
+      decode)
+        decode_bench profile_decode.log benchmarks/profile_decode.py --runner 8 32 --trace --png || status=1
+        decode_bench e2e_decode.log benchmarks/e2e_decode.py --no-cb --reps 2 || status=1 ;;
+      decode-cb)
+        decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only || status=1 ;;
+      decode-mxfp4)
+        mkdir -p "$OUT/mxfp4"
+        OUT="$OUT/mxfp4" decode_bench profile_decode.log benchmarks/profile_decode.py --mxfp4 --runner 32 || status=1
+        OUT="$OUT/mxfp4" decode_bench e2e_decode.log benchmarks/e2e_decode.py --mxfp4 --no-cb --reps 2 || status=1 ;;
+    esac
+  done
 fi
 
 if [ "$BOTH" = 1 ] && [ "$RUN_TESTS" = 1 ]; then

@@ -2,7 +2,8 @@
 
 The public API is exactly ``__all__``; ``layers`` holds the kernelize layers (and their ``*Layout``
 parameter classes), ``reference`` the plain-torch math every test compares against, and
-``kernel_config`` / ``from_pretrained`` put every layer into a transformers GPT-OSS model.
+``kernel_config`` / ``from_pretrained`` put every layer into a transformers GPT-OSS model, and
+``DecodeRunner`` decodes with N steps per CUDA-graph launch.
 """
 
 from . import layers, quant, reference
@@ -10,9 +11,10 @@ from .moe import moe, moe_experts, moe_experts_mxfp4, moe_mxfp4, moe_route
 from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # mxfp4
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
-from .integrations import from_pretrained, kernel_config
+from .integrations import DecodeRunner, from_pretrained, kernel_config
 
 __all__ = [
+    "DecodeRunner",
     "flash_attn_func",  # attention
     "flash_attn_varlen_func",  # attention
     "flash_attn_with_kvcache",  # attention

@@ -6,6 +6,7 @@
   attention included, on any device (CPU too), under transformers 5.22 to 5.25.
 """
 
+from .decode import DecodeRunner
 from .routes import attention_implementation, from_pretrained, kernel_config
 
-__all__ = ["attention_implementation", "from_pretrained", "kernel_config"]
+__all__ = ["DecodeRunner", "attention_implementation", "from_pretrained", "kernel_config"]

@@ -1,0 +1,325 @@
+#!/usr/bin/env python3
+"""Decode routes at gpt-oss-20b shapes, one process: generate (dynamic cache, static cache), DecodeRunner, and
+continuous batching, with our kernels; continuous batching also with transformers' defaults.
+
+The model: gpt-oss-20b's configuration with random weights (``e2e_model.build_model``: bf16 on the GPU, no
+download), loaded through the package's ``from_pretrained`` (every layer of ours; ``--mxfp4``: written as an MXFP4
+checkpoint and loaded as stored). Greedy, ``--prompt`` (128) tokens, ``--new-tokens`` (256) new tokens
+(``min_new_tokens`` too, so every route makes them all), batch 1 and 16:
+
+- ``generate_dynamic``: ``model.generate`` with the dynamic cache;
+- ``generate_static``: ``cache_implementation="static"`` (transformers compiles the decode step): the first
+  call (compile) apart, and ``static_vs_dynamic_tokens``: the fraction of new tokens equal to the dynamic route's;
+- ``runner_N`` for N in ``--steps`` (1 8 32): ``DecodeRunner(model, steps_per_launch=N)``: capture seconds of the
+  first call, launches (graph replays) per generated token.
+
+Every route's tokens are also checked teacher forced: the eager model's argmax on the route's own output
+(``teacher_forced_agreement``, 1.0 = each token is the one the model picks after the tokens before it).
+
+Continuous batching (unless ``--no-cb``): ``--cb-requests`` (64) requests, prompts of 32-512 and answers of 32-256
+tokens (seeded), through transformers' manager (``add_request`` per request with its own ``max_new_tokens``):
+transformers' defaults (the plain model, paged eager attention) and ours (our attention under the name
+generate_batch accepts, ``ContinuousBatchingConfig(use_cuda_graph=True)``); total generated tok/s of a second run
+(the first, with warm-up and capture, apart), and teacher-forced agreement of the answers.
+
+``--tiny``: the tiny model on the CPU in fp32 (a smoke run of the script; no compile, no CUDA graphs).
+Writes --out/e2e_decode.json and --out/e2e_decode.md (also printed); ``--cb-only``: e2e_decode_cb.json / .md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "examples"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+def _sync(device) -> None:
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def timed(fn, reps: int, device) -> tuple[float, object]:
+    """Median wall seconds of ``reps`` calls (synchronised around each), and the last call's result."""
+    times, out = [], None
+    for _ in range(reps):
+        _sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), out
+
+
+@torch.inference_mode()
+def teacher_forced_agreement(model, sequences: torch.Tensor, prompt_len: int) -> float:
+    """Fraction of new tokens equal to the model's argmax given the tokens before them (one forward per row)."""
+    hits = total = 0
+    for row in sequences:
+        logits = model(row[None]).logits[0, prompt_len - 1:-1]
+        hits += int((logits.argmax(-1) == row[prompt_len:]).sum())
+        total += row.numel() - prompt_len
+    return round(hits / max(total, 1), 4)
+
+
+def decode_routes(kernel, model, batch: int, args, device) -> dict:
+    vocab = model.config.vocab_size
+    prompt = torch.randint(1, vocab, (batch, args.prompt), device=device,
+                           generator=torch.Generator(device=device).manual_seed(100 + batch))
+    new = args.new_tokens
+    kw = dict(attention_mask=torch.ones_like(prompt), max_new_tokens=new, min_new_tokens=new, do_sample=False)
+    res = {}
+    with torch.inference_mode():
+        model.generate(prompt, **kw)  # warm-up (Triton compiles)
+        s, dynamic = timed(lambda: model.generate(prompt, **kw), args.reps, device)
+    res["generate_dynamic"] = dict(tok_s=round(batch * new / s, 1), launches_per_token=None,
+                                   teacher_forced_agreement=teacher_forced_agreement(model, dynamic, args.prompt))
+    print(f"  batch {batch} generate, dynamic cache: {res['generate_dynamic']}", flush=True)
+    try:
+        with torch.inference_mode():
+            _sync(device)
+            t0 = time.perf_counter()
+            model.generate(prompt, cache_implementation="static", **kw)
+            _sync(device)
+            first = time.perf_counter() - t0
+            s, static = timed(lambda: model.generate(prompt, cache_implementation="static", **kw), args.reps, device)
+        res["generate_static"] = dict(
+            tok_s=round(batch * new / s, 1), first_call_s=round(first, 2), launches_per_token=None,
+            static_vs_dynamic_tokens=round((static[:, args.prompt:] == dynamic[:, args.prompt:]).float().mean().item(), 4),
+            teacher_forced_agreement=teacher_forced_agreement(model, static, args.prompt))
+    except Exception as e:  # noqa: BLE001 (a failing route is a result)
+        res["generate_static"] = dict(error=f"{type(e).__name__}: {e}"[:500])
+    print(f"  batch {batch} generate, static cache: {res['generate_static']}", flush=True)
+    for n in args.steps:
+        runner = kernel.DecodeRunner(model, steps_per_launch=n)
+        rkw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        try:
+            _sync(device)
+            t0 = time.perf_counter()
+            runner.generate(prompt, **rkw)
+            _sync(device)
+            first = time.perf_counter() - t0
+            first_stats = dict(runner.last_stats)
+            s, out = timed(lambda: runner.generate(prompt, **rkw), args.reps, device)
+            stats = runner.last_stats
+            res[f"runner_{n}"] = dict(
+                tok_s=round(batch * new / s, 1), first_call_s=round(first, 2), capture_s=first_stats["capture_s"],
+                graphed=stats["graphed"], launches=stats["launches"], launches_per_token=stats["launches_per_token"],
+                max_cache_len=stats["max_cache_len"],
+                runner_vs_dynamic_tokens=round((out[:, args.prompt:] == dynamic[:, args.prompt:]).float().mean().item(), 4),
+                teacher_forced_agreement=teacher_forced_agreement(model, out, args.prompt))
+        except Exception as e:  # noqa: BLE001
+            res[f"runner_{n}"] = dict(error=f"{type(e).__name__}: {e}"[:500])
+        print(f"  batch {batch} DecodeRunner N={n}: {res[f'runner_{n}']}", flush=True)
+        del runner
+        gc.collect()
+    return res
+
+
+# --- continuous batching ---------------------------------------------------------------------------------------------
+
+
+def cb_requests(n: int, vocab: int, tiny: bool) -> list[tuple[list[int], int]]:
+    gen = torch.Generator().manual_seed(7)
+    lo_p, hi_p, lo_a, hi_a = (4, 24, 2, 12) if tiny else (32, 512, 32, 256)
+    out = []
+    for _ in range(n):
+        p = int(torch.randint(lo_p, hi_p + 1, (1,), generator=gen))
+        a = int(torch.randint(lo_a, hi_a + 1, (1,), generator=gen))
+        out.append((torch.randint(1, vocab, (p,), generator=gen).tolist(), a))
+    return out
+
+
+def cb_run(model, requests, cb_config) -> tuple[float, dict]:
+    """All requests through transformers' continuous-batching manager, each with its own max_new_tokens: wall
+    seconds and {request index: generated tokens}."""
+    from transformers import GenerationConfig
+    from transformers.generation.continuous_batching.utils import WorkloadHints
+
+    gc_ = GenerationConfig(do_sample=False, max_new_tokens=max(a for _, a in requests), eos_token_id=None)
+    hints = WorkloadHints(max_prompt_length=max(len(p) for p, _ in requests),
+                          max_generated_length=max(a for _, a in requests), num_requests=len(requests))
+    results = {}
+    _sync(model.device)
+    t0 = time.perf_counter()
+    with model.continuous_batching_context_manager(generation_config=gc_, continuous_batching_config=cb_config,
+                                                   block=True, timeout=5, workload_hints=hints) as manager:
+        ids = {manager.add_request(p, request_id=f"r{i}", max_new_tokens=a): i for i, (p, a) in enumerate(requests)}
+        while len(results) < len(requests):
+            r = manager.get_result(timeout=1)
+            if r is not None and r.is_finished():
+                if r.error is not None:
+                    raise RuntimeError(f"request {r.request_id}: {r.error}")
+                results[ids[r.request_id]] = r.generated_tokens
+            elif r is None and not manager.is_running():
+                raise RuntimeError("continuous batching stopped before every request finished")
+    _sync(model.device)
+    return time.perf_counter() - t0, results
+
+
+def continuous_batching(kernel, plain, ours, args, device) -> dict:
+    from transformers import ContinuousBatchingConfig
+
+    requests = cb_requests(args.cb_requests, ours.config.vocab_size, args.tiny)
+    graphs = torch.device(device).type == "cuda"
+    runs = {}
+    variants = [("transformers_defaults", plain, lambda: ContinuousBatchingConfig(auto_switch_to_flash=False)),
+                ("ours", ours, lambda: ContinuousBatchingConfig(use_cuda_graph=graphs))]
+    for name, model, config in variants:
+        if model is None:
+            continue
+        before = model.config._attn_implementation
+        try:
+            if name == "ours":
+                model.set_attn_implementation(kernel.integrations.attention_implementation(continuous_batching=True))
+            first, _ = cb_run(model, requests, config())
+            wall, results = cb_run(model, requests, config())
+            total = sum(len(results[i]) for i in range(len(requests)))
+            agree_hits = agree_total = 0
+            with torch.inference_mode():
+                for i, (p, _) in enumerate(requests):
+                    seq = torch.tensor(p + list(results[i]), device=device)
+                    logits = model(seq[None]).logits[0, len(p) - 1:-1]
+                    agree_hits += int((logits.argmax(-1) == seq[len(p):]).sum())
+                    agree_total += len(results[i])
+            runs[name] = dict(tok_s=round(total / wall, 1), wall_s=round(wall, 2), first_run_s=round(first, 2),
+                              generated_tokens=total, attn_implementation=model.config._attn_implementation,
+                              teacher_forced_agreement=round(agree_hits / max(agree_total, 1), 4))
+        except Exception as e:  # noqa: BLE001
+            runs[name] = dict(error=f"{type(e).__name__}: {e}"[:500])
+        finally:
+            model.set_attn_implementation(before)
+        print(f"  continuous batching, {name}: {runs[name]}", flush=True)
+    if all("tok_s" in runs.get(k, {}) for k in ("ours", "transformers_defaults")):
+        runs["speedup"] = round(runs["ours"]["tok_s"] / runs["transformers_defaults"]["tok_s"], 2)
+    runs["requests"] = len(requests)
+    runs["prompt_tokens"] = sum(len(p) for p, _ in requests)
+    return runs
+
+
+# --- main -----------------------------------------------------------------------------------------------------------
+
+
+def markdown(res: dict) -> str:
+    lines = [f"## Decode routes: {res['what']}", "",
+             f"{res['prompt']}-token prompt, {res['new_tokens']} new tokens, greedy; {res['device']}, torch "
+             f"{res['torch']}, transformers {res['transformers']}, {res['date']}.", ""]
+    if res["batches"]:
+        lines += ["| route | batch | tok/s | first call s | capture s | launches / token | teacher-forced agreement |",
+                  "|---|---|---|---|---|---|---|"]
+    for b, routes in res["batches"].items():
+        for route, r in routes.items():
+            if "error" in r:
+                lines.append(f"| {route} | {b} | error: {r['error'][:120]} | | | | |")
+                continue
+            lines.append(f"| {route} | {b} | {r['tok_s']} | {r.get('first_call_s', '')} | {r.get('capture_s', '')} | "
+                         f"{r.get('launches_per_token') if r.get('launches_per_token') is not None else '1+ (per step)'} | "
+                         f"{r.get('teacher_forced_agreement')} |")
+    for b, routes in res["batches"].items():
+        st = routes.get("generate_static", {})
+        if "static_vs_dynamic_tokens" in st:
+            lines.append(f"\nbatch {b}: static-cache tokens equal to the dynamic cache's at "
+                         f"{st['static_vs_dynamic_tokens']:.1%} of positions.")
+    cb = res.get("continuous_batching")
+    if cb:
+        lines += ["", f"Continuous batching: {cb['requests']} requests ({cb['prompt_tokens']} prompt tokens), "
+                  "prompts 32-512, answers 32-256 tokens:", "",
+                  "| | tok/s | wall s (2nd run) | 1st run s | attention | teacher-forced agreement |",
+                  "|---|---|---|---|---|---|"]
+        for name in ("transformers_defaults", "ours"):
+            r = cb.get(name, {})
+            if "error" in r:
+                lines.append(f"| {name} | error: {r['error'][:160]} | | | | |")
+            elif r:
+                lines.append(f"| {name} | {r['tok_s']} | {r['wall_s']} | {r['first_run_s']} | "
+                             f"{r['attn_implementation']} | {r['teacher_forced_agreement']} |")
+        if "speedup" in cb:
+            lines.append(f"\nours / defaults: {cb['speedup']}x")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> dict:
+    import transformers
+    from harness import load_kernel
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=Path(os.environ.get("OUT", "probe_out")))
+    parser.add_argument("--tiny", action="store_true", help="tiny model on the CPU (smoke run)")
+    parser.add_argument("--mxfp4", action="store_true", help="MXFP4 experts (checkpoint written and loaded as stored)")
+    parser.add_argument("--layers", type=int, default=24)
+    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=256)
+    parser.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    parser.add_argument("--steps", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--no-cb", action="store_true", help="skip continuous batching")
+    parser.add_argument("--cb-only", action="store_true", help="only continuous batching")
+    parser.add_argument("--cb-requests", type=int, default=64)
+    args = parser.parse_args(argv)
+    args.out.mkdir(parents=True, exist_ok=True)
+    kernel = load_kernel()
+    plain = None
+    if args.tiny:
+        from tiny_gpt_oss import tiny_model, with_our_kernels
+
+        device = "cpu"
+        args.prompt, args.new_tokens = min(args.prompt, 12), min(args.new_tokens, 10)
+        args.cb_requests = min(args.cb_requests, 6)
+        args.reps = 1
+        plain = tiny_model(seed=3)
+        ours = with_our_kernels(plain)
+        what = "tiny GPT-OSS (CPU, fp32)"
+    else:
+        from e2e_model import build_model
+
+        device = "cuda"
+        torch.manual_seed(0)
+        t0 = time.perf_counter()
+        plain = build_model(args.layers)
+        if args.mxfp4:
+            from tiny_checkpoint import write_mxfp4_checkpoint
+
+            path = Path(os.environ.get("MXFP4_CKPT", "/tmp/gpt-oss-20b-shaped-mxfp4"))
+            write_mxfp4_checkpoint(plain, path)
+            ours = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+        else:
+            ours = kernel.from_pretrained(None, config=plain.config, state_dict=plain.state_dict(), device="cuda",
+                                          dtype=torch.bfloat16)
+        if args.no_cb:  # the defaults' model only serves the continuous-batching comparison
+            plain = None
+        gc.collect()
+        torch.cuda.empty_cache()
+        print(f"models ready in {time.perf_counter() - t0:.0f} s", flush=True)
+        what = f"gpt-oss-20b shapes ({args.layers} layers), ours with {'MXFP4' if args.mxfp4 else 'bf16'} experts"
+    res = dict(what=what, device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
+               transformers=transformers.__version__, prompt=args.prompt, new_tokens=args.new_tokens,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batches={})
+    stem = "e2e_decode_cb" if args.cb_only else "e2e_decode"
+    if not args.cb_only:
+        for b in args.batches:
+            res["batches"][str(b)] = decode_routes(kernel, ours, b, args, device)
+            (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    if not args.no_cb:
+        res["continuous_batching"] = continuous_batching(kernel, plain, ours, args, device)
+    if device == "cuda":
+        res["peak_gpu_gb"] = round(torch.cuda.max_memory_allocated() / 1e9, 2)
+    (args.out / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    md = markdown(res)
+    (args.out / f"{stem}.md").write_text(md)
+    print(md, flush=True)
+    return res
+
+
+if __name__ == "__main__":
+    main()
