@@ -383,3 +383,80 @@ def test_experts_format_of_config(kernel):
     e, h, i = cfg.num_local_experts, cfg.hidden_size, cfg.intermediate_size
     assert layout.gate_up_proj_fp8.shape == (e, 2 * i, h) and layout.gate_up_proj_scale.shape == (e, 2 * i)
     assert layout.down_proj_fp8.shape == (e, h, i) and layout.down_proj_scale.shape == (e, h)
+
+
+# --- CUDA only: no host sync, CUDA graphs, the fused norm in front of the FP8 experts ---------------------------------
+
+
+def _big_block(kernel, T, granularity="channel"):
+    s = BIG
+    p = _fp8_experts(kernel, _bf16_experts(s, "cuda"), granularity)
+    x = torch.randn(T, s["H"], device="cuda", dtype=torch.bfloat16)
+    rw = torch.randn(s["E"], s["H"], device="cuda", dtype=torch.bfloat16) * s["H"]**-0.5
+    return x, (rw, None, s["k"], *[p[n] for n in _ARGS], ALPHA, LIMIT)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 64, 1024])
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_moe_fp8_no_host_sync_and_cuda_graph(kernel, T, granularity):
+    x, args = _big_block(kernel, T, granularity)
+    kernel.moe_fp8(x, *args)  # compile / tune outside the checks
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        kernel.moe_fp8(x, *args)
+        kernel.rms_norm_quant_fp8(x, torch.ones(x.shape[1], device="cuda"), 1e-5, x.shape[1], write_normed=True)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    static_x = x.clone()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        static_out, _, static_ids = kernel.moe_fp8(static_x, *args)
+    for _ in range(2):
+        static_x.copy_(torch.randn_like(x))
+        g.replay()
+        expected, _, ids = kernel.moe_fp8(static_x, *args)
+        torch.cuda.synchronize()
+        assert torch.equal(static_ids, ids) and torch.equal(static_out, expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 300])
+def test_norm_moe_fp8_fused_matches_unfused(kernel, T):
+    """NormMoeMLP with FP8 experts: rms_norm_quant_fp8 in front (fused) against rms_norm + the experts op's own
+    quantization (unfused, fuse_norm_quant = False): the same math, a rounding step apart (two RMSNorm kernels)."""
+    from transformers import GptOssConfig
+
+    config = GptOssConfig(hidden_size=BIG["H"], intermediate_size=BIG["I"], num_local_experts=BIG["E"],
+                          num_experts_per_tok=BIG["k"])
+    config.quantization_config = kernel.quant.fp8.fp8_quantization_config("channel")
+    layers = kernel.layers
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.bfloat16)
+    try:
+        with torch.device("cuda"):
+            norm = layers.RMSNormLayout(BIG["H"], eps=1e-5)
+            mlp = layers.MoeMLPLayout(config)
+    finally:
+        torch.set_default_dtype(default)
+    ex = mlp.experts
+    assert kernel.moe.block.expert_format(ex) == "fp8"
+    p = _bf16_experts(BIG, "cuda")
+    q = _fp8_experts(kernel, p, "channel")
+    with torch.no_grad():
+        mlp.router.weight.normal_(0.0, 0.02)
+        mlp.router.bias.normal_(0.0, 0.02)
+        norm.weight.copy_(1 + 0.1 * torch.randn_like(norm.weight))
+        for name, src in zip(("gate_up_proj_fp8", "gate_up_proj_scale", "gate_up_proj_bias", "down_proj_fp8",
+                              "down_proj_scale", "down_proj_bias"), [q[n] for n in _ARGS]):
+            getattr(ex, name).data = src.to(getattr(ex, name).dtype)
+    fused = layers.NormMoeMLPLayout(mlp, norm)
+    x = torch.randn(1, T, BIG["H"], device="cuda", dtype=torch.bfloat16)
+    with torch.inference_mode(), record_ops() as names:
+        a, sa = fused(x)
+    assert dispatched(names, kernel, "rms_norm_quant_fp8")
+    fused.fuse_norm_quant = False
+    with torch.inference_mode():
+        b, sb = fused(x)
+    assert fro_rel(a, b) <= 2e-2 and rel_err(sa, sb) <= 2e-2
