@@ -217,7 +217,7 @@ def _moe_tile(
             w_ptrs += (BLOCK_K // 8) * stride_wk
             s_ptrs += BLOCK_K // 32
         elif W_TMA and (W_FORMAT == "fp8" or W_FORMAT == "fp8_block"):  # (E, N, K) e4m3: a K-major tile
-            w = w_ptr.load([e32, n0, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K).trans()
+            w = tl.trans(w_ptr.load([e32, n0, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
         elif W_TMA:
             w = w_ptr.load([e32, kk * BLOCK_K, n0]).reshape(BLOCK_K, BLOCK_N)
         elif EVEN_K:
