@@ -460,3 +460,17 @@ def test_norm_moe_fp8_fused_matches_unfused(kernel, T):
     with torch.inference_mode():
         b, sb = fused(x)
     assert fro_rel(a, b) <= 2e-2 and rel_err(sa, sb) <= 2e-2
+
+
+def test_moe_fp8_hidden_fp8_checks(kernel, device):
+    s = SMALL
+    p = _fp8_experts(kernel, _bf16_experts(s, device), "channel")
+    x = torch.randn(3, s["H"], device=device, dtype=torch.bfloat16)
+    rw = torch.randn(s["E"], s["H"], device=device, dtype=torch.bfloat16)
+    q, sc = kernel.pad_quant_fp8(x, s["H"] + 16)
+    out = kernel.moe_fp8(x, rw, None, s["k"], *[p[n] for n in _ARGS], hidden_fp8=(q, sc))[0]
+    assert rel_err(out, kernel.moe_fp8(x, rw, None, s["k"], *[p[n] for n in _ARGS])[0]) <= 1e-3  # the same q
+    with pytest.raises(ValueError, match=r"hidden_fp8\[1\] must have shape"):
+        kernel.moe_fp8(x, rw, None, s["k"], *[p[n] for n in _ARGS], hidden_fp8=(q, sc[:2]))
+    with pytest.raises(TypeError, match=r"hidden_fp8\[0\] must have dtype"):
+        kernel.moe_fp8(x, rw, None, s["k"], *[p[n] for n in _ARGS], hidden_fp8=(x, sc))

@@ -124,6 +124,17 @@ def moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scal
     _check_router(hidden, router_weight, router_bias, e)
     top_k = check_top_k(top_k, e)
     hidden = hidden.contiguous()
+    if hidden_fp8 is not None:
+        if not isinstance(hidden_fp8, (tuple, list)) or len(hidden_fp8) != 2:
+            raise TypeError("hidden_fp8 must be a (q, scale) pair from rms_norm_quant_fp8 / pad_quant_fp8")
+        _checks.tensor("hidden_fp8[0]", hidden_fp8[0], dtypes=(FP8_DTYPE,), ndim=2)
+        _checks.shape("hidden_fp8[0]", hidden_fp8[0], (hidden.shape[0], None))
+        if hidden_fp8[0].shape[1] < hidden.shape[1] or hidden_fp8[0].stride(1) != 1:
+            raise ValueError(f"hidden_fp8[0] must be (T, h_pad >= H={hidden.shape[1]}) with contiguous rows, got "
+                             f"shape {tuple(hidden_fp8[0].shape)}")
+        _checks.tensor("hidden_fp8[1]", hidden_fp8[1], dtypes=(torch.float32,), ndim=1)
+        _checks.shape("hidden_fp8[1]", hidden_fp8[1], (hidden.shape[0],))
+        _checks.same_device("hidden", hidden, hidden_fp8_q=hidden_fp8[0], hidden_fp8_scale=hidden_fp8[1])
     logits = F.linear(hidden, router_weight.to(hidden.dtype),
                       None if router_bias is None else router_bias.to(hidden.dtype))
     weights, ids = ops.moe_route(logits, top_k)

@@ -226,9 +226,13 @@ def _moe_tile(
             k_ok = offs_k < K - kk * BLOCK_K
             w = _load_w_tile(w_ptrs, s_ptrs, k_ok[:, None] & n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N,
                              BLOCK_K)
+        # FP8 on sm_90: wgmma accumulates e4m3 products in reduced precision (Triton's default lets it run over the
+        # whole K); each K step is promoted into the fp32 accumulator instead (DeepSeek-V3's fix, every <= 128 K).
         if W_FORMAT == "fp8_block":  # this K step's scale of each column's block, applied in fp32
             sb = tl.load(sb_ptrs + (kk * BLOCK_K) // 128, mask=n_ok, other=0.0)
-            acc += tl.dot(a, w) * sb[None, :]
+            acc += tl.dot(a, w, max_num_imprecise_acc=BLOCK_K) * sb[None, :]
+        elif W_FORMAT == "fp8":
+            acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
         else:
             acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
@@ -669,7 +673,10 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
         times = {c: float("inf") for c in runs}
         for r in range(3):
             for c, (kern, g, args) in runs.items():
-                t = triton.testing.do_bench(lambda: _run(kern, g, args), warmup=5 if r == 0 else 1, rep=10)
+                try:
+                    t = triton.testing.do_bench(lambda: _run(kern, g, args), warmup=5 if r == 0 else 1, rep=10)
+                except Exception:  # a tile over the shared-memory limit fails at its first launch, not at compile
+                    t = float("inf")
                 times[c] = min(times[c], t)
         cfg = min(times, key=times.get) if times else cands[0]
         _CHOSEN[ckey] = cfg
