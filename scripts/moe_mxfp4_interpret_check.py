@@ -105,10 +105,14 @@ def launch(first, cfg, a, words, scales, bias, out, sp, be, topk_w, n, k, top_k,
         groups = gg.block_groups(be, block_m)
         assert groups is not None
     gp = groups if groups is not None else be
-    args = gg._args(first, cfg, a, words, bias, out, sp, be, gp, topk_w, n, k, be.shape[0], top_k, ALPHA, LIMIT,
-                    k.bit_length() if False else 1, block_m, scales)
-    grid = be.shape[0] * triton.cdiv(n, cfg.bn)
+    dst = gg._splitk_workspace(cfg, out, be.shape[0], block_m, n)
+    if cfg.split_k > 1:
+        dst.fill_(float("nan"))  # only the real rows may be read back
+    args = gg._args(first, cfg, a, words, bias, dst, sp, be, gp, topk_w, n, k, be.shape[0], top_k, ALPHA, LIMIT,
+                    1, block_m, scales)
+    grid = be.shape[0] * triton.cdiv(n, cfg.bn) * cfg.split_k
     gg._moe_gemm_kernel[(grid,)](*args, num_warps=cfg.warps, num_stages=2)
+    gg._splitk_finish(cfg, first, dst, bias, out, sp, be, topk_w, n, be.shape[0], ALPHA, LIMIT, block_m)
 
 
 def check(tag, out, expected, tol):
@@ -200,6 +204,15 @@ case(4, 128, 96, 4, 2, torch.float16, dec1, dec2, 16, scale_bytes=(0, 1, 100, 12
 case(3, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(3, 128, 64, 4, 2, torch.float32, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(20, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, skew=True, bias=False)
+# split K (decode tiles: partial sums over K ranges, then the epilogue kernel); K = 96 / 160 with 32-wide K
+# tiles: 3 or 5 tiles over 2 / 3 / 4 splits (uneven, and a split with no tile at all)
+for sk in (2, 3, 4):
+    c = C(64, 32, 4, 2, 64, split_k=sk)
+    case(1, 192, 96, 8, 4, torch.bfloat16, c, c, 16)
+    case(5, 96, 160, 6, 2, torch.float32, c, c, 16)
+case(3, 160, 96, 5, 3, torch.float16, dec1._replace(split_k=2), dec2._replace(split_k=2), 16, poison_x=True)
+case(4, 128, 96, 4, 2, torch.bfloat16, C(64, 32, 4, 2, 64, split_k=3), C(64, 32, 4, 2, 64, split_k=3), 16,
+     scale_bytes=(0, 1, 2, 127, 254, 255))
 # 64-row blocks
 case(70, 96, 160, 3, 2, torch.bfloat16, m64, m64, 64)
 # 128-row blocks: expert groups, half-height last block, narrow last column tile (N = 2I = 320 = 256 + 64)

@@ -59,6 +59,7 @@ def compile_one(first, cfg, fmt, block_m, n, k):
     const = dict(FIRST=first, HAS_BIAS=True, EVEN_K=k % cfg.bk == 0, W_FORMAT=fmt, DOT_PRECISION="tf32",
                  W_TMA=False, A_TMA=False, BLOCK_M=block_m, BLOCK_N=cfg.bn, BLOCK_K=cfg.bk, GROUP_M=cfg.group_m,
                  SPLIT_M=cfg.split_m and block_m >= 128, BN_TAIL=gg.bn_tail(n, cfg), NARROW_LAST=cfg.narrow_last,
+                 SPLIT_K=cfg.split_k,
                  stride_ak=1, stride_wk=1, stride_bn=1, stride_on=1)
     sig = {a: "constexpr" if a in const else ptr.get(a, "fp32" if a in ("alpha", "limit") else "i32") for a in names}
     div16 = ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_se", "stride_sn", "stride_be", "stride_om")

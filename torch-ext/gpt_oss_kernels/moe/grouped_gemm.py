@@ -24,7 +24,7 @@ bf16x2 PTX; GPU only, ``GOK_MXFP4_ASM=0`` turns it off). A format is a branch in
 pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared. ``"fp8"`` /
 ``"fp8_block"``: e4m3 weights (E, N, K) (K contiguous, read like bf16 tiles, through TMA as K-major tiles) times
 e4m3 activations (the ``pad_quant_fp8`` buffer, gathered as bf16 rows are), FP8 tensor cores, fp32 accumulators;
-the activations' per-row scales (``as_ptr``) and per-channel weight scales applied in the epilogue, 128x128 block
+the activations' per-row scales (``as_ptr``) and per-channel weight scales applied after the K loop, 128x128 block
 scales at every K step (each BLOCK_K <= 128 lies in one block).
 """
 
@@ -160,16 +160,18 @@ def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl
 
 @triton.jit
 def _moe_tile(
-    a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+    a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
     N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # One (BLOCK_M, BLOCK_N) output tile of expert e32 at rows row0.. and columns n0..: the main loop
     # and the epilogue. The kernel calls it with up to four tile shapes (full, half-height last block
     # of an expert, narrow last column tile); W_TMA / A_TMA descriptors come with a matching block.
+    # The K loop runs over the tiles [k_iter0, k_iter1) of BLOCK_K; PARTIAL (split K): the fp32 sum of that
+    # range is stored at row offs_m of out (a workspace) and _splitk_epilogue_kernel finishes the tile.
     e = e32.to(tl.int64)
     offs_m = row0 + tl.arange(0, BLOCK_M)
     pos = tl.load(sorted_pos_ptr + offs_m)
@@ -197,8 +199,16 @@ def _moe_tile(
         # 128x128 block scales (E, ceil(N / 128), ceil(K / 128)), K blocks contiguous; BLOCK_K divides 128
         sb_ptrs = ws_ptr + e * stride_se + (offs_n // 128) * stride_sn
 
+    if not A_TMA:
+        a_ptrs += k_iter0 * BLOCK_K * stride_ak
+    if W_FORMAT == "mxfp4" or W_FORMAT == "mxfp4_asm":
+        w_ptrs += k_iter0 * (BLOCK_K // 8) * stride_wk
+        s_ptrs += k_iter0 * (BLOCK_K // 32)
+    elif not W_TMA:
+        w_ptrs += k_iter0 * BLOCK_K * stride_wk
+
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for kk in range(0, tl.cdiv(K, BLOCK_K)):
+    for kk in range(k_iter0, k_iter1):
         if A_TMA:
             a = a_ptr.load([row0, kk * BLOCK_K])
         elif EVEN_K:
@@ -242,11 +252,25 @@ def _moe_tile(
 
     if W_FORMAT == "fp8" or W_FORMAT == "fp8_block":
         # e4m3 activations: the row's token scale (GEMM 1: the gathered token's; GEMM 2: the act row's), and per
-        # channel the column's weight scale, in fp32 before the bias
+        # channel the column's weight scale, in fp32 (before the bias; linear, so split-K partials take them too)
         acc = acc * tl.load(as_ptr + a_rows, mask=row_ok, other=0.0)[:, None]
         if W_FORMAT == "fp8":
             acc = acc * tl.load(ws_ptr + e * stride_se + offs_n * stride_sn, mask=n_ok, other=0.0)[None, :]
 
+    if PARTIAL:
+        out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
+        tl.store(out_ptrs, acc, mask=row_ok[:, None] & n_ok[None, :])
+    else:
+        _epilogue(acc, e, offs_m, pos, row_ok, offs_n, n_ok, n0, bias_ptr, out_ptr, topk_w_ptr, N, alpha, limit,
+                  stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, BLOCK_M, BLOCK_N)
+
+
+@triton.jit
+def _epilogue(acc, e, offs_m, pos, row_ok, offs_n, n_ok, n0, bias_ptr, out_ptr, topk_w_ptr, N, alpha, limit,
+              stride_be, stride_bn, stride_om, stride_on, FIRST: tl.constexpr, HAS_BIAS: tl.constexpr,
+              BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # The fp32 (BLOCK_M, BLOCK_N) sum of a tile -> bias, then GEMM 1: the clamped SwiGLU of the interleaved
+    # gate/up columns, stored at row offs_m of act; GEMM 2: times the row's routing weight, stored at row pos of y.
     if HAS_BIAS:
         b = tl.load(bias_ptr + e * stride_be + offs_n * stride_bn, mask=n_ok, other=0.0)
         acc += b.to(tl.float32)[None, :]
@@ -264,6 +288,32 @@ def _moe_tile(
         acc = acc * wt[:, None]
         out_ptrs = out_ptr + pos.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
         tl.store(out_ptrs, acc.to(out_ptr.dtype.element_ty), mask=row_ok[:, None] & n_ok[None, :])
+
+
+@triton.jit(do_not_specialize=["nb"])
+def _splitk_epilogue_kernel(part_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, topk_w_ptr, N, nb,
+                            alpha, limit, stride_ps, stride_pm, stride_be, stride_bn, stride_om, stride_on,
+                            FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, SPLIT_K: tl.constexpr,
+                            BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    # Split K: the SPLIT_K partial sums of one tile (workspace (SPLIT_K, nb * BLOCK_M, N) fp32, real rows only),
+    # added in split order (deterministic), then the GEMM's own epilogue.
+    pid_m = tl.program_id(0)
+    n0 = tl.program_id(1) * BLOCK_N
+    e32 = tl.load(block_expert_ptr + pid_m)
+    if e32 < 0:
+        return
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    pos = tl.load(sorted_pos_ptr + offs_m)
+    row_ok = pos >= 0
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    n_ok = offs_n < N
+    ptrs = part_ptr + offs_m.to(tl.int64)[:, None] * stride_pm + offs_n[None, :]
+    mask = row_ok[:, None] & n_ok[None, :]
+    acc = tl.load(ptrs, mask=mask, other=0.0)
+    for s in tl.static_range(1, SPLIT_K):
+        acc += tl.load(ptrs + s * stride_ps, mask=mask, other=0.0)
+    _epilogue(acc, e32.to(tl.int64), offs_m, pos, row_ok, offs_n, n_ok, n0, bias_ptr, out_ptr, topk_w_ptr, N, alpha,
+              limit, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, BLOCK_M, BLOCK_N)
 
 
 @triton.jit
@@ -302,7 +352,7 @@ def _moe_gemm_kernel(
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr,
+    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
     # W_TMA: ``w_ptr`` is a host tensor descriptor of the (E, K, N) weights, block (1, BLOCK_K, BLOCK_N);
     # A_TMA (GEMM 2 only: its rows are contiguous): ``a_ptr`` is a descriptor of act, block (BLOCK_M, BLOCK_K).
@@ -314,7 +364,21 @@ def _moe_gemm_kernel(
     # ids, block order, after every full-width tile. Programs start in id order as SMs free up, so the
     # grid's last wave is made of short tiles and the SMs finish closer together (a greedy-schedule model
     # of T=4096 put the idle tail at 2.1% of GEMM 1 and 3.8% of GEMM 2 with these tiles in place, ~1% last).
+    # SPLIT_K > 1 (decode tiles): SPLIT_K consecutive programs share one output tile, each a K range of it, and
+    # store fp32 partial sums into out (then a (SPLIT_K, nb * BLOCK_M, N) workspace; _splitk_epilogue_kernel adds
+    # them): SPLIT_K times the CTAs in flight when few experts are routed.
     pid = tl.program_id(0)
+    k_tiles = tl.cdiv(K, BLOCK_K)
+    if SPLIT_K > 1:
+        per_split = tl.cdiv(k_tiles, SPLIT_K)
+        k_iter0 = (pid % SPLIT_K) * per_split
+        k_iter1 = tl.minimum(k_iter0 + per_split, k_tiles)
+        out_base = out_ptr + (pid % SPLIT_K).to(tl.int64) * nb * BLOCK_M * stride_om
+        pid = pid // SPLIT_K
+    else:
+        k_iter0 = 0
+        k_iter1 = k_tiles
+        out_base = out_ptr
     num_n = tl.cdiv(N, BLOCK_N)
     if NARROW_LAST and BN_TAIL > 0:
         num_n = num_n - 1
@@ -348,29 +412,30 @@ def _moe_gemm_kernel(
     last_n = pid_n == tl.cdiv(N, BLOCK_N) - 1
     if SPLIT_M:
         if tl.load(sorted_pos_ptr + row0 + BLOCK_M // 2) < 0:
-            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
-                         row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+                         row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
         else:
-            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
-                         row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+                         row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
     else:
-        _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
-                     row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
+        _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+                     row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                      stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                     W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                     W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
 
 
 @triton.jit
 def _moe_tile_at(
     a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32, row0, n0, last_n,
-    N, K, top_k, alpha, limit,
+    k_iter0, k_iter1, N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, HALF: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
+    HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BN_TAIL: tl.constexpr,
 ):
     # Static tile shape choice (HALF; BN_TAIL > 0 and last_n: the narrow last column tile): each call of
@@ -379,37 +444,37 @@ def _moe_tile_at(
     if HALF:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+            _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                _moe_tile(a_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+                _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
+            _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # --- tile choice ------------------------------------------------------------------------------
@@ -431,6 +496,7 @@ class Cfg(NamedTuple):
     split_m: bool = False  # an expert's last block with <= BLOCK_M / 2 rows runs a half-height tile
     split_n: bool = False  # a last column tile at most half full runs a narrower tile
     narrow_last: bool = False  # the narrow last column tiles run after every full-width tile
+    split_k: int = 1  # decode tiles: programs per output tile, each a K range (partial sums, then an epilogue)
 
 
 def bn_tail(n: int, cfg: Cfg) -> int:
@@ -608,11 +674,11 @@ def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w,
         wt, n, k, nb, top_k, alpha, limit, m_bucket,
         a.stride(0), a.stride(1), *_w_strides(w, ws),
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
-        out.stride(0), out.stride(1),
+        out.stride(-2), out.stride(-1),
         first, has_bias, k % cfg.bk == 0, _w_format(a, w, ws),
         "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
-        cfg.narrow_last,
+        cfg.narrow_last, cfg.split_k,
     )
 
 
@@ -702,26 +768,53 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n,
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
         kern, cfg, tail, tma = hit
+        dst = _splitk_workspace(cfg, out, nb, block_m, n)
         if tma:  # descriptors (large T only: the host is not the bottleneck there)
-            args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha,
+            args = _args(first, cfg, a, w, bias, dst, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha,
                          limit, m_bucket, block_m, ws, a_s)
         else:  # raw pointers: the launcher skips its per-pointer driver query
-            args = (ap, wp, sp, asp, bp, out.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
+            args = (ap, wp, sp, asp, bp, dst.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
                     ap, wp,
-                    n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, *o_st) + tail
-        _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn), args)
+                    n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, dst.stride(-2), dst.stride(-1)) + tail
+        _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn) * cfg.split_k, args)
+        _splitk_finish(cfg, first, dst, bias, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit, block_m)
         return
     mx = ws is not None and w.dtype != FP8
     tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and (mx or _tma_able(w))
            and (first or _tma_able(a)))
     cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
                 block_m, m_bucket, tma, ws, a_s)
-    args = _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha, limit,
+    dst = _splitk_workspace(cfg, out, nb, block_m, n)
+    args = _args(first, cfg, a, w, bias, dst, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha, limit,
                  m_bucket, block_m, ws, a_s)
     kern = _compile(args, cfg, a.dtype == torch.float32)
-    _run(kern, nb * triton.cdiv(n, cfg.bn), args)
+    _run(kern, nb * triton.cdiv(n, cfg.bn) * cfg.split_k, args)
+    _splitk_finish(cfg, first, dst, bias, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit, block_m)
     if not FORCE:
         _FAST[key] = (kern, cfg, args[_N_ARGS:], cfg.w_tma or (cfg.a_tma and not first))
+
+
+def _splitk_workspace(cfg, out, nb, block_m, n):
+    """Where the GEMM kernel writes: ``out``, or with split K an fp32 (split_k, nb * block_m, n) workspace of partial
+    sums (only the real rows are written and read)."""
+    if cfg.split_k == 1:
+        return out
+    return torch.empty((cfg.split_k, nb * block_m, n), dtype=torch.float32, device=out.device)
+
+
+_SPLITK_BN = 128
+
+
+def _splitk_finish(cfg, first, part, bias, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit, block_m):
+    """Split K: the partial sums added in split order, then the GEMM's epilogue (one launch)."""
+    if cfg.split_k == 1:
+        return
+    has_bias = bias is not None
+    _splitk_epilogue_kernel[(nb, triton.cdiv(n, _SPLITK_BN))](
+        part, bias if has_bias else part, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit,
+        part.stride(0), part.stride(1), bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
+        out.stride(0), out.stride(1), FIRST=first, HAS_BIAS=has_bias, SPLIT_K=cfg.split_k, BLOCK_M=block_m,
+        BLOCK_N=_SPLITK_BN, num_warps=4)
 
 
 # Expert groups: the row blocks of one expert (at most GROUP_CAP of them) form one group of the
