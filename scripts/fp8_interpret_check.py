@@ -159,9 +159,14 @@ def dispatch(ids, e, block_m):
 def launch(first, cfg, a, w, ws, a_s, bias, out, sp, be, topk_w, n, k, top_k, block_m):
     groups = gg.block_groups(be, block_m) if cfg.group_m == 0 else None
     gp = groups if groups is not None else be
-    args = gg._args(first, cfg, a, w, bias, out, sp, be, gp, topk_w, n, k, be.shape[0], top_k, ALPHA, LIMIT, 1,
+    dst = gg._splitk_workspace(cfg, out, be.shape[0], block_m, n)
+    if cfg.split_k > 1:
+        dst.fill_(float("nan"))  # only the real rows may be read back
+    args = gg._args(first, cfg, a, w, bias, dst, sp, be, gp, topk_w, n, k, be.shape[0], top_k, ALPHA, LIMIT, 1,
                     block_m, ws, a_s)
-    gg._moe_gemm_kernel[(be.shape[0] * triton.cdiv(n, cfg.bn),)](*args, num_warps=cfg.warps, num_stages=2)
+    grid = be.shape[0] * triton.cdiv(n, cfg.bn) * cfg.split_k
+    gg._moe_gemm_kernel[(grid,)](*args, num_warps=cfg.warps, num_stages=2)
+    gg._splitk_finish(cfg, first, dst, bias, out, sp, be, topk_w, n, be.shape[0], ALPHA, LIMIT, block_m)
 
 
 def gemm_case(T, H, I, E, top_k, granularity, cfg1, cfg2, block_m, *, skew=False, poison=False):
@@ -215,6 +220,8 @@ for gran in ("channel", "block"):
     gemm_case(1, 192, 96, 8, 4, gran, dec1, dec2, 16)
     gemm_case(5, 160, 96, 5, 3, gran, dec1, dec2, 16, poison=True)
     gemm_case(20, 136, 200, 4, 2, gran, C(32, 32, 4, 2, 64), C(32, 32, 4, 2, 64), 16, skew=True)
+    # split K (decode tiles): the scales go into the partial sums, the epilogue kernel adds them
+    gemm_case(3, 160, 96, 5, 3, gran, dec1._replace(split_k=2), dec2._replace(split_k=3), 16, poison=True)
     gemm_case(70, 96, 160, 3, 2, gran, m64[0], m64[-1], 64)
     gemm_case(300, 64, 160, 3, 2, gran, big[0], big[-1], 128, skew=True)
 print("all ok" if not failed else f"{len(failed)} FAILED: {failed}")
