@@ -9,6 +9,8 @@ Every test taking ``device`` runs on the CPU here (C++ ops, FP8 emulated) and on
 
 from __future__ import annotations
 
+import sys
+
 import pytest
 import torch
 
@@ -438,10 +440,11 @@ def test_norm_moe_fp8_fused_matches_unfused(kernel, T):
         with torch.device("cuda"):
             norm = layers.RMSNormLayout(BIG["H"], eps=1e-5)
             mlp = layers.MoeMLPLayout(config)
+            mlp.experts = layers.MoeExpertsLayout(config)  # our layout (transformers' class unless routed)
     finally:
         torch.set_default_dtype(default)
     ex = mlp.experts
-    assert kernel.moe.block.expert_format(ex) == "fp8"
+    assert sys.modules[kernel.__name__ + ".moe.block"].expert_format(ex) == "fp8"
     p = _bf16_experts(BIG, "cuda")
     q = _fp8_experts(kernel, p, "channel")
     with torch.no_grad():
