@@ -252,10 +252,10 @@ def _route(T, E, k, device, skew=None):
 
 def _ref(kernel, x, ids, w, p):
     d = lambda t: None if t is None else t.double()  # noqa: E731
+    # float64 on the tensors' device (on CUDA: 6 GB of float64 weights at 20b shapes, seconds on the CPU)
     return kernel.reference.moe_experts_fp8(
-        x.cpu(), ids.cpu(), w.double().cpu(), p["gate_up_fp8"].cpu(), p["gate_up_scale"].cpu(),
-        d(p["gate_up_bias"]).cpu(), p["down_fp8"].cpu(), p["down_scale"].cpu(), d(p["down_bias"]).cpu(), ALPHA, LIMIT,
-        act_dtype=x.dtype)
+        x, ids, w.double(), p["gate_up_fp8"], p["gate_up_scale"], d(p["gate_up_bias"]), p["down_fp8"],
+        p["down_scale"], d(p["down_bias"]), ALPHA, LIMIT, act_dtype=x.dtype)
 
 
 @pytest.mark.parametrize("T", [0, 1, 3, 64, 300])
@@ -304,7 +304,7 @@ def test_moe_experts_fp8_nan_token_only_and_skew(kernel, device):
     assert torch.isnan(out[bad.to(out.device)]).all()
     assert torch.isfinite(out[~bad.to(out.device)]).all()
     ok = ~bad
-    assert rel_err(out[ok.to(out.device)], _ref(kernel, x, ids, w, p)[ok]) <= 1e-2
+    assert rel_err(out[ok.to(out.device)], _ref(kernel, x, ids, w, p)[ok.to(out.device)]) <= 1e-2
 
 
 def test_moe_experts_fp8_bad_input(kernel, device):
