@@ -23,7 +23,10 @@ the GPU in code (no download). First with transformers' defaults (eager attentio
   (`Mxfp4GptOssMLP`, OpenAI's triton_kernels through the Hub kernel gpt-oss-triton-kernels, resolved to the
   carried copy in `.anchors/` by LOCAL_KERNELS; `use_kernels=False`, since transformers' default Hub layers
   cannot load offline) and by our `from_pretrained` (MXFP4 experts as stored); each with its weights' and
-  peak GPU memory (load + runs), and ours with the static cache too.
+  peak GPU memory (load + runs), and ours with the static cache too;
+- `--fp8 channel|block`: instead, the experts quantized to FP8 (e4m3, per-channel or 128x128 block scales) and
+  written as a checkpoint, loaded by our `from_pretrained`, measured with the fused norm + quant and unfused, beside
+  ours with bf16 experts (issue 16: fused against unfused end to end; $OUT/e2e_model_fp8_<granularity>.json).
 Medians of `--reps` runs after one warm-up. Needs the CUDA build (`scripts/build_kernel.py`). Writes
 $OUT/e2e_model.json.
 """
@@ -302,6 +305,68 @@ def mxfp4_run(args) -> None:
         print(f"ours, static cache: {res['ours']['generate_b1_static_tok_s']} tok/s")
 
 
+def fp8_run(args) -> None:
+    """FP8 experts (issue 16): the model's experts quantized to e4m3 (``--fp8 channel|block``) and written as a
+    checkpoint (examples/tiny_checkpoint.write_fp8_checkpoint), loaded by our ``from_pretrained``; measured with the
+    fused post-attention RMSNorm + quant (NormMoeMLP's rms_norm_quant_fp8) and unfused (``fuse_norm_quant = False``
+    on every layer: rms_norm, then the experts quantize again), beside ours with the bf16 experts, one process.
+    Logits of a 512-token input against transformers' defaults on the bf16 weights."""
+    import gc
+
+    import transformers
+    from tiny_checkpoint import write_fp8_checkpoint
+
+    torch.manual_seed(0)
+    path = Path(os.environ.get("FP8_CKPT", f"/tmp/gpt-oss-20b-shaped-fp8-{args.fp8}"))
+    model = build_model(args.layers)
+    t0 = time.perf_counter()
+    write_fp8_checkpoint(model, path, args.fp8)
+    print(f"FP8 ({args.fp8}) checkpoint written to {path} in {time.perf_counter() - t0:.0f} s "
+          f"({sum(f.stat().st_size for f in path.iterdir()) / 1e9:.1f} GB)", flush=True)
+    check = torch.randint(1, model.config.vocab_size, (1, 512), device="cuda",
+                          generator=torch.Generator(device="cuda").manual_seed(1))
+    with torch.inference_mode():
+        ref_logits = model(check).logits[0].float()
+    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+               layers=args.layers, reps=args.reps, new_tokens=args.new_tokens, granularity=args.fp8,
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
+    model = ours_from(model)
+    torch.cuda.empty_cache()
+    with torch.inference_mode():
+        res["ours_bf16_logits_vs_defaults"] = compare(model(check).logits[0].float(), ref_logits)
+    print("ours, bf16 experts:", flush=True)
+    res["ours_bf16"] = measure(model, args.reps, args.new_tokens)
+    del model
+    gc.collect()
+    torch.cuda.empty_cache()
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import load_kernel
+
+    kernel = load_kernel()
+    model = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+    res["fp8_weights_gb"] = round(torch.cuda.memory_allocated() / 1e9, 2)
+    fused = [m for m in model.modules() if hasattr(m, "fuse_norm_quant")]
+    for flag in (True, False):
+        for m in fused:
+            m.fuse_norm_quant = flag
+        name = "ours_fp8_fused" if flag else "ours_fp8_unfused"
+        with torch.inference_mode():
+            res[f"{name}_logits_vs_defaults"] = compare(model(check).logits[0].float(), ref_logits)
+        print(f"{name} ({len(fused)} NormMoeMLP layers):", flush=True)
+        res[name] = measure(model, args.reps, args.new_tokens)
+    rows = [dict(what=k, ours_bf16=res["ours_bf16"][k], fp8_unfused=res["ours_fp8_unfused"][k],
+                 fp8_fused=res["ours_fp8_fused"][k],
+                 fused_vs_unfused_pct=round(100 * (res["ours_fp8_fused"][k] / res["ours_fp8_unfused"][k] - 1), 1))
+            for k in res["ours_bf16"] if k.endswith("tok_s")]
+    res["rows"] = rows
+    (OUT / f"e2e_model_fp8_{args.fp8}.json").write_text(json.dumps(res, indent=1))
+    print("\n| what | ours bf16 | ours FP8 unfused | ours FP8 fused | fused vs unfused |\n|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['what']} | {r['ours_bf16']} | {r['fp8_unfused']} | {r['fp8_fused']} | {r['fused_vs_unfused_pct']}% |")
+    for k in ("ours_bf16_logits_vs_defaults", "ours_fp8_fused_logits_vs_defaults", "ours_fp8_unfused_logits_vs_defaults"):
+        print(f"{k}: {res[k]}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--layers", type=int, default=24)
@@ -316,8 +381,12 @@ def main() -> None:
                         help="profile 16 new tokens of batch-1 generate, defaults and ours")
     parser.add_argument("--mxfp4", action="store_true",
                         help="MXFP4 checkpoint: transformers' MXFP4 path against ours (instead of the bf16 run)")
+    parser.add_argument("--fp8", choices=("channel", "block"), default=None,
+                        help="FP8 experts checkpoint: ours bf16 / FP8 unfused / FP8 fused (instead of the bf16 run)")
     args = parser.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
+    if args.fp8:
+        return fp8_run(args)
     if args.diagnose:
         return diagnose(args.layers)
     if args.mxfp4:

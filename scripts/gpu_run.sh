@@ -13,6 +13,8 @@
 #   (tests/test_integration_*.py, test_moe_integration.py, test_attention_transformers.py) with
 #   `-m gpu`, logged to tests-522.log. The benchmarks (unless --no-bench) run under 5.25.
 # --dry-run: print what would run, run nothing.
+# FP8 experts (issue 16): --tests tests/test_fp8.py --only fp8 (benchmarks/harness_fp8.py: bf16 block, FP8 block,
+#   FP8 unfused / fused norm + block at T = 1, 64, 4096, 16384; rms_norm_quant_fp8 / finalize_slice against a copy).
 #
 # --only also takes the decode runs (not part of the default set; each fits one device call):
 #   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome traces,

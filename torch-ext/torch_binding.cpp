@@ -46,6 +46,19 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 #if defined(CPU_KERNEL)
   ops.impl("moe_experts_mxfp4", BACKEND, &moe_experts_mxfp4);  // CUDA: Triton, registered in moe/mxfp4.py
 #endif
+  // FP8 experts: e4m3 weights (E, N, K) with float32 scales (E, N) per channel or (E, N/128, K/128) per block.
+  ops.def(
+      "moe_experts_fp8(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_fp8, "
+      "Tensor gate_up_scale, Tensor? gate_up_bias, Tensor down_fp8, Tensor down_scale, Tensor? down_bias, "
+      "float alpha, float limit, bool skip_foreign=False) -> Tensor");
+  // The weighted top-k reduction, back to token order, cropped to the first h columns of a padded y.
+  ops.def(
+      "finalize_slice(Tensor y, Tensor topk_ids, Tensor? topk_weights, int num_experts, int h, "
+      "bool skip_foreign=False) -> Tensor");
+#if defined(CPU_KERNEL)
+  ops.impl("moe_experts_fp8", BACKEND, &moe_experts_fp8);  // CUDA: Triton, registered in moe/fp8.py
+  ops.impl("finalize_slice", BACKEND, &finalize_slice);    // CUDA: Triton, registered in moe/fp8.py
+#endif
 #if defined(CUDA_KERNEL)
   // CUDA only, eager only (never traced): the host fast path of moe() (moe/experts.py).
   ops.def(
@@ -54,6 +67,16 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.impl("moe_prepare", BACKEND, &moe_prepare);
 #endif
   // --- end moe ---
+
+  // --- fp8 activations (per-token e4m3 into a zero-padded buffer) ---
+  ops.def("pad_quant_fp8(Tensor x, int h_pad) -> (Tensor, Tensor)");
+  ops.def(
+      "rms_norm_quant_fp8(Tensor x, Tensor weight, float eps, int h_pad, Tensor? residual=None, "
+      "bool write_normed=False) -> (Tensor, Tensor, Tensor, Tensor)");
+#if defined(CPU_KERNEL)
+  ops.impl("pad_quant_fp8", BACKEND, &pad_quant_fp8);  // CUDA: Triton, registered in quant/fp8_act.py
+  ops.impl("rms_norm_quant_fp8", BACKEND, &rms_norm_quant_fp8);
+#endif
 
   // --- attention ---
   ops.def("rotary_pos_emb(Tensor q, Tensor k, Tensor cos, Tensor sin, int unsqueeze_dim) -> (Tensor, Tensor)");

@@ -34,6 +34,25 @@ at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_id
                              const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_blocks,
                              const at::Tensor& down_scales, const std::optional<at::Tensor>& down_bias, double alpha,
                              double limit, bool skip_foreign);
+at::Tensor moe_experts_fp8(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                           const at::Tensor& gate_up_fp8, const at::Tensor& gate_up_scale,
+                           const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_fp8,
+                           const at::Tensor& down_scale, const std::optional<at::Tensor>& down_bias, double alpha,
+                           double limit, bool skip_foreign);
+at::Tensor finalize_slice(const at::Tensor& y, const at::Tensor& topk_ids, const std::optional<at::Tensor>& topk_weights,
+                          int64_t num_experts, int64_t h, bool skip_foreign);
+#endif
+
+// --- fp8 activations ---------------------------------------------------------------------
+// kernel_src/fp8/fp8_cpu.cpp in the CPU variant; the CUDA variant's are Triton (gpt_oss_kernels/quant/fp8_act.py).
+#if defined(CPU_KERNEL)
+std::tuple<at::Tensor, at::Tensor> pad_quant_fp8(const at::Tensor& x, int64_t h_pad);
+std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rms_norm_quant_fp8(
+    const at::Tensor& x, const at::Tensor& weight, double eps, int64_t h_pad,
+    const std::optional<at::Tensor>& residual, bool write_normed);
+// Shared with moe_experts_fp8: per-row e4m3 of x (T, H) into (T, h_pad), and back to float (T, h).
+std::tuple<at::Tensor, at::Tensor> quantize_rows_fp8_cpu(const at::Tensor& x, int64_t h_pad);
+at::Tensor dequantize_rows_fp8_cpu(const at::Tensor& q, const at::Tensor& scale, int64_t h);
 #endif
 
 // --- attention ---------------------------------------------------------------------------

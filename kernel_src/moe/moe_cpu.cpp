@@ -15,6 +15,11 @@
 //                E_local) is computed by no expert and contributes zero, as on CUDA.
 //   moe_experts_mxfp4  the same with the checkpoint's MXFP4 blocks/scales, each hit expert dequantized
 //                (exactly, to float) just before its two matmuls: no copy of all experts.
+//   moe_experts_fp8  the same with FP8 (e4m3) weights (E, N, K) and per-channel or 128x128 block scales, FP8 emulated:
+//                the tokens and the SwiGLU activations (rounded to the input dtype) quantized per row to e4m3
+//                (kernel_src/fp8/fp8_cpu.cpp) and dequantized, each hit expert's weights dequantized to float.
+//   finalize_slice  out[t, :h] = sum_j w[t, j] * y[t * k + j, :h] in fp32 (w = 1 without weights), ids outside
+//                [0, E) as moe_finalize.
 // Intermediates follow the GPU path: matmuls in fp32, the SwiGLU activations rounded to the
 // input dtype, each weighted expert output rounded to the input dtype, the k outputs summed in fp32.
 #include <ATen/ATen.h>
@@ -88,13 +93,18 @@ at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t
 
 namespace {
 
+at::Tensor fp8_roundtrip(const at::Tensor& x) {
+  auto [q, s] = quantize_rows_fp8_cpu(x, x.size(1));
+  return dequantize_rows_fp8_cpu(q, s, x.size(1));
+}
+
 // The expert math of GptOssExperts for the slots routed to each expert, one pair of at::mm per expert that is
 // hit. w1(e) gives expert e's (H, 2I) and w2(e) its (I, H) weights as float tensors (views are fine).
 template <typename W1, typename W2>
 at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::Tensor& topk_ids,
                            const at::Tensor& topk_weights, int64_t e_num, int64_t i2, W1 w1,
                            const std::optional<at::Tensor>& b1, W2 w2, const std::optional<at::Tensor>& b2,
-                           double alpha, double limit, bool skip_foreign) {
+                           double alpha, double limit, bool skip_foreign, bool fp8_act = false) {
   const int64_t t = hidden.size(0), h = hidden.size(1), k = topk_ids.size(1);
   const auto dtype = hidden.scalar_type();
   auto ids = topk_ids.to(at::kLong).contiguous();
@@ -104,7 +114,8 @@ at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::T
                 "]");
   }
   if (ids.numel() == 0) return at::zeros({t, h}, hidden.options());
-  const auto x = hidden.to(at::kFloat);
+  // fp8_act: the tokens as the FP8 GEMMs see them (per-row e4m3, dequantized).
+  const auto x = fp8_act ? fp8_roundtrip(hidden) : hidden.to(at::kFloat);
   const auto w = topk_weights.to(at::kFloat).reshape({-1});
   auto flat = ids.reshape({-1});
   // skip_foreign: every id outside [0, E) sorts last (key E) and no expert reads it; its y row stays zero.
@@ -128,6 +139,7 @@ at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::T
     auto gate = gu.slice(1, 0, i2, 2).clamp_max(lim);
     auto up = gu.slice(1, 1, i2, 2).clamp(-lim, lim);
     auto act = ((up + 1) * gate * at::sigmoid(gate * alp)).to(dtype).to(at::kFloat);
+    if (fp8_act) act = fp8_roundtrip(act);
     auto o = at::mm(act, w2(e));
     if (b2.has_value()) o = o + (*b2)[e].to(at::kFloat);
     o = (o * w.index_select(0, slots).unsqueeze(1)).to(dtype).to(at::kFloat);
@@ -217,4 +229,63 @@ at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_id
       "moe_experts_mxfp4", hidden, topk_ids, topk_weights, e_num, i2,
       [&](int64_t e) { return dequant_expert(b1, s1, e, dtype).t(); }, gate_up_bias,
       [&](int64_t e) { return dequant_expert(b2, s2, e, dtype).t(); }, down_bias, alpha, limit, skip_foreign);
+}
+
+namespace {
+
+// Expert e of an FP8 projection, q (E, N, K) e4m3 with scale (E, N) or (E, ceil(N/128), ceil(K/128)), as (N, K) float.
+at::Tensor dequant_expert_fp8(const at::Tensor& q, const at::Tensor& scale, int64_t e) {
+  const int64_t n = q.size(1), kk = q.size(2);
+  auto w = q[e].to(at::kFloat);
+  if (scale.dim() == 2) return w * scale[e].unsqueeze(1);
+  auto full = scale[e].repeat_interleave(128, 0).repeat_interleave(128, 1).narrow(0, 0, n).narrow(1, 0, kk);
+  return w * full;
+}
+
+void check_fp8_weights(const char* name, const at::Tensor& q, const at::Tensor& s, int64_t e, int64_t n, int64_t kk) {
+  TORCH_CHECK(q.scalar_type() == at::kFloat8_e4m3fn && q.dim() == 3 && (e < 0 || q.size(0) == e) && q.size(1) == n &&
+                  q.size(2) == kk,
+              "moe_experts_fp8: ", name, " must be float8_e4m3fn (E, ", n, ", ", kk, "), got ", q.sizes());
+  const bool channel = s.dim() == 2 && s.size(0) == q.size(0) && s.size(1) == n;
+  const bool block = s.dim() == 3 && s.size(0) == q.size(0) && s.size(1) == (n + 127) / 128 && s.size(2) == (kk + 127) / 128;
+  TORCH_CHECK(s.scalar_type() == at::kFloat && (channel || block), "moe_experts_fp8: ", name,
+              " scale must be float32 (E, N) or (E, ceil(N/128), ceil(K/128)), got ", s.sizes());
+}
+
+}  // namespace
+
+at::Tensor moe_experts_fp8(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,
+                           const at::Tensor& gate_up_fp8, const at::Tensor& gate_up_scale,
+                           const std::optional<at::Tensor>& gate_up_bias, const at::Tensor& down_fp8,
+                           const at::Tensor& down_scale, const std::optional<at::Tensor>& down_bias, double alpha,
+                           double limit, bool skip_foreign) {
+  TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
+              "moe_experts_fp8: hidden (T, H), topk_ids and topk_weights (T, k)");
+  const int64_t h = hidden.size(1);
+  TORCH_CHECK(gate_up_fp8.dim() == 3, "moe_experts_fp8: gate_up_fp8 must be (E, 2I, H)");
+  const int64_t e_num = gate_up_fp8.size(0), i2 = gate_up_fp8.size(1);
+  TORCH_CHECK(i2 % 2 == 0, "moe_experts_fp8: gate_up_fp8 must be (E, 2I, H)");
+  check_fp8_weights("gate_up_fp8", gate_up_fp8, gate_up_scale, -1, i2, h);
+  check_fp8_weights("down_fp8", down_fp8, down_scale, e_num, h, i2 / 2);
+  const auto q1 = gate_up_fp8.contiguous(), q2 = down_fp8.contiguous();
+  const auto s1 = gate_up_scale.contiguous(), s2 = down_scale.contiguous();
+  return experts_grouped(
+      "moe_experts_fp8", hidden, topk_ids, topk_weights, e_num, i2,
+      [&](int64_t e) { return dequant_expert_fp8(q1, s1, e).t(); }, gate_up_bias,
+      [&](int64_t e) { return dequant_expert_fp8(q2, s2, e).t(); }, down_bias, alpha, limit, skip_foreign,
+      /*fp8_act=*/true);
+}
+
+at::Tensor finalize_slice(const at::Tensor& y, const at::Tensor& topk_ids, const std::optional<at::Tensor>& topk_weights,
+                          int64_t num_experts, int64_t h, bool skip_foreign) {
+  TORCH_CHECK(topk_ids.dim() == 2 && topk_ids.scalar_type() == at::kInt, "finalize_slice: topk_ids must be int32 (T, k)");
+  TORCH_CHECK(y.dim() == 2 && y.size(0) == topk_ids.numel() && h >= 0 && h <= y.size(1),
+              "finalize_slice: y must be (T * k, H_pad >= h)");
+  const int64_t t = topk_ids.size(0), k = topk_ids.size(1);
+  auto yf = y.narrow(1, 0, h).to(at::kFloat).reshape({t, k, h});
+  if (topk_weights.has_value()) yf = yf * topk_weights->to(at::kFloat).reshape({t, k, 1});
+  auto bad = ((topk_ids < 0) | (topk_ids >= num_experts)).unsqueeze(-1);
+  const float fill = skip_foreign ? 0.f : std::numeric_limits<float>::quiet_NaN();
+  yf = at::where(bad, at::full({}, fill, yf.options()), yf);
+  return yf.sum(1).to(y.scalar_type());
 }

@@ -8,7 +8,9 @@ parameter classes), ``reference`` the plain-torch math every test compares again
 
 from . import layers, quant, reference
 from .moe import moe, moe_experts, moe_experts_mxfp4, moe_mxfp4, moe_route
+from .moe import finalize_slice, moe_experts_fp8, moe_fp8  # fp8
 from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # mxfp4
+from .quant import dequantize_fp8, pad_quant_fp8, quantize_experts_fp8, quantize_fp8, rms_norm_quant_fp8  # fp8
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
 from .integrations import DecodeRunner, from_pretrained, kernel_config
@@ -31,6 +33,14 @@ __all__ = [
     "quantize_mxfp4",  # mxfp4
     "quantize_experts_mxfp4",  # mxfp4
     "quant",  # mxfp4
+    "dequantize_fp8",  # fp8
+    "finalize_slice",  # fp8
+    "moe_experts_fp8",  # fp8
+    "moe_fp8",  # fp8
+    "pad_quant_fp8",  # fp8
+    "quantize_experts_fp8",  # fp8
+    "quantize_fp8",  # fp8
+    "rms_norm_quant_fp8",  # fp8
     "moe_route",
     "reference",
     "rms_norm",

@@ -9,7 +9,7 @@ parameters under the checkpoint's own names, so weights load straight into it.
 | layer        | replaces (transformers' class)                     | parameters                             |
 |--------------|----------------------------------------------------|----------------------------------------|
 | RMSNorm      | GptOssRMSNorm (5.22-5.24 hub name "RMSNorm")       | weight                                 |
-| MoeExperts   | GptOssExperts                                      | bf16 or MXFP4 experts (moe/block.py)   |
+| MoeExperts   | GptOssExperts                                      | bf16, MXFP4 or FP8 experts (moe/block.py) |
 | MoeMLP       | GptOssMLP (5.22-5.24 hub name "MegaBlocksMoeMLP")  | router, experts                        |
 | NormMoeMLP   | post_attention_layernorm + mlp of a decoder layer  | router, experts, post_attention_layernorm |
 | RotaryPosEmb | the function apply_rotary_pos_emb ("rotary_pos_emb") | none                                 |
@@ -23,8 +23,10 @@ import torch
 from torch import nn
 
 from .attention.rotary import rotary_pos_emb as _rotary_pos_emb
-from .moe.block import experts_forward, moe_block
+from .moe.block import expert_format, experts_forward, moe_block
+from .moe.fp8 import padded_width
 from .norm import rms_norm
+from .quant.fp8_act import rms_norm_quant_fp8
 
 
 
@@ -84,8 +86,18 @@ class NormMoeMLP(nn.Module):
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b, s, h = hidden_states.shape
         norm = self.post_attention_layernorm
-        normed = rms_norm(hidden_states.reshape(-1, h), norm.weight, norm.variance_epsilon)
-        out, scores = moe_block(normed, self.router, self.experts)
+        x = hidden_states.reshape(-1, h)
+        if (x.is_cuda and getattr(self, "fuse_norm_quant", True) and expert_format(self.experts) == "fp8"
+                and not getattr(self.experts, "_is_hooked", False)):
+            # FP8 experts: the norm writes the e4m3 rows the experts' GEMM 1 reads (and the bf16 rows the router
+            # reads) from one read of the residual stream. Unfused (fuse_norm_quant = False): rms_norm, then the
+            # experts op quantizes the normed rows in a second pass (the same values).
+            q, scale, normed = rms_norm_quant_fp8(x, norm.weight, norm.variance_epsilon, padded_width(h),
+                                                  write_normed=True)
+            out, scores = moe_block(normed, self.router, self.experts, hidden_fp8=(q, scale))
+        else:
+            normed = rms_norm(x, norm.weight, norm.variance_epsilon)
+            out, scores = moe_block(normed, self.router, self.experts)
         return out.reshape(b, s, h), scores
 
 
@@ -118,18 +130,37 @@ class RMSNormLayout(nn.Module):
         self.variance_epsilon = eps
 
 
+def _quantization_config(config) -> dict:
+    qc = getattr(config, "quantization_config", None)
+    if qc is None or isinstance(qc, dict):
+        return qc or {}
+    return qc.to_dict() if hasattr(qc, "to_dict") else vars(qc)
+
+
 def experts_format_of(config) -> str:
     """The expert format a config asks for: ``"mxfp4"`` when its checkpoint stores MXFP4 experts
-    (``quantization_config.quant_method == "mxfp4"``, or set by ``integrations.from_pretrained``), else
-    ``"bf16"`` (the model's float dtype)."""
+    (``quantization_config.quant_method == "mxfp4"``), ``"fp8"`` for FP8 experts (``quant_method == "fp8"``, as
+    ``quant.fp8.fp8_quantization_config`` writes it), either also as set by ``integrations.from_pretrained``
+    (``config.gpt_oss_kernels_experts``), else ``"bf16"`` (the model's float dtype)."""
     fmt = getattr(config, "gpt_oss_kernels_experts", None)
     if fmt is None:
-        qc = getattr(config, "quantization_config", None)
-        method = qc.get("quant_method") if isinstance(qc, dict) else getattr(qc, "quant_method", None)
-        fmt = "mxfp4" if str(getattr(method, "value", method)) == "mxfp4" else "bf16"
-    if fmt not in ("bf16", "mxfp4"):
-        raise ValueError(f"unknown expert format {fmt!r}: expected 'bf16' or 'mxfp4'")
+        method = _quantization_config(config).get("quant_method")
+        method = str(getattr(method, "value", method))
+        fmt = method if method in ("mxfp4", "fp8") else "bf16"
+    if fmt not in ("bf16", "mxfp4", "fp8"):
+        raise ValueError(f"unknown expert format {fmt!r}: expected 'bf16', 'mxfp4' or 'fp8'")
     return fmt
+
+
+def fp8_granularity_of(config) -> str:
+    """``"block"`` (128x128 scales) when the config's ``weight_block_size`` is set (or
+    ``config.gpt_oss_kernels_fp8_granularity`` says so), else ``"channel"``."""
+    g = getattr(config, "gpt_oss_kernels_fp8_granularity", None)
+    if g is None:
+        g = "block" if _quantization_config(config).get("weight_block_size") else "channel"
+    if g not in ("channel", "block"):
+        raise ValueError(f"unknown FP8 granularity {g!r}: expected 'channel' or 'block'")
+    return g
 
 
 class MoeExpertsLayout(nn.Module):
@@ -137,7 +168,9 @@ class MoeExpertsLayout(nn.Module):
 
     bf16: ``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H). MXFP4: ``*_blocks`` uint8 (E, N, K/32, 16)
     and ``*_scales`` uint8 (E, N, K/32), exactly as openai/gpt-oss stores them (no re-layout, no bf16 copy).
-    Biases ``gate_up_proj_bias`` (E, 2I), ``down_proj_bias`` (E, H) in both.
+    FP8 (``quant.fp8``): ``*_fp8`` float8_e4m3fn (E, N, K) and ``*_scale`` float32, (E, N) per channel or
+    (E, ceil(N/128), ceil(K/128)) per block (``fp8_granularity_of``). Biases ``gate_up_proj_bias`` (E, 2I),
+    ``down_proj_bias`` (E, H) in every format.
     """
 
     kernel_layer_name = "MoeExperts"
@@ -151,7 +184,10 @@ class MoeExpertsLayout(nn.Module):
         self.limit = getattr(config, "swiglu_limit", 7.0)
         self.gate_up_proj_bias = nn.Parameter(torch.empty(e, 2 * i))
         self.down_proj_bias = nn.Parameter(torch.empty(e, h))
-        if experts_format_of(config) == "mxfp4":
+        fmt = experts_format_of(config)
+        if fmt == "fp8":
+            self._fp8_params(e, h, i, fp8_granularity_of(config))
+        elif fmt == "mxfp4":
             if h % 32 or i % 32:
                 raise ValueError(f"MXFP4 experts need hidden_size and intermediate_size divisible by 32, got {h}, {i}")
             u8 = dict(dtype=torch.uint8)
@@ -162,6 +198,17 @@ class MoeExpertsLayout(nn.Module):
         else:
             self.gate_up_proj = nn.Parameter(torch.empty(e, h, 2 * i))
             self.down_proj = nn.Parameter(torch.empty(e, i, h))
+
+    def _fp8_params(self, e: int, h: int, i: int, granularity: str) -> None:
+        f8, f32 = dict(dtype=torch.float8_e4m3fn), dict(dtype=torch.float32)
+
+        def scale(n, k):
+            return (e, n) if granularity == "channel" else (e, -(-n // 128), -(-k // 128))
+
+        self.gate_up_proj_fp8 = nn.Parameter(torch.empty(e, 2 * i, h, **f8), requires_grad=False)
+        self.gate_up_proj_scale = nn.Parameter(torch.empty(*scale(2 * i, h), **f32), requires_grad=False)
+        self.down_proj_fp8 = nn.Parameter(torch.empty(e, h, i, **f8), requires_grad=False)
+        self.down_proj_scale = nn.Parameter(torch.empty(*scale(h, i), **f32), requires_grad=False)
 
 
 class MoeMLPLayout(nn.Module):
@@ -205,3 +252,6 @@ class NormMoeMLPLayout(nn.Module):
         self.router = mlp.router
         self.experts = mlp.experts
         self.post_attention_layernorm = norm
+        # FP8 experts on CUDA: rms_norm_quant_fp8 in front of the experts (False: rms_norm, then a separate
+        # quantization pass; kept so that the fusion is measured, benchmarks/harness_fp8.py).
+        self.fuse_norm_quant = True

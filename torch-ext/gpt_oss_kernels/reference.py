@@ -208,3 +208,82 @@ def moe(
     weights, ids = moe_route(logits, top_k)
     out = moe_experts(hidden, ids, weights, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
     return out, weights, ids
+
+
+# --- fp8 ---------------------------------------------------------------------------------
+
+
+def pad_quant_fp8(x: torch.Tensor, h_pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token e4m3 quantization into a zero-padded (T, h_pad) buffer: ``quant.fp8.quantize_rows`` (its
+    docstring has the math: fp32 scale ``max(amax / 448, 2^-126)``, saturating, NaN / Inf rows -> NaN)."""
+    from .quant.fp8 import quantize_rows
+
+    return quantize_rows(x, h_pad)
+
+
+def rms_norm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float, h_pad: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """RMSNorm in fp32 rounded to ``x``'s dtype (the rms_norm op's output), then ``pad_quant_fp8`` of those rows:
+    ``(q, scale, normed)``."""
+    xf = x.to(torch.float32)
+    normed = rms_norm(xf, weight.to(torch.float32), eps).to(x.dtype)
+    q, scale = pad_quant_fp8(normed, h_pad)
+    return q, scale, normed
+
+
+def dequant_rows_fp8(q: torch.Tensor, scale: torch.Tensor, h: int) -> torch.Tensor:
+    """``float(q[:, :h]) * scale`` in float64."""
+    return q[:, :h].to(torch.float64) * scale.to(torch.float64)[:, None]
+
+
+def finalize_slice(y: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor | None, h: int
+                   ) -> torch.Tensor:
+    """``out[t] = sum_j w[t, j] * y[t * k + j, :h]`` (w = 1 without weights), in float64."""
+    t, k = topk_ids.shape
+    rows = y[:, :h].to(torch.float64).view(t, k, h)
+    if topk_weights is not None:
+        rows = rows * topk_weights.to(torch.float64)[:, :, None]
+    return rows.sum(1)
+
+
+def moe_experts_fp8(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_fp8: torch.Tensor,
+    gate_up_scale: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_fp8: torch.Tensor,
+    down_scale: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    alpha: float,
+    limit: float,
+    *,
+    act_dtype: torch.dtype,
+) -> torch.Tensor:
+    """``moe_experts`` as the FP8 kernels compute it, in float64: the tokens quantized per row (``pad_quant_fp8``),
+    the weights ``quant.fp8.dequantize_fp8``, the SwiGLU activations rounded to ``act_dtype`` and quantized per row
+    again before the down projection, each weighted expert output rounded to ``act_dtype``, summed."""
+    from .quant.fp8 import dequantize_fp8, quantize_rows
+
+    def deq_rows(v):
+        q, s = quantize_rows(v)
+        return dequant_rows_fp8(q, s, v.shape[1])
+
+    x = deq_rows(hidden)
+    w1 = dequantize_fp8(gate_up_fp8, gate_up_scale, torch.float64)
+    w2 = dequantize_fp8(down_fp8, down_scale, torch.float64)
+    out = torch.zeros(hidden.shape, dtype=torch.float64, device=hidden.device)
+    ids = topk_ids.long()
+    for e in torch.unique(ids).tolist():
+        tok, slot = torch.where(ids == e)
+        gu = x[tok] @ w1[e]
+        if gate_up_bias is not None:
+            gu = gu + gate_up_bias[e].to(torch.float64)
+        act = moe_swiglu(gu, alpha, limit).to(act_dtype)
+        o = deq_rows(act) @ w2[e]
+        if down_bias is not None:
+            o = o + down_bias[e].to(torch.float64)
+        o = (o * topk_weights[tok, slot, None].to(torch.float64)).to(act_dtype).to(torch.float64)
+        out.index_add_(0, tok, o)
+    return out

@@ -205,7 +205,9 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
 
     MXFP4 checkpoints (``quantization_config.quant_method == "mxfp4"``, as openai/gpt-oss ships) load
     without transformers' MXFP4 quantizer (which would replace the MoE block and fetch another Hub kernel):
-    the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``).
+    the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``). FP8-experts
+    checkpoints (``quant_method == "fp8"``, written by ``examples/tiny_checkpoint.write_fp8_checkpoint`` from
+    ``quant.fp8.quantize_experts_fp8``) load the same way into our FP8 layout.
     """
     from kernels import Mode, kernelize, use_kernel_mapping
     from transformers import AutoConfig, GptOssForCausalLM
@@ -219,8 +221,10 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
                          f"{getattr(config, 'model_type', None)!r} from {model_id_or_path}")
     config = copy.deepcopy(config)
     config.gpt_oss_kernels_experts = layers.experts_format_of(config)
-    if config.gpt_oss_kernels_experts == "mxfp4" and hasattr(config, "quantization_config"):
-        del config.quantization_config
+    if config.gpt_oss_kernels_experts == "fp8":
+        config.gpt_oss_kernels_fp8_granularity = layers.fp8_granularity_of(config)
+    if config.gpt_oss_kernels_experts in ("mxfp4", "fp8") and hasattr(config, "quantization_config"):
+        del config.quantization_config  # our layout holds the quantized experts, not transformers' quantizer
     if attention and "attn_implementation" not in kwargs:
         kwargs["attn_implementation"] = attention_implementation()
     distributed = [k for k in _DISTRIBUTED_KWARGS if kwargs.get(k) is not None]

@@ -6,7 +6,9 @@ what is stored, never from a flag):
 * bf16 (or fp16 / fp32): ``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H), as transformers'
   ``GptOssExperts``;
 * MXFP4, as the checkpoint ships: ``gate_up_proj_blocks`` (E, 2I, H/32, 16) uint8 with
-  ``gate_up_proj_scales`` (E, 2I, H/32) uint8, and the same for ``down_proj``.
+  ``gate_up_proj_scales`` (E, 2I, H/32) uint8, and the same for ``down_proj``;
+* FP8 (quant/fp8.py): ``gate_up_proj_fp8`` (E, 2I, H) float8_e4m3fn with ``gate_up_proj_scale`` float32 (E, 2I)
+  per channel or (E, 2I/128, H/128) per block, and the same for ``down_proj``.
 
 Biases (``*_bias``), ``alpha`` and ``limit`` are the same in every format.
 
@@ -23,13 +25,16 @@ from __future__ import annotations
 import torch
 
 from . import experts as _experts
+from . import fp8 as _fp8
 from . import mxfp4 as _mxfp4
 
 
 def expert_format(experts: torch.nn.Module) -> str:
-    """``"mxfp4"`` or ``"bf16"`` (any plain float dtype), from the tensors the module holds."""
+    """``"mxfp4"``, ``"fp8"`` or ``"bf16"`` (any plain float dtype), from the tensors the module holds."""
     if getattr(experts, "gate_up_proj_blocks", None) is not None:
         return "mxfp4"
+    if getattr(experts, "gate_up_proj_fp8", None) is not None:
+        return "fp8"
     if isinstance(getattr(experts, "gate_up_proj", None), torch.Tensor):
         return "bf16"
     raise TypeError(
@@ -48,7 +53,13 @@ def experts_forward(experts: torch.nn.Module, hidden: torch.Tensor, topk_ids: to
     skip = {"skip_foreign": True} if getattr(experts, "_is_expert_parallel", False) else {}
     if skip:
         _check_local_params(experts)
-    if expert_format(experts) == "mxfp4":
+    fmt = expert_format(experts)
+    if fmt == "fp8":
+        return _fp8.moe_experts_fp8(
+            hidden, topk_ids, topk_weights, experts.gate_up_proj_fp8, experts.gate_up_proj_scale,
+            experts.gate_up_proj_bias, experts.down_proj_fp8, experts.down_proj_scale, experts.down_proj_bias,
+            experts.alpha, experts.limit, **skip)
+    if fmt == "mxfp4":
         return _mxfp4.moe_experts_mxfp4(
             hidden, topk_ids, topk_weights, experts.gate_up_proj_blocks, experts.gate_up_proj_scales,
             experts.gate_up_proj_bias, experts.down_proj_blocks, experts.down_proj_scales, experts.down_proj_bias,
@@ -74,15 +85,22 @@ def _check_local_params(experts: torch.nn.Module) -> None:
             "gpt_oss_kernels' from_pretrained(..., distributed_config=...), which keeps the hook.")
 
 
-def moe_block(hidden: torch.Tensor, router: torch.nn.Module, experts: torch.nn.Module
+def moe_block(hidden: torch.Tensor, router: torch.nn.Module, experts: torch.nn.Module, hidden_fp8=None
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Router + experts on ``hidden`` (T, H): ``(out (T, H), router scores (T, k) in hidden's dtype)``."""
+    """Router + experts on ``hidden`` (T, H): ``(out (T, H), router scores (T, k) in hidden's dtype)``.
+    ``hidden_fp8``: ``(q, scale)`` of hidden from ``rms_norm_quant_fp8`` (FP8 experts only: not quantized again)."""
     if getattr(experts, "_is_hooked", False):
         # Expert parallelism: the hooked experts forward takes the routes (transformers' own MXFP4 block does
         # the same). The router's scores are in its own dtype, as transformers' GptOssMLP returns them.
         _, scores, ids = router(hidden)
         return experts(hidden, ids, scores), scores
-    if expert_format(experts) == "mxfp4":
+    fmt = expert_format(experts)
+    if fmt == "fp8":
+        return _fp8.moe_with_scores_fp8(
+            hidden, router.weight, router.bias, router.top_k, experts.gate_up_proj_fp8, experts.gate_up_proj_scale,
+            experts.gate_up_proj_bias, experts.down_proj_fp8, experts.down_proj_scale, experts.down_proj_bias,
+            experts.alpha, experts.limit, hidden_fp8=hidden_fp8)
+    if fmt == "mxfp4":
         return _mxfp4.moe_with_scores_mxfp4(
             hidden, router.weight, router.bias, router.top_k, experts.gate_up_proj_blocks,
             experts.gate_up_proj_scales, experts.gate_up_proj_bias, experts.down_proj_blocks,

@@ -21,7 +21,11 @@ Weight formats: ``W_FORMAT`` is a constexpr naming how a (BLOCK_K, BLOCK_N) weig
 ``"bf16"`` (the tensor's own dtype, bf16/fp16/fp32), ``"mxfp4"`` (the checkpoint's e2m1 blocks + e8m0 scales,
 dequantized exactly in registers with Triton ops) and ``"mxfp4_asm"`` (the same for bf16 activations, packed
 bf16x2 PTX; GPU only, ``GOK_MXFP4_ASM=0`` turns it off). A format is a branch in ``_load_w_tile`` plus its scale
-pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared.
+pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared. ``"fp8"`` /
+``"fp8_block"``: e4m3 weights (E, N, K) (K contiguous, read like bf16 tiles, through TMA as K-major tiles) times
+e4m3 activations (the ``pad_quant_fp8`` buffer, gathered as bf16 rows are), FP8 tensor cores, fp32 accumulators;
+the activations' per-row scales (``as_ptr``) and per-channel weight scales applied after the K loop, 128x128 block
+scales at every K step (each BLOCK_K <= 128 lies in one block).
 """
 
 from __future__ import annotations
@@ -141,9 +145,9 @@ def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK
 def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     # Every weight format dequantizes to the activation dtype here; "bf16" is a plain load of a
-    # (BLOCK_K, BLOCK_N) tile, "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile),
+    # (BLOCK_K, BLOCK_N) tile (so are "fp8" / "fp8_block": e4m3 tiles, K contiguous, scaled outside the dot), "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile),
     # "mxfp4_asm" the same for bf16 activations with the packed PTX dequantization (GPU only).
-    if W_FORMAT == "bf16":
+    if W_FORMAT == "bf16" or W_FORMAT == "fp8" or W_FORMAT == "fp8_block":
         return tl.load(w_ptrs, mask=mask, other=0.0)
     elif W_FORMAT == "mxfp4":
         return _mxfp4_tile(w_ptrs, s_ptrs, mask, s_mask, DTYPE, BLOCK_N, BLOCK_K)
@@ -156,7 +160,7 @@ def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl
 
 @triton.jit
 def _moe_tile(
-    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+    a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
     N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
@@ -181,7 +185,7 @@ def _moe_tile(
     offs_k = tl.arange(0, BLOCK_K)
     if not A_TMA:
         a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
-    if W_FORMAT != "bf16":
+    if W_FORMAT == "mxfp4" or W_FORMAT == "mxfp4_asm":
         # MXFP4 ("mxfp4", "mxfp4_asm"): w_ptr: the blocks as int32 words (E, N, K / 8), K contiguous;
         # ws_ptr: the scales (E, N, K / 32)
         offs_q = tl.arange(0, BLOCK_K // 8)
@@ -191,10 +195,13 @@ def _moe_tile(
     elif not W_TMA:
         w_ptrs = w_ptr + e * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
         s_ptrs = w_ptrs
+    if W_FORMAT == "fp8_block":
+        # 128x128 block scales (E, ceil(N / 128), ceil(K / 128)), K blocks contiguous; BLOCK_K divides 128
+        sb_ptrs = ws_ptr + e * stride_se + (offs_n // 128) * stride_sn
 
     if not A_TMA:
         a_ptrs += k_iter0 * BLOCK_K * stride_ak
-    if W_FORMAT != "bf16":
+    if W_FORMAT == "mxfp4" or W_FORMAT == "mxfp4_asm":
         w_ptrs += k_iter0 * (BLOCK_K // 8) * stride_wk
         s_ptrs += k_iter0 * (BLOCK_K // 32)
     elif not W_TMA:
@@ -209,7 +216,7 @@ def _moe_tile(
         else:
             k_ok = offs_k < K - kk * BLOCK_K
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
-        if W_FORMAT != "bf16":  # MXFP4: K is a multiple of 32: the K tail masks whole words and scales
+        if W_FORMAT == "mxfp4" or W_FORMAT == "mxfp4_asm":  # K a multiple of 32: the K tail masks whole words
             if EVEN_K:
                 w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None], n_ok[:, None], W_FORMAT, a.dtype, BLOCK_N, BLOCK_K)
             else:
@@ -219,6 +226,8 @@ def _moe_tile(
                                  BLOCK_K)
             w_ptrs += (BLOCK_K // 8) * stride_wk
             s_ptrs += BLOCK_K // 32
+        elif W_TMA and (W_FORMAT == "fp8" or W_FORMAT == "fp8_block"):  # (E, N, K) e4m3: a K-major tile
+            w = tl.trans(w_ptr.load([e32, n0, kk * BLOCK_K]).reshape(BLOCK_N, BLOCK_K))
         elif W_TMA:
             w = w_ptr.load([e32, kk * BLOCK_K, n0]).reshape(BLOCK_K, BLOCK_N)
         elif EVEN_K:
@@ -227,11 +236,26 @@ def _moe_tile(
             k_ok = offs_k < K - kk * BLOCK_K
             w = _load_w_tile(w_ptrs, s_ptrs, k_ok[:, None] & n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N,
                              BLOCK_K)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        # FP8 on sm_90: wgmma accumulates e4m3 products in reduced precision (Triton's default lets it run over the
+        # whole K); each K step is promoted into the fp32 accumulator instead (DeepSeek-V3's fix, every <= 128 K).
+        if W_FORMAT == "fp8_block":  # this K step's scale of each column's block, applied in fp32
+            sb = tl.load(sb_ptrs + (kk * BLOCK_K) // 128, mask=n_ok, other=0.0)
+            acc += tl.dot(a, w, max_num_imprecise_acc=BLOCK_K) * sb[None, :]
+        elif W_FORMAT == "fp8":
+            acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
+        else:
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
             a_ptrs += BLOCK_K * stride_ak
-        if not W_TMA and W_FORMAT == "bf16":
+        if not W_TMA and (W_FORMAT == "bf16" or W_FORMAT == "fp8" or W_FORMAT == "fp8_block"):
             w_ptrs += BLOCK_K * stride_wk
+
+    if W_FORMAT == "fp8" or W_FORMAT == "fp8_block":
+        # e4m3 activations: the row's token scale (GEMM 1: the gathered token's; GEMM 2: the act row's), and per
+        # channel the column's weight scale, in fp32 (before the bias; linear, so split-K partials take them too)
+        acc = acc * tl.load(as_ptr + a_rows, mask=row_ok, other=0.0)[:, None]
+        if W_FORMAT == "fp8":
+            acc = acc * tl.load(ws_ptr + e * stride_se + offs_n * stride_sn, mask=n_ok, other=0.0)[None, :]
 
     if PARTIAL:
         out_ptrs = out_ptr + offs_m.to(tl.int64)[:, None] * stride_om + offs_n[None, :] * stride_on
@@ -322,7 +346,7 @@ def _block_groups_kernel(block_expert_ptr, groups_ptr, nb, CAP: tl.constexpr, NB
 
 @triton.jit(do_not_specialize=["nb", "top_k", "M_BUCKET"])
 def _moe_gemm_kernel(
-    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, groups_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
+    a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, block_expert_ptr, groups_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr,
     N, K, nb, top_k, alpha, limit, M_BUCKET,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
@@ -388,17 +412,17 @@ def _moe_gemm_kernel(
     last_n = pid_n == tl.cdiv(N, BLOCK_N) - 1
     if SPLIT_M:
         if tl.load(sorted_pos_ptr + row0 + BLOCK_M // 2) < 0:
-            _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                          W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
         else:
-            _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+            _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                          W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
     else:
-        _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
+        _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                      row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                      stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
                      W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
@@ -406,7 +430,7 @@ def _moe_gemm_kernel(
 
 @triton.jit
 def _moe_tile_at(
-    a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32, row0, n0, last_n,
+    a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32, row0, n0, last_n,
     k_iter0, k_iter1, N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
@@ -420,34 +444,34 @@ def _moe_tile_at(
     if HALF:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+                _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+                _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+            _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                       DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
         if BN_TAIL > 0:
             if last_n:
-                _moe_tile(a_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+                _moe_tile(a_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BN_TAIL, BLOCK_K)
             else:
-                _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+                _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                           DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
-            _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
+            _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
                       DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
@@ -500,6 +524,13 @@ def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16") -> list[
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors.
     ``fmt="mxfp4"``: the same tiles (the weights then never go through TMA: see _pick); not tuned on a GPU
     yet (docs/moe.md, MXFP4)."""
+    if fmt == "fp8":
+        # Not tuned on a GPU yet: bf16's tiles (the same shared memory per stage holds twice the K in e4m3), with
+        # BLOCK_K 128 tried first from 64-row blocks on; the autotuner times both on sm_90.
+        base = candidates(block_m, first, tma)
+        if block_m < 64:
+            return base
+        return [c._replace(bk=128, stages=min(c.stages, 3)) for c in base] + base
     if block_m <= 32 and fmt == "mxfp4":
         # MXFP4 decode is issue-bound (dequantization: ~6.5 instructions per weight value in the sm_90a SASS), so
         # the grid should spread evenly over the SMs: GEMM 1 in 64-column tiles (90 CTAs per routed expert; T=1:
@@ -578,13 +609,16 @@ def _split_m(cfg, block_m):
 
 
 def _descs(first, cfg, a, w, block_m, tail):
-    """(a, a for half-height tiles, w, w for the narrow last column tile): descriptors or the tensors."""
+    """(a, a for half-height tiles, w, w for the narrow last column tile): descriptors or the tensors. FP8 weights
+    are (E, N, K): their blocks are (1, BLOCK_N, BLOCK_K)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     wd = wt = w
     if cfg.w_tma:
-        wd = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, cfg.bk, cfg.bn])
-        wt = TensorDescriptor(w, list(w.shape), list(w.stride()), [1, cfg.bk, tail]) if tail else wd
+        nk = w.dtype == FP8
+        block = (lambda bn: [1, bn, cfg.bk]) if nk else (lambda bn: [1, cfg.bk, bn])
+        wd = TensorDescriptor(w, list(w.shape), list(w.stride()), block(cfg.bn))
+        wt = TensorDescriptor(w, list(w.shape), list(w.stride()), block(tail)) if tail else wd
     ad = ah = a
     if cfg.a_tma and not first:
         ad = TensorDescriptor(a, list(a.shape), list(a.stride()), [block_m, cfg.bk])
@@ -592,12 +626,26 @@ def _descs(first, cfg, a, w, block_m, tail):
     return ad, ah, wd, wt
 
 
-_N_ARGS = 29  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
+_N_ARGS = 30  # run-time arguments before the constexprs (the raw-pointer launch below rebuilds them)
+
+
+FP8 = torch.float8_e4m3fn
+
+
+def _w_format(a: torch.Tensor, w: torch.Tensor, ws) -> str:
+    """W_FORMAT of a weight operand: "bf16", "fp8" (per-channel scales (E, N)), "fp8_block" (128x128 block scales)
+    or MXFP4's ("mxfp4" / "mxfp4_asm")."""
+    if ws is None:
+        return "bf16"
+    if w.dtype == FP8:
+        return "fp8" if ws.dim() == 2 else "fp8_block"
+    return _mxfp4_format(a)
 
 
 def _w_strides(w, ws):
     """(stride_we, stride_wk, stride_wn, stride_se, stride_sn): w (E, K, N) for bf16; for MXFP4, w is the
-    blocks as int32 words (E, N, K / 8) and ws the scales (E, N, K / 32), both K-contiguous."""
+    blocks as int32 words (E, N, K / 8) and ws the scales (E, N, K / 32), both K-contiguous; for FP8, w is
+    (E, N, K) e4m3 and ws (E, N) or (E, N / 128, K / 128), the last K-contiguous."""
     if ws is None:
         return w.stride(0), w.stride(1), w.stride(2), 0, 0
     return w.stride(0), w.stride(2), w.stride(1), ws.stride(0), ws.stride(1)
@@ -617,17 +665,17 @@ def _mxfp4_format_cached(dtype, dev_type, env, interpret) -> str:
 
 
 def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
-          m_bucket, block_m, ws=None):
+          m_bucket, block_m, ws=None, a_s=None):
     tail = bn_tail(n, cfg)
     ad, ah, wd, wt = _descs(first, cfg, a, w, block_m, tail)
     has_bias = bias is not None
     return (
-        ad, wd, w if ws is None else ws, bias if has_bias else w, out, sorted_pos, block_expert, groups, topk_w, ah,
+        ad, wd, w if ws is None else ws, w if a_s is None else a_s, bias if has_bias else w, out, sorted_pos, block_expert, groups, topk_w, ah,
         wt, n, k, nb, top_k, alpha, limit, m_bucket,
         a.stride(0), a.stride(1), *_w_strides(w, ws),
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
         out.stride(-2), out.stride(-1),
-        first, has_bias, k % cfg.bk == 0, "bf16" if ws is None else _mxfp4_format(a),
+        first, has_bias, k % cfg.bk == 0, _w_format(a, w, ws),
         "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
         cfg.narrow_last, cfg.split_k,
@@ -651,25 +699,29 @@ def _run(kern, grid0, args):
 
 
 def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
-          m_bucket, tma, ws=None):
+          m_bucket, tma, ws=None, a_s=None):
     """The tile for this key: forced, default, or timed once (autotune, eager calls only)."""
-    fmt = "bf16" if ws is None else "mxfp4"
+    wf = _w_format(a, w, ws)
+    fmt = "bf16" if wf == "bf16" else ("fp8" if wf.startswith("fp8") else "mxfp4")
+    mx = fmt == "mxfp4"
     forced = FORCE.get((block_m, first, fmt)) or (FORCE.get((block_m, first)) if ws is None else None)
     if forced is not None:
-        forced = forced if ws is None else forced._replace(w_tma=False)
+        forced = forced._replace(w_tma=False) if mx else forced
         return forced if forced.group_m or groups is not None else forced._replace(group_m=8)
     cands = candidates(block_m, first, tma, fmt)
     if not tma:
         cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
-    if ws is not None:  # MXFP4 weights are read with plain loads (packed bytes + scales), never TMA
+    if mx:  # MXFP4 weights are read with plain loads (packed bytes + scales), never TMA
         cands = list(dict.fromkeys(c._replace(w_tma=False) for c in cands))
+    if wf == "fp8_block":  # a K step must lie in one 128-wide scale block
+        cands = [c for c in cands if 128 % c.bk == 0] or [Cfg(64, 128, 4, 4, 64)]
     if groups is None:  # expert groups need the caller's block_groups table
         cands = list(dict.fromkeys(c._replace(group_m=c.group_m or 8) for c in cands))
     fp32 = a.dtype == torch.float32
     if (fp32 or len(cands) == 1 or block_m <= 32 or not _use_autotune(a.device, n, k)
             or torch.cuda.is_current_stream_capturing()):
         return cands[0]
-    ckey = (block_m, first, n, k, m_bucket, a.dtype, tma, fmt)
+    ckey = (block_m, first, n, k, m_bucket, a.dtype, tma, wf)
     cfg = _CHOSEN.get(ckey)
     if cfg is None:
         import triton.testing
@@ -677,7 +729,7 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
         runs = {}
         for c in cands:
             args = _args(first, c, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha,
-                         limit, m_bucket, block_m, ws)
+                         limit, m_bucket, block_m, ws, a_s)
             try:
                 runs[c] = (_compile(args, c, fp32), nb * triton.cdiv(n, c.bn), args)
             except Exception:  # e.g. out of shared memory on a smaller part
@@ -687,7 +739,10 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
         times = {c: float("inf") for c in runs}
         for r in range(3):
             for c, (kern, g, args) in runs.items():
-                t = triton.testing.do_bench(lambda: _run(kern, g, args), warmup=5 if r == 0 else 1, rep=10)
+                try:
+                    t = triton.testing.do_bench(lambda: _run(kern, g, args), warmup=5 if r == 0 else 1, rep=10)
+                except Exception:  # a tile over the shared-memory limit fails at its first launch, not at compile
+                    t = float("inf")
                 times[c] = min(times[c], t)
         cfg = min(times, key=times.get) if times else cands[0]
         _CHOSEN[ckey] = cfg
@@ -695,18 +750,20 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
 
 
 def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
-            m_bucket, ws=None):
-    # ws: None (w is the (E, K, N) weights) or the MXFP4 scales (E, N, K / 32) (w: the blocks as int32 words)
+            m_bucket, ws=None, a_s=None):
+    # ws: None (w is the (E, K, N) weights), the MXFP4 scales (E, N, K / 32) (w: the blocks as int32 words) or the
+    # FP8 weight scales (w: (E, N, K) e4m3; then a is e4m3 and a_s its per-row scales)
     a_st, o_st = a.stride(), out.stride()
     w_st = _w_strides(w, ws)
     has_bias = bias is not None
     b_st = bias.stride() if has_bias else (0, 0)
     ap, wp, tp = a.data_ptr(), w.data_ptr(), topk_w.data_ptr()
     sp = ws.data_ptr() if ws is not None else wp
+    asp = a_s.data_ptr() if a_s is not None else wp
     bp = bias.data_ptr() if has_bias else wp
     key = (first, block_m, m_bucket, n, k, top_k, a.dtype, w.dtype, a_st, w_st, o_st, b_st, has_bias,
-           ap % 16, wp % 16, bp % 16, tp % 16, sp % 16, a.get_device(), groups is not None,
-           None if ws is None else _mxfp4_format(a))
+           ap % 16, wp % 16, bp % 16, tp % 16, sp % 16, asp % 16, a.get_device(), groups is not None,
+           _w_format(a, w, ws))
     gp = groups if groups is not None else block_expert  # a placeholder pointer when there are no groups
     hit = _FAST.get(key)
     if hit is not None and not FORCE:
@@ -714,21 +771,22 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n,
         dst = _splitk_workspace(cfg, out, nb, block_m, n)
         if tma:  # descriptors (large T only: the host is not the bottleneck there)
             args = _args(first, cfg, a, w, bias, dst, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha,
-                         limit, m_bucket, block_m, ws)
+                         limit, m_bucket, block_m, ws, a_s)
         else:  # raw pointers: the launcher skips its per-pointer driver query
-            args = (ap, wp, sp, bp, dst.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
+            args = (ap, wp, sp, asp, bp, dst.data_ptr(), sorted_pos.data_ptr(), block_expert.data_ptr(), gp.data_ptr(), tp,
                     ap, wp,
                     n, k, nb, top_k, alpha, limit, m_bucket, *a_st, *w_st, *b_st, dst.stride(-2), dst.stride(-1)) + tail
         _run(kern, nb * ((n + cfg.bn - 1) // cfg.bn) * cfg.split_k, args)
         _splitk_finish(cfg, first, dst, bias, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit, block_m)
         return
-    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and (ws is not None or _tma_able(w))
+    mx = ws is not None and w.dtype != FP8
+    tma = (block_m >= 64 and a.dtype != torch.float32 and _tma_ok(a.device) and (mx or _tma_able(w))
            and (first or _tma_able(a)))
     cfg = _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit,
-                block_m, m_bucket, tma, ws)
+                block_m, m_bucket, tma, ws, a_s)
     dst = _splitk_workspace(cfg, out, nb, block_m, n)
     args = _args(first, cfg, a, w, bias, dst, sorted_pos, block_expert, gp, topk_w, n, k, nb, top_k, alpha, limit,
-                 m_bucket, block_m, ws)
+                 m_bucket, block_m, ws, a_s)
     kern = _compile(args, cfg, a.dtype == torch.float32)
     _run(kern, nb * triton.cdiv(n, cfg.bn) * cfg.split_k, args)
     _splitk_finish(cfg, first, dst, bias, out, sorted_pos, block_expert, topk_w, n, nb, alpha, limit, block_m)
@@ -778,9 +836,12 @@ def block_groups(block_expert: torch.Tensor, block_m: int) -> torch.Tensor | Non
 
 
 def _nk(w, scales):
-    """(N, K) of a weight operand: (E, K, N) bf16 weights, or MXFP4 words (E, N, K / 8) with their scales."""
+    """(N, K) of a weight operand: (E, K, N) bf16 weights, (E, N, K) e4m3 weights, or MXFP4 words (E, N, K / 8)
+    with their scales."""
     if scales is None:
         return w.shape[2], w.shape[1]
+    if w.dtype == FP8:
+        return w.shape[1], w.shape[2]
     return w.shape[1], w.shape[2] * 8
 
 
@@ -834,18 +895,20 @@ def dequantize_mxfp4_experts(words: torch.Tensor, scales: torch.Tensor, dtype: t
 
 
 def gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k, alpha, limit,
-                 block_m, m_bucket, groups=None, scales=None):
+                 block_m, m_bucket, groups=None, scales=None, *, a_scales=None):
     """act[row] = swiglu(hidden[sorted_pos[row] // top_k] @ W1[e] + b1[e]) for every real row. With
-    ``scales``, ``gate_up_proj`` is the MXFP4 blocks as words (``mxfp4_words``)."""
+    ``scales``, ``gate_up_proj`` is the MXFP4 blocks as words (``mxfp4_words``), or the (E, 2I, H) e4m3 weights:
+    then ``hidden`` is the (T, H_pad) e4m3 token buffer and ``a_scales`` its (T,) scales (``pad_quant_fp8``)."""
     n, k = _nk(gate_up_proj, scales)
     _launch(True, hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, groups, sorted_pos,
-            n, k, block_expert.shape[0], top_k, float(alpha), float(limit), block_m, m_bucket, scales)
+            n, k, block_expert.shape[0], top_k, float(alpha), float(limit), block_m, m_bucket, scales, a_scales)
 
 
 def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket,
-                   groups=None, scales=None):
+                   groups=None, scales=None, *, a_scales=None):
     """y[slot] = w[slot] * (act[row] @ W2[e] + b2[e]) with slot = sorted_pos[row]. With ``scales``,
-    ``down_proj`` is the MXFP4 blocks as words (``mxfp4_words``)."""
+    ``down_proj`` is the MXFP4 blocks as words (``mxfp4_words``), or the (E, H, I) e4m3 weights: then ``act`` is
+    e4m3 with per-row ``a_scales``. y may be wider than H (a padded row length): columns >= H are not written."""
     n, k = _nk(down_proj, scales)
     _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, groups, topk_w,
-            n, k, block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket, scales)
+            n, k, block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket, scales, a_scales)

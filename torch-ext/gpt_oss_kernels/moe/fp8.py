@@ -1,0 +1,245 @@
+"""FP8 experts: e4m3 weights (quant/fp8.py) and per-token e4m3 activations, and ``finalize_slice``.
+
+``moe_experts_fp8`` and ``finalize_slice`` are ops of the C++ schema (torch-ext/torch_binding.cpp). CPU variant: C++
+(kernel_src/moe/moe_cpu.cpp; FP8 emulated: tokens and SwiGLU activations quantized per row and dequantized, each hit
+expert's weights dequantized, fp32 matmuls). CUDA variant, registered here with ``torch.library.impl``:
+
+    pad_quant_fp8(hidden) -> dispatch -> GEMM 1 (W_FORMAT "fp8" / "fp8_block": e4m3 x e4m3 tensor cores, gathers
+    e4m3 token rows; the token scale and the weight scales applied in fp32: per channel in the epilogue, per 128x128
+    block at each K step; bias; clamped SwiGLU) -> pad_quant_fp8(act) -> GEMM 2 (same, routing weight) ->
+    finalize_slice (the k rows per token summed in fp32, cropped to H).
+
+No host sync anywhere; fake implementations give the shapes to torch.compile.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from .. import _checks
+from .._ops import add_op_namespace_prefix, ops
+from ..quant.fp8 import BLOCK, FP8_DTYPE
+from .dispatch import moe_dispatch
+from .experts import _ID_DTYPES, _MAX_K, _check_router
+from .routing import check_top_k
+
+# Row length of the e4m3 activation buffers: rows start 16-byte aligned (TMA and vector loads).
+H_ALIGN = 16
+
+
+def padded_width(h: int) -> int:
+    return -(-h // H_ALIGN) * H_ALIGN
+
+
+def _check_fp8_weights(name, q, scale_name, scale, e, n, k):
+    """q (E, N, K) float8_e4m3fn; scale float32 (E, N) or (E, ceil(N/128), ceil(K/128)); None in (e, n, k): free."""
+    _checks.tensor(name, q, dtypes=(FP8_DTYPE,), ndim=3)
+    _checks.shape(name, q, (e, n, k))
+    e, n, k = q.shape
+    _checks.tensor(scale_name, scale, dtypes=(torch.float32,))
+    if scale.dim() == 2:
+        _checks.shape(scale_name, scale, (e, n))
+    else:
+        _checks.shape(scale_name, scale, (e, -(-n // BLOCK), -(-k // BLOCK)))
+
+
+def _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8, down_scale, down_bias, alpha,
+                       limit):
+    """Shapes, dtypes and devices of the FP8 experts (never values). Returns (alpha, limit) as floats."""
+    _checks.tensor("hidden", hidden, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    h = hidden.shape[1]
+    _check_fp8_weights("gate_up_fp8", gate_up_fp8, "gate_up_scale", gate_up_scale, None, None, h)
+    e, i2 = gate_up_fp8.shape[0], gate_up_fp8.shape[1]
+    if i2 % 2 or i2 == 0:
+        raise ValueError(f"gate_up_fp8 must be (E, 2I, H) with gate/up rows interleaved, got shape "
+                         f"{tuple(gate_up_fp8.shape)}")
+    _check_fp8_weights("down_fp8", down_fp8, "down_scale", down_scale, e, h, i2 // 2)
+    if gate_up_scale.dim() != down_scale.dim():
+        raise ValueError(f"gate_up_scale and down_scale must have the same granularity, got shapes "
+                         f"{tuple(gate_up_scale.shape)} and {tuple(down_scale.shape)}")
+    if gate_up_bias is not None:
+        _checks.tensor("gate_up_bias", gate_up_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("gate_up_bias", gate_up_bias, (e, i2))
+    if down_bias is not None:
+        _checks.tensor("down_bias", down_bias, dtypes=_checks.FLOAT_DTYPES)
+        _checks.shape("down_bias", down_bias, (e, h))
+    _checks.same_device("hidden", hidden, gate_up_fp8=gate_up_fp8, gate_up_scale=gate_up_scale,
+                        gate_up_bias=gate_up_bias, down_fp8=down_fp8, down_scale=down_scale, down_bias=down_bias)
+    return _checks.number("alpha", alpha), _checks.number("limit", limit, minimum=0.0)
+
+
+def _check_routes(hidden, topk_ids, topk_weights, e, skip_foreign):
+    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
+    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
+    if type(skip_foreign) is not bool:
+        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
+    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else e)
+    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
+    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
+
+
+def moe_experts_fp8(
+    hidden: torch.Tensor,
+    topk_ids: torch.Tensor,
+    topk_weights: torch.Tensor,
+    gate_up_fp8: torch.Tensor,
+    gate_up_scale: torch.Tensor,
+    gate_up_bias: torch.Tensor | None,
+    down_fp8: torch.Tensor,
+    down_scale: torch.Tensor,
+    down_bias: torch.Tensor | None,
+    alpha: float = 1.702,
+    limit: float = 7.0,
+    *,
+    skip_foreign: bool = False,
+) -> torch.Tensor:
+    """``moe_experts`` with FP8 weights and per-token FP8 activations.
+
+    ``hidden`` (T, H) bf16/fp16/fp32; ``topk_ids`` (T, k); ``topk_weights`` (T, k); ``gate_up_fp8`` float8_e4m3fn
+    (E, 2I, H) (gate/up rows interleaved) with ``gate_up_scale`` float32 (E, 2I) per channel or (E, 2I/128, H/128)
+    per block (ceil); ``down_fp8`` (E, H, I) with ``down_scale`` (E, H) or (E, H/128, I/128); biases (E, 2I), (E, H)
+    or None. The math is ``reference.moe_experts_fp8`` (tokens and SwiGLU activations quantized per row to e4m3).
+    Ids outside [0, E): as ``moe_experts``. Returns (T, H) in hidden's dtype.
+    """
+    alpha, limit = _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8, down_scale,
+                                      down_bias, alpha, limit)
+    _check_routes(hidden, topk_ids, topk_weights, gate_up_fp8.shape[0], skip_foreign)
+    return ops.moe_experts_fp8(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(), gate_up_fp8,
+                               gate_up_scale, gate_up_bias, down_fp8, down_scale, down_bias, alpha, limit,
+                               skip_foreign)
+
+
+def moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+            down_scale, down_bias, alpha=1.702, limit=7.0, *, hidden_fp8=None):
+    """The whole MoE block with FP8 experts: router GEMM (on ``hidden``, bf16), ``moe_route``, the FP8 experts.
+    ``hidden_fp8``: ``(q (T, h_pad), scale (T,))`` of ``hidden`` already quantized (``rms_norm_quant_fp8`` of the
+    fused norm), so the block does not quantize it again (CUDA; the CPU op quantizes hidden itself, to the same
+    values). Returns ``(out (T, H), topk_weights fp32 (T, k), topk_ids int32 (T, k))``."""
+    alpha, limit = _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8, down_scale,
+                                      down_bias, alpha, limit)
+    e = gate_up_fp8.shape[0]
+    _check_router(hidden, router_weight, router_bias, e)
+    top_k = check_top_k(top_k, e)
+    hidden = hidden.contiguous()
+    if hidden_fp8 is not None:
+        if not isinstance(hidden_fp8, (tuple, list)) or len(hidden_fp8) != 2:
+            raise TypeError("hidden_fp8 must be a (q, scale) pair from rms_norm_quant_fp8 / pad_quant_fp8")
+        _checks.tensor("hidden_fp8[0]", hidden_fp8[0], dtypes=(FP8_DTYPE,), ndim=2)
+        _checks.shape("hidden_fp8[0]", hidden_fp8[0], (hidden.shape[0], None))
+        if hidden_fp8[0].shape[1] < hidden.shape[1] or hidden_fp8[0].stride(1) != 1:
+            raise ValueError(f"hidden_fp8[0] must be (T, h_pad >= H={hidden.shape[1]}) with contiguous rows, got "
+                             f"shape {tuple(hidden_fp8[0].shape)}")
+        _checks.tensor("hidden_fp8[1]", hidden_fp8[1], dtypes=(torch.float32,), ndim=1)
+        _checks.shape("hidden_fp8[1]", hidden_fp8[1], (hidden.shape[0],))
+        _checks.same_device("hidden", hidden, hidden_fp8_q=hidden_fp8[0], hidden_fp8_scale=hidden_fp8[1])
+    logits = F.linear(hidden, router_weight.to(hidden.dtype),
+                      None if router_bias is None else router_bias.to(hidden.dtype))
+    weights, ids = ops.moe_route(logits, top_k)
+    if hidden_fp8 is not None and hidden.is_cuda and not torch.compiler.is_compiling():
+        out = _experts_fp8_cuda(hidden, hidden_fp8[0], hidden_fp8[1], ids, weights, gate_up_fp8, gate_up_scale,
+                                gate_up_bias, down_fp8, down_scale, down_bias, alpha, limit, False)
+    else:
+        out = ops.moe_experts_fp8(hidden, ids, weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+                                  down_scale, down_bias, alpha, limit)
+    return out, weights, ids
+
+
+def moe_with_scores_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
+                        down_fp8, down_scale, down_bias, alpha=1.702, limit=7.0, *, hidden_fp8=None):
+    """``moe_fp8`` for the MoE layer: ``(out, router scores (T, k) in hidden's dtype)``."""
+    out, weights, _ = moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
+                              down_fp8, down_scale, down_bias, alpha, limit, hidden_fp8=hidden_fp8)
+    return out, weights.to(hidden.dtype)
+
+
+def finalize_slice(y: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor | None, h: int,
+                   num_experts: int | None = None, *, skip_foreign: bool = False) -> torch.Tensor:
+    """``out[t] = sum_j w[t, j] * y[t * k + j, :h]`` summed in fp32 (w = 1 when ``topk_weights`` is None), in y's
+    dtype: the top-k reduction back to token order and the crop of a padded hidden dimension, one pass.
+
+    ``y`` (T * k, H_pad >= h); ``topk_ids`` (T, k) int32/int64; ``topk_weights`` (T, k) float or None. Ids outside
+    [0, num_experts) (default: no bound) flag their token's row NaN, or contribute zero with ``skip_foreign``."""
+    _checks.tensor("y", y, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
+    if y.shape[0] != topk_ids.numel():
+        raise ValueError(f"y must have T * k = {topk_ids.numel()} rows (topk_ids {tuple(topk_ids.shape)}), got "
+                         f"shape {tuple(y.shape)}")
+    h = _checks.integer("h", h, minimum=0, maximum=y.shape[1])
+    if topk_weights is not None:
+        _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+        _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
+        topk_weights = topk_weights.contiguous()
+    num_experts = 2**31 - 1 if num_experts is None else _checks.integer("num_experts", num_experts, minimum=1)
+    if type(skip_foreign) is not bool:
+        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
+    _checks.same_device("y", y, topk_ids=topk_ids, topk_weights=topk_weights)
+    if y.stride(1) != 1:
+        y = y.contiguous()
+    return ops.finalize_slice(y, topk_ids.to(torch.int32).contiguous(), topk_weights, num_experts, h, skip_foreign)
+
+
+# --- CUDA implementation (Triton) ------------------------------------------------------------
+
+
+def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+                      down_scale, down_bias, alpha, limit, skip_foreign):
+    from ..quant import fp8_triton
+    from . import grouped_gemm
+
+    t, h = hidden.shape
+    k = topk_ids.shape[1]
+    e, i2, _ = gate_up_fp8.shape
+    m = t * k
+    if m == 0:
+        return hidden.new_zeros((t, h))
+    ids = topk_ids.to(torch.int32).contiguous()
+    w = topk_weights.to(torch.float32).contiguous()
+    block_m = grouped_gemm.block_m_for(m, e)
+    m_bucket = m.bit_length()
+    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
+    nb = block_expert.shape[0]
+    groups = grouped_gemm.block_groups(block_expert, block_m)
+    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
+    grouped_gemm.gemm1_swiglu(xq, gate_up_fp8, gate_up_bias, act, sorted_pos, block_expert, k, alpha, limit, block_m,
+                              m_bucket, groups, gate_up_scale, a_scales=xs)
+    # Padding rows of act are never written; their (garbage) scales are never read (GEMM 2 masks those rows).
+    aq, a_s = fp8_triton.pad_quant_fp8(act, padded_width(i2 // 2))
+    y = torch.empty((m, padded_width(h)), dtype=hidden.dtype, device=hidden.device)
+    grouped_gemm.gemm2_weighted(aq, down_fp8, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups,
+                                down_scale, a_scales=a_s)
+    # moe_dispatch routes an id outside [0, E) nowhere (its y row is never written): flagged or skipped here.
+    return fp8_triton.finalize_slice(y, ids, None, e, h, skip_foreign)
+
+
+def _moe_experts_fp8_cuda(hidden, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+                          down_scale, down_bias, alpha, limit, skip_foreign=False):
+    from ..quant import fp8_triton
+
+    xq, xs = fp8_triton.pad_quant_fp8(hidden, padded_width(hidden.shape[1]))
+    return _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias,
+                             down_fp8, down_scale, down_bias, alpha, limit, skip_foreign)
+
+
+def _finalize_slice_cuda(y, topk_ids, topk_weights, num_experts, h, skip_foreign=False):
+    from ..quant import fp8_triton
+
+    return fp8_triton.finalize_slice(y, topk_ids, topk_weights, num_experts, h, skip_foreign)
+
+
+if "_cuda_" in add_op_namespace_prefix("moe_experts_fp8"):
+    torch.library.impl(add_op_namespace_prefix("moe_experts_fp8"), "CUDA")(_moe_experts_fp8_cuda)
+    torch.library.impl(add_op_namespace_prefix("finalize_slice"), "CUDA")(_finalize_slice_cuda)
+
+
+@torch.library.register_fake(add_op_namespace_prefix("moe_experts_fp8"))
+def _moe_experts_fp8_fake(hidden, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+                          down_scale, down_bias, alpha, limit, skip_foreign=False):
+    return torch.empty_like(hidden)
+
+
+@torch.library.register_fake(add_op_namespace_prefix("finalize_slice"))
+def _finalize_slice_fake(y, topk_ids, topk_weights, num_experts, h, skip_foreign=False):
+    return y.new_empty((topk_ids.shape[0], h))
