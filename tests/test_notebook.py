@@ -1,0 +1,91 @@
+"""examples/gpt_oss_20b.ipynb executed end to end on the CPU, offline, against the tiny MXFP4 checkpoint and
+tokenizer written here (examples/tiny_checkpoint.py): only the parameters cell changes (MODEL_ID, DEVICE), through
+examples/run_notebook.py, as a user or the GPU machine runs it. Also: the tiny checkpoint folder on its own, and
+the notebook as stored (outputs stripped)."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from conftest import ROOT
+
+NOTEBOOK = ROOT / "examples" / "gpt_oss_20b.ipynb"
+
+
+def test_notebook_is_stored_without_outputs():
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert all(c["outputs"] == [] and c["execution_count"] is None for c in code)
+    first = code[0]
+    assert first is nb["cells"][0] and "parameters" in first["metadata"]["tags"]
+    assert "".join(first["source"]) == 'MODEL_ID = "openai/gpt-oss-20b"\nDEVICE = "cuda"'
+
+
+def test_tiny_checkpoint_folder_loads_offline(tmp_path):
+    from tiny_checkpoint import write_tiny_checkpoint
+    from transformers import AutoConfig, AutoTokenizer, GenerationConfig
+
+    path = write_tiny_checkpoint(tmp_path / "tiny")
+    tok = AutoTokenizer.from_pretrained(path)
+    config = AutoConfig.from_pretrained(path)
+    assert len(tok) == config.vocab_size == 256
+    assert config.quantization_config["quant_method"] == "mxfp4"
+    ids = {t: tok.convert_tokens_to_ids(t) for t in ("<|return|>", "<|endoftext|>", "<|call|>", "<|start|>")}
+    assert tok.eos_token_id == config.eos_token_id == ids["<|return|>"]
+    assert tok.pad_token_id == config.pad_token_id == 0 == ids["<|endoftext|>"]
+    assert GenerationConfig.from_pretrained(path).eos_token_id == [ids["<|return|>"], ids["<|endoftext|>"], ids["<|call|>"]]
+
+    messages = [{"role": "user", "content": "What is a mixture of experts?"}]
+    for effort in ("low", "medium", "high"):
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, reasoning_effort=effort, tokenize=False)
+        assert f"Reasoning: {effort}\n" in text and text.startswith("<|start|>system<|message|>")
+        assert text.endswith("<|start|>user<|message|>What is a mixture of experts?<|end|><|start|>assistant")
+    enc = tok.apply_chat_template(messages, add_generation_prompt=True, reasoning_effort="low", return_tensors="pt")
+    ids_ = enc["input_ids"]
+    assert ids_.shape[0] == 1 and int(ids_.max()) < 256
+    assert tok.decode(ids_[0]) == tok.apply_chat_template(messages, add_generation_prompt=True,
+                                                          reasoning_effort="low", tokenize=False)
+    with pytest.raises(Exception, match="reasoning_effort"):
+        tok.apply_chat_template(messages, reasoning_effort="max", tokenize=False)
+
+
+def _stdout(cell) -> str:
+    return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
+
+
+def test_notebook_runs_on_the_tiny_checkpoint(kernel, tmp_path, monkeypatch):
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    from run_notebook import execute_notebook
+    from tiny_checkpoint import write_tiny_checkpoint
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.delenv("LOCAL_KERNELS", raising=False)  # the notebook finds this checkout's build itself
+    path = write_tiny_checkpoint(tmp_path / "tiny-gpt-oss-mxfp4")
+    nb = execute_notebook(str(path), "cpu", out=tmp_path / "executed.ipynb", timeout=180)
+
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert code[0].source == f"MODEL_ID = {str(path)!r}\nDEVICE = 'cpu'"
+    source = json.loads(NOTEBOOK.read_text())["cells"]
+    assert [c.source for c in nb.cells[1:]] == ["".join(c["source"]) for c in source[1:]]  # nothing else changed
+    assert all(o.get("output_type") != "error" for c in code for o in c.outputs)
+    out = {c.source: _stdout(c) for c in code}
+
+    def cell(marker: str) -> str:
+        (text,) = [t for s, t in out.items() if marker in s]
+        return text
+
+    assert "from the local build in" in cell("kernels.get_kernel(")
+    assert "NormMoeMLPLayout" in cell("k.from_pretrained(") and "experts: mxfp4" in cell("k.from_pretrained(")
+    chat = cell("TextStreamer")
+    streamed, _, tail = chat.rpartition("[")
+    assert streamed.strip() and re.fullmatch(r"[1-9]\d* new tokens\]\s*", tail), chat  # the reply streamed as text
+    batch = cell("generate_batch")
+    assert batch.count("tokens)") == 4 and "(0 tokens)" not in batch, batch
+    speed = cell("Mxfp4Config")
+    assert "ours (gpt-oss-kernels, MXFP4 experts)" in speed and "experts dequantized" in speed, speed
+    ops = cell("moe_mxfp4(")
+    assert "rms_norm:" in ops and "moe_mxfp4: same experts as the reference: True" in ops, ops
