@@ -11,7 +11,7 @@ build: setup
 	$(PYTHON) scripts/build_kernel.py
 
 demo: build
-	$(PYTHON) examples/generate.py
+	$(PYTHON) examples/generate.py --compare
 
 test: build
 	$(PYTHON) -m pytest

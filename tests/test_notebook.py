@@ -6,7 +6,10 @@ the notebook as stored (outputs stripped)."""
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 
 import pytest
 
@@ -56,16 +59,25 @@ def _stdout(cell) -> str:
     return "".join(o.get("text", "") for o in cell.outputs if o.get("output_type") == "stream" and o.get("name") == "stdout")
 
 
-def test_notebook_runs_on_the_tiny_checkpoint(kernel, tmp_path, monkeypatch):
+def test_notebook_runs_on_the_tiny_checkpoint(kernel, tmp_path):
+    """examples/run_notebook.py MODEL_ID cpu --out executed.ipynb, as a user runs it: nothing downloaded, the
+    notebook finds this checkout's build itself (LOCAL_KERNELS unset)."""
     pytest.importorskip("nbclient")
     pytest.importorskip("ipykernel")
-    from run_notebook import execute_notebook
+    import nbformat
     from tiny_checkpoint import write_tiny_checkpoint
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv("LOCAL_KERNELS", raising=False)  # the notebook finds this checkout's build itself
     path = write_tiny_checkpoint(tmp_path / "tiny-gpt-oss-mxfp4")
-    nb = execute_notebook(str(path), "cpu", out=tmp_path / "executed.ipynb", timeout=180)
+    executed = tmp_path / "executed.ipynb"
+    env = {k: v for k, v in os.environ.items() if k != "LOCAL_KERNELS"}
+    env["HF_HUB_OFFLINE"] = "1"
+    r = subprocess.run([sys.executable, str(ROOT / "examples" / "run_notebook.py"), str(path), "cpu",
+                        "--out", str(executed), "--timeout", "180"], capture_output=True, text=True, timeout=600,
+                       env=env, cwd=tmp_path)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    n_code = sum(c["cell_type"] == "code" for c in json.loads(NOTEBOOK.read_text())["cells"])
+    assert f"{n_code} code cells ran without errors" in r.stdout, r.stdout
+    nb = nbformat.read(str(executed), as_version=4)
 
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].source == f"MODEL_ID = {str(path)!r}\nDEVICE = 'cpu'"
