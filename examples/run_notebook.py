@@ -7,7 +7,8 @@
     python examples/run_notebook.py tiny cpu        # the tiny MXFP4 checkpoint + tokenizer, written to a temp dir
 
 Needs nbformat, nbclient and ipykernel (requirements.txt). Exits 1 and names the failing cell if one raises; with
-``--out`` the executed notebook is written either way.
+``--out`` the executed notebook, and with ``--text`` each code cell's source and printed output as plain text,
+are written either way.
 """
 
 from __future__ import annotations
@@ -45,10 +46,11 @@ def _kernel_manager_class():
 
 
 def execute_notebook(model_id: str, device: str, *, notebook: Path = NOTEBOOK, out: Path | None = None,
-                     timeout: int = 600, cwd: Path = EXAMPLES):
+                     text: Path | None = None, timeout: int = 600, cwd: Path = EXAMPLES):
     """Executes ``notebook`` with ``MODEL_ID = model_id`` and ``DEVICE = device`` (working directory ``cwd``,
     ``timeout`` seconds per cell) and returns the executed notebook (``nbformat.NotebookNode``); writes it to
-    ``out`` if given, also when a cell fails (nbclient's ``CellExecutionError`` is raised after)."""
+    ``out`` and its outputs as text (``outputs_as_text``) to ``text`` if given, also when a cell fails
+    (nbclient's ``CellExecutionError`` is raised after)."""
     import nbformat
     from nbclient import NotebookClient
 
@@ -61,7 +63,24 @@ def execute_notebook(model_id: str, device: str, *, notebook: Path = NOTEBOOK, o
     finally:
         if out is not None:
             nbformat.write(nb, str(out))
+        if text is not None:
+            Path(text).write_text(outputs_as_text(nb))
     return nb
+
+
+def outputs_as_text(nb) -> str:
+    """Each code cell's source and what it printed (streams, results, errors), as plain text."""
+    parts = []
+    for i, cell in enumerate(c for c in nb.cells if c.cell_type == "code"):
+        parts.append(f"# ---- code cell {i} ----\n{cell.source}\n# ---- output ----")
+        for o in cell.get("outputs", []):
+            if o.get("output_type") == "stream":
+                parts.append(o.get("text", "").rstrip("\n"))
+            elif o.get("output_type") in ("execute_result", "display_data"):
+                parts.append(o.get("data", {}).get("text/plain", "").rstrip("\n"))
+            elif o.get("output_type") == "error":
+                parts.append(f"{o.get('ename')}: {o.get('evalue')}")
+    return "\n".join(parts) + "\n"
 
 
 def main() -> None:
@@ -69,6 +88,7 @@ def main() -> None:
     parser.add_argument("model_id", help='a Hub id or a local checkpoint folder; "tiny": the tiny checkpoint')
     parser.add_argument("device", help='"cuda", "cpu", ...')
     parser.add_argument("--out", type=Path, help="write the executed notebook here")
+    parser.add_argument("--text", type=Path, help="write each code cell's source and output here, as plain text")
     parser.add_argument("--timeout", type=int, default=600, help="seconds per cell (default 600)")
     args = parser.parse_args()
 
@@ -82,7 +102,7 @@ def main() -> None:
             model_id = str(write_tiny_checkpoint(Path(tmp) / "tiny-gpt-oss-mxfp4"))
             print(f"tiny MXFP4 checkpoint + tokenizer written to {model_id}")
         try:
-            nb = execute_notebook(model_id, args.device, out=args.out, timeout=args.timeout)
+            nb = execute_notebook(model_id, args.device, out=args.out, text=args.text, timeout=args.timeout)
         except CellExecutionError as e:
             print(str(e)[-4000:], file=sys.stderr)
             sys.exit(1)

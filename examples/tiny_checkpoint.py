@@ -180,26 +180,38 @@ def tiny_tokenizer(vocab_size: int = 256):
                                    model_max_length=4096)
 
 
+def token_ids(tokenizer) -> dict:
+    """config.json's token ids as gpt-oss sets them: bos <|startoftext|>, eos <|return|>, pad <|endoftext|>."""
+    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|startoftext|>", "<|return|>", "<|endoftext|>")}
+    return dict(bos_token_id=ids["<|startoftext|>"], eos_token_id=ids["<|return|>"], pad_token_id=ids["<|endoftext|>"])
+
+
+def write_tokenizer_files(path: str | Path, tokenizer) -> None:
+    """The tokenizer (with its chat template) and generation_config.json (eos: <|return|>, <|endoftext|>,
+    <|call|>, as gpt-oss's) into the checkpoint folder ``path``."""
+    from transformers import GenerationConfig
+
+    ids = token_ids(tokenizer)
+    eos = [ids["eos_token_id"], ids["pad_token_id"], tokenizer.convert_tokens_to_ids("<|call|>")]
+    tokenizer.save_pretrained(path)
+    config = GenerationConfig(bos_token_id=ids["bos_token_id"], pad_token_id=ids["pad_token_id"], eos_token_id=eos)
+    config.save_pretrained(path)
+
+
 def write_tiny_checkpoint(path: str | Path, model: torch.nn.Module | None = None, seed: int = 0) -> Path:
     """The whole tiny checkpoint folder in one call, as openai/gpt-oss-20b's holds it: the MXFP4 weights and
     config.json (``write_mxfp4_checkpoint``; token ids as gpt-oss sets them: bos <|startoftext|>, eos <|return|>,
     pad <|endoftext|>), the tokenizer with its chat template (``tiny_tokenizer``) and generation_config.json
     (eos: <|return|>, <|endoftext|>, <|call|>). ``model``: a ``GptOssForCausalLM`` with the tiny vocabulary
     (default ``tiny_gpt_oss.tiny_model(seed)``). Returns the folder."""
-    from transformers import GenerationConfig
-
     if model is None:
         sys.path.insert(0, str(Path(__file__).resolve().parent))
         from tiny_gpt_oss import tiny_model
 
         model = tiny_model(seed=seed)
     tokenizer = tiny_tokenizer(model.config.vocab_size)
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<|startoftext|>", "<|return|>", "<|endoftext|>", "<|call|>")}
-    path = write_mxfp4_checkpoint(model, path, config_overrides=dict(
-        bos_token_id=ids["<|startoftext|>"], eos_token_id=ids["<|return|>"], pad_token_id=ids["<|endoftext|>"]))
-    tokenizer.save_pretrained(path)
-    GenerationConfig(bos_token_id=ids["<|startoftext|>"], pad_token_id=ids["<|endoftext|>"],
-                     eos_token_id=[ids["<|return|>"], ids["<|endoftext|>"], ids["<|call|>"]]).save_pretrained(path)
+    path = write_mxfp4_checkpoint(model, path, config_overrides=token_ids(tokenizer))
+    write_tokenizer_files(path, tokenizer)
     return path
 
 
