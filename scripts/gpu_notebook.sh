@@ -21,7 +21,8 @@
 # notebook.log, gpt_oss_20b.executed.ipynb (the executed notebook) and gpt_oss_20b.outputs.txt (each code cell's
 # source and output as text: the speed and memory table is in the "Memory and speed" cell's output).
 #
-# From this machine: run(command="bash scripts/gpu_notebook.sh", carry=[".whl", ".anchors"]).
+# From this machine (after `make wheels`): run(command="bash scripts/gpu_notebook.sh", carry=[".whl/525", ".whl/nb",
+# ".anchors"]); a machine kept warm reuses build/ and the checkpoint.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
@@ -53,7 +54,7 @@ if [ "$TINY" = 0 ]; then
   wheels=(.whl/525/*.whl)
   nb_wheels=(.whl/nb/*.whl)
   [ ${#wheels[@]} -gt 0 ] && [ ${#nb_wheels[@]} -gt 0 ] || {
-    echo "no wheels in .whl/525/ or .whl/nb/: run \`make wheels\` and carry .whl"; exit 1; }
+    echo "no wheels in .whl/525/ or .whl/nb/: run \`make wheels\` and carry .whl/525 and .whl/nb"; exit 1; }
   "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site525 \
     "${wheels[@]}" || { echo "wheel install failed (.whl/525)"; exit 1; }
   export PYTHONPATH=/tmp/site525
