@@ -200,6 +200,14 @@ case(4, 128, 96, 4, 2, torch.float16, dec1, dec2, 16, scale_bytes=(0, 1, 100, 12
 case(3, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(3, 128, 64, 4, 2, torch.float32, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(20, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, skew=True, bias=False)
+# the swapped product (swap_ab: weights as the MMA's left operand), decode and 64-row tiles
+sw1, sw2 = dec1._replace(swap_ab=True), dec2._replace(swap_ab=True)
+case(1, 192, 96, 8, 4, torch.bfloat16, sw1, sw2, 16)
+case(3, 160, 96, 5, 3, torch.float16, sw1, sw2, 16, poison_x=True)
+case(5, 96, 160, 6, 2, torch.float32, small16._replace(swap_ab=True), small16._replace(swap_ab=True), 16)
+case(4, 128, 96, 4, 2, torch.bfloat16, sw1, sw2, 16, scale_bytes=(0, 1, 2, 127, 254, 255))
+case(3, 128, 64, 4, 2, torch.bfloat16, sw1, sw2, 16, scale_bytes="subnormal", x_scale=2.0**120)
+case(70, 96, 160, 3, 2, torch.bfloat16, m64._replace(swap_ab=True), m64._replace(swap_ab=True), 64)
 # 64-row blocks
 case(70, 96, 160, 3, 2, torch.bfloat16, m64, m64, 64)
 # 128-row blocks: expert groups, half-height last block, narrow last column tile (N = 2I = 320 = 256 + 64)

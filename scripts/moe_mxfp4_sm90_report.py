@@ -59,6 +59,7 @@ def compile_one(first, cfg, fmt, block_m, n, k):
     const = dict(FIRST=first, HAS_BIAS=True, EVEN_K=k % cfg.bk == 0, W_FORMAT=fmt, DOT_PRECISION="tf32",
                  W_TMA=False, A_TMA=False, BLOCK_M=block_m, BLOCK_N=cfg.bn, BLOCK_K=cfg.bk, GROUP_M=cfg.group_m,
                  SPLIT_M=cfg.split_m and block_m >= 128, BN_TAIL=gg.bn_tail(n, cfg), NARROW_LAST=cfg.narrow_last,
+                 SWAP_AB=cfg.swap_ab and fmt != "bf16",
                  stride_ak=1, stride_wk=1, stride_bn=1, stride_on=1)
     sig = {a: "constexpr" if a in const else ptr.get(a, "fp32" if a in ("alpha", "limit") else "i32") for a in names}
     div16 = ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_se", "stride_sn", "stride_be", "stride_om")
@@ -72,7 +73,7 @@ def compile_one(first, cfg, fmt, block_m, n, k):
     sass = subprocess.run([str(BIN / "nvdisasm"), "-c", str(cubin)], capture_output=True, text=True).stdout
     n_loop, ops = loop_mix(sass)
     per_thread = cfg.bn * cfg.bk / (cfg.warps * 32)
-    return dict(fmt=fmt, gemm=1 if first else 2, block_m=block_m, tile=f"{cfg.bn}x{cfg.bk}/{cfg.warps}w/{cfg.stages}s",
+    return dict(fmt=fmt, gemm=1 if first else 2, block_m=block_m, tile=f"{cfg.bn}x{cfg.bk}/{cfg.warps}w/{cfg.stages}s{'/swap' if cfg.swap_ab else ''}",
                 regs=int(regs), local_bytes=int(local), stack=int(stack), smem=ck.metadata.shared,
                 hmma=sass.count("HMMA"), hgmma=sass.count("HGMMA"), ptx_ftz=len(re.findall(r"\.ftz", ck.asm["ptx"])),
                 loop_instr_per_value=round(n_loop / per_thread, 2), top=dict(ops.most_common(8)))

@@ -56,7 +56,8 @@ def _e2m1(w, SH: tl.constexpr):
 
 
 @triton.jit
-def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                NK: tl.constexpr):
     # (BLOCK_N, BLOCK_K / 8) int32 words of the checkpoint's blocks (8 e2m1 values each, k order: nibble i of
     # a word is k = 8j + i, low nibble first) and (BLOCK_N, BLOCK_K / 32) e8m0 scale bytes -> the
     # (BLOCK_K, BLOCK_N) tile in DTYPE, each value RN_DTYPE(e2m1 * 2^(s - 127)) computed exactly:
@@ -73,7 +74,11 @@ def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl
     v = tl.reshape(v, (BLOCK_N, BLOCK_K))
     sf = tl.reshape(tl.broadcast_to(sf[:, :, None], (BLOCK_N, BLOCK_K // 32, 32)), (BLOCK_N, BLOCK_K))
     w = (v * 1.7014118346046923e38) * sf  # 2v * 2^(s - 128)
-    return tl.trans(w.to(DTYPE))
+    if NK:  # (BLOCK_N, BLOCK_K): the swapped GEMM's left operand
+        w = w.to(DTYPE)
+    else:
+        w = tl.trans(w.to(DTYPE))
+    return w
 
 
 # One int32 word (8 e2m1 values, nibble i = k 8j + i) and its scale 2^(s - 128) as bf16x2 -> the 8 values as bf16,
@@ -123,7 +128,7 @@ mov.b32 {$3, $7}, r;
 
 
 @triton.jit
-def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NK: tl.constexpr):
     # _mxfp4_tile for bf16 activations, the dequantization in packed bf16x2 PTX (_E2M1X8_BF16_ASM).
     q = tl.load(q_ptrs, mask=q_mask, other=0)
     s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
@@ -133,23 +138,27 @@ def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK
     o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
         _E2M1X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q, f], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
     v = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
-    # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_K / 8, 2, 2, 2, BLOCK_N) -> (BLOCK_K, BLOCK_N)
-    return tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N))
+    if NK:  # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_N, BLOCK_K)
+        w = tl.reshape(v, (BLOCK_N, BLOCK_K))
+    else:  # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_K / 8, 2, 2, 2, BLOCK_N) -> (BLOCK_K, BLOCK_N)
+        w = tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N))
+    return w
 
 
 @triton.jit
 def _load_w_tile(w_ptrs, s_ptrs, mask, s_mask, W_FORMAT: tl.constexpr, DTYPE: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, NK: tl.constexpr = False):
     # Every weight format dequantizes to the activation dtype here; "bf16" is a plain load of a
     # (BLOCK_K, BLOCK_N) tile, "mxfp4" reads the checkpoint's (N, K) blocks and scales (see _mxfp4_tile),
-    # "mxfp4_asm" the same for bf16 activations with the packed PTX dequantization (GPU only).
+    # "mxfp4_asm" the same for bf16 activations with the packed PTX dequantization (GPU only). NK (MXFP4
+    # only): the tile as (BLOCK_N, BLOCK_K), the checkpoint's own orientation, for the swapped GEMM.
     if W_FORMAT == "bf16":
         return tl.load(w_ptrs, mask=mask, other=0.0)
     elif W_FORMAT == "mxfp4":
-        return _mxfp4_tile(w_ptrs, s_ptrs, mask, s_mask, DTYPE, BLOCK_N, BLOCK_K)
+        return _mxfp4_tile(w_ptrs, s_ptrs, mask, s_mask, DTYPE, BLOCK_N, BLOCK_K, NK)
     elif W_FORMAT == "mxfp4_asm":
         tl.static_assert(DTYPE == tl.bfloat16, "mxfp4_asm: bf16 activations only")
-        return _mxfp4_tile_asm(w_ptrs, s_ptrs, mask, s_mask, BLOCK_N, BLOCK_K)
+        return _mxfp4_tile_asm(w_ptrs, s_ptrs, mask, s_mask, BLOCK_N, BLOCK_K, NK)
     else:
         tl.static_assert(False, "unknown weight format")
 
@@ -160,7 +169,7 @@ def _moe_tile(
     N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, SWAP_AB: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # One (BLOCK_M, BLOCK_N) output tile of expert e32 at rows row0.. and columns n0..: the main loop
@@ -190,7 +199,14 @@ def _moe_tile(
         w_ptrs = w_ptr + e * stride_we + offs_k[:, None] * stride_wk + offs_n[None, :] * stride_wn
         s_ptrs = w_ptrs
 
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    # SWAP_AB (MXFP4 decode tiles): the product is computed transposed, acc^T = W^T a^T, so the dequantized
+    # weight tile (BLOCK_N rows) is the MMA's left operand and the few activation rows its narrow right one:
+    # on sm_90 a BLOCK_N >= 64 left operand takes wgmma, and the weights keep the checkpoint's K-contiguous order.
+    if SWAP_AB:
+        tl.static_assert(W_FORMAT != "bf16", "SWAP_AB: MXFP4 weights only")
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for kk in range(0, tl.cdiv(K, BLOCK_K)):
         if A_TMA:
             a = a_ptr.load([row0, kk * BLOCK_K])
@@ -201,12 +217,13 @@ def _moe_tile(
             a = tl.load(a_ptrs, mask=row_ok[:, None] & k_ok[None, :], other=0.0)
         if W_FORMAT != "bf16":  # MXFP4: K is a multiple of 32: the K tail masks whole words and scales
             if EVEN_K:
-                w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None], n_ok[:, None], W_FORMAT, a.dtype, BLOCK_N, BLOCK_K)
+                w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None], n_ok[:, None], W_FORMAT, a.dtype, BLOCK_N, BLOCK_K,
+                                 SWAP_AB)
             else:
                 k_left = K - kk * BLOCK_K
                 w = _load_w_tile(w_ptrs, s_ptrs, n_ok[:, None] & (offs_q[None, :] < k_left // 8),
                                  n_ok[:, None] & (offs_g[None, :] < k_left // 32), W_FORMAT, a.dtype, BLOCK_N,
-                                 BLOCK_K)
+                                 BLOCK_K, SWAP_AB)
             w_ptrs += (BLOCK_K // 8) * stride_wk
             s_ptrs += BLOCK_K // 32
         elif W_TMA:
@@ -217,12 +234,17 @@ def _moe_tile(
             k_ok = offs_k < K - kk * BLOCK_K
             w = _load_w_tile(w_ptrs, s_ptrs, k_ok[:, None] & n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N,
                              BLOCK_K)
-        acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
+        if SWAP_AB:
+            acc = tl.dot(w, tl.trans(a), acc, input_precision=DOT_PRECISION)
+        else:
+            acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
             a_ptrs += BLOCK_K * stride_ak
         if not W_TMA and W_FORMAT == "bf16":
             w_ptrs += BLOCK_K * stride_wk
 
+    if SWAP_AB:
+        acc = tl.trans(acc)
     if HAS_BIAS:
         b = tl.load(bias_ptr + e * stride_be + offs_n * stride_bn, mask=n_ok, other=0.0)
         acc += b.to(tl.float32)[None, :]
@@ -278,7 +300,7 @@ def _moe_gemm_kernel(
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
     DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr,
+    SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr, SWAP_AB: tl.constexpr,
 ):
     # W_TMA: ``w_ptr`` is a host tensor descriptor of the (E, K, N) weights, block (1, BLOCK_K, BLOCK_N);
     # A_TMA (GEMM 2 only: its rows are contiguous): ``a_ptr`` is a descriptor of act, block (BLOCK_M, BLOCK_K).
@@ -327,17 +349,17 @@ def _moe_gemm_kernel(
             _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
         else:
             _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
     else:
         _moe_tile_at(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                      row0, n0, last_n, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                      stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                     W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                     W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
 
 
 @triton.jit
@@ -346,7 +368,8 @@ def _moe_tile_at(
     N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, HALF: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, SWAP_AB: tl.constexpr,
+    HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BN_TAIL: tl.constexpr,
 ):
     # Static tile shape choice (HALF; BN_TAIL > 0 and last_n: the narrow last column tile): each call of
@@ -358,34 +381,34 @@ def _moe_tile_at(
                 _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M // 2, BN_TAIL, BLOCK_K)
             else:
                 _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
             _moe_tile(a_half_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
         if BN_TAIL > 0:
             if last_n:
                 _moe_tile(a_ptr, w_tail_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M, BN_TAIL, BLOCK_K)
             else:
                 _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
             _moe_tile(a_ptr, w_ptr, ws_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, BLOCK_M, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, W_TMA, A_TMA, SWAP_AB, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # --- tile choice ------------------------------------------------------------------------------
@@ -407,6 +430,7 @@ class Cfg(NamedTuple):
     split_m: bool = False  # an expert's last block with <= BLOCK_M / 2 rows runs a half-height tile
     split_n: bool = False  # a last column tile at most half full runs a narrower tile
     narrow_last: bool = False  # the narrow last column tiles run after every full-width tile
+    swap_ab: bool = False  # MXFP4: the product computed transposed (weights as the MMA's left operand)
 
 
 def bn_tail(n: int, cfg: Cfg) -> int:
@@ -564,7 +588,7 @@ def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w,
         first, has_bias, k % cfg.bk == 0, "bf16" if ws is None else _mxfp4_format(a),
         "ieee" if a.dtype == torch.float32 else "tf32",
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
-        cfg.narrow_last,
+        cfg.narrow_last, cfg.swap_ab and ws is not None,
     )
 
 
