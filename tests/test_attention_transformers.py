@@ -150,3 +150,50 @@ def test_rotary_kernelized(kernel, device):
     assert sum("rotary_pos_emb" in n for n in names) == 2
     valid = mask.bool()
     assert rel_err(got[valid], expected[valid]) < 2e-2
+
+
+def test_continuous_batching_manager_with_our_layers(kernel, device, tmp_path):
+    """What a server runs (examples/serve.md): an MXFP4 checkpoint loaded with every layer of ours, attention
+    switched to the continuous-batching alias, a ContinuousBatchingManager serving a streamed request next to two
+    others; each gets what generate() gives with our attention."""
+    from tiny_checkpoint import write_tiny_checkpoint
+    from transformers import AutoTokenizer, GenerationConfig
+
+    path = write_tiny_checkpoint(tmp_path / "tiny")
+    tok = AutoTokenizer.from_pretrained(path)
+    model = kernel.from_pretrained(path, device=device, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    routes = kernel.integrations.routes
+    prompts = [tok.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
+                                       return_dict=True)["input_ids"] for q in ("Hi", "What is MXFP4?", "A poem")]
+    with torch.inference_mode():
+        expected = [model.generate(torch.tensor([p], device=device), max_new_tokens=10, do_sample=False,
+                                   eos_token_id=-1)[0, len(p):].tolist() for p in prompts]
+    model.set_attn_implementation(routes.attention_implementation(continuous_batching=True))
+    assert model.config._attn_implementation == ALIAS
+    manager = model.init_continuous_batching(
+        generation_config=GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1, pad_token_id=0))
+    manager.start()
+    try:
+        streamed_id = manager.add_request(prompts[0], max_new_tokens=10, streaming=True)
+        other_ids = [manager.add_request(p, max_new_tokens=10) for p in prompts[1:]]
+        steps = [list(out.generated_tokens) for out in manager.request_id_iter(streamed_id)]
+        got = [steps[-1]]
+        for rid in other_ids:
+            result = None
+            for _ in range(60):
+                result = manager.get_result(request_id=rid, timeout=1)
+                if result is not None:
+                    break
+            assert result is not None and result.is_finished(), rid
+            got.append(list(result.generated_tokens))
+    finally:
+        manager.stop(block=True, timeout=30)
+    model.set_attn_implementation(routes.attention_implementation())
+    import transformers.modeling_flash_attention_utils as fau
+
+    assert "gpt_oss_kernels" in fau._flash_varlen_fn.__module__, fau._flash_varlen_fn
+    assert len(steps) == 10 and all(len(s) == i + 1 for i, s in enumerate(steps))  # one token per streamed step
+    if device == "cpu":  # fp32: token for token
+        assert got == expected
+    else:  # bf16, paged against the dynamic cache: the same first token (later ones may flip on a near-tie)
+        assert [g[0] for g in got] == [e[0] for e in expected] and all(len(g) == 10 for g in got)
