@@ -228,7 +228,10 @@ def headline_table(e2es) -> list[str]:
         out.append("| " + " | ".join(cells) + " |")
     static = [(e, e.get("ours_static_cache") or {}) for _, e in e2es]
     if any(st.get("generate_b1_static_tok_s") for _, st in static):
-        cells = ['generate, batch 1, `cache_implementation="static"`']
+        # transformers' static route hands a flash-style attention (ours) the whole static cache without lengths, so
+        # these tokens were not the model's (found 2026-12-04 after the runs; tests/test_integration_decode.py)
+        cells = ['generate, batch 1, `cache_implementation="static"` (not the model\'s tokens with our attention: '
+                 'README "Decoding")']
         for e, s in cols:
             st = e.get("ours_static_cache") or {}
             cells.append(f"{st['generate_b1_static_tok_s']:,}" if s == "ours" and finite(st.get("generate_b1_static_tok_s"))
@@ -507,7 +510,8 @@ def plot_e2e(e2es, path: Path):
         if finite(st.get("generate_b1_static_tok_s")):
             v = st["generate_b1_static_tok_s"]
             axes[0].plot([1], [v], marker="*", ms=12, ls="none", color=OURS_COLORS[1],
-                         label='ours, cache_implementation="static"' + (f" ({lab})" if lab else ""))
+                         label='ours, cache_implementation="static": wrong tokens, not a route'
+                         + (f" ({lab})" if lab else ""))
             axes[0].annotate(f"{v:,}", (1, v), textcoords="offset points", xytext=(6, -10), fontsize=7.5)
     for ax, kind in zip(axes, ("generate", "prefill")):
         xs = sorted({e2e_what(r["what"])[1] for _, e in e2es for r in e.get("rows", []) if e2e_what(r["what"])[0] == kind})
