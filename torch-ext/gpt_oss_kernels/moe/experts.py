@@ -73,15 +73,7 @@ def moe_experts(
     exceed E (up to 32).
     """
     alpha, limit = _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit)
-    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
-    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    if topk_ids.shape[0] != hidden.shape[0]:
-        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
-    if type(skip_foreign) is not bool:
-        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
-    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else gate_up_proj.shape[0])
-    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
-    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
+    _check_routes(hidden, topk_ids, topk_weights, gate_up_proj.shape[0], skip_foreign)
     return ops.moe_experts(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(), gate_up_proj,
                            gate_up_proj_bias, down_proj, down_proj_bias, alpha, limit, skip_foreign)
 
@@ -161,6 +153,19 @@ def _quick_checks(hidden, rw, rb, top_k, gu, gub, dp, dpb, alpha, limit):
     except (AttributeError, TypeError, IndexError):
         return None
     return (float(alpha), float(limit)) if ok else None
+
+
+def _check_routes(hidden, topk_ids, topk_weights, e, skip_foreign):
+    """topk_ids / topk_weights (T, k) for E experts (k up to 32 with skip_foreign: E is one rank's share)."""
+    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
+    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
+    if topk_ids.shape[0] != hidden.shape[0]:
+        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
+    if type(skip_foreign) is not bool:
+        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
+    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else e)
+    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
+    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
 
 
 def _check_router(hidden, router_weight, router_bias, e):

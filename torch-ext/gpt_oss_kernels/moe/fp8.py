@@ -21,7 +21,7 @@ from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from ..quant.fp8 import BLOCK, FP8_DTYPE
 from .dispatch import moe_dispatch
-from .experts import _ID_DTYPES, _MAX_K, _check_router
+from .experts import _ID_DTYPES, _check_router, _check_routes
 from .routing import check_top_k
 
 # Row length of the e4m3 activation buffers: rows start 16-byte aligned (TMA and vector loads).
@@ -67,18 +67,6 @@ def _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp
     _checks.same_device("hidden", hidden, gate_up_fp8=gate_up_fp8, gate_up_scale=gate_up_scale,
                         gate_up_bias=gate_up_bias, down_fp8=down_fp8, down_scale=down_scale, down_bias=down_bias)
     return _checks.number("alpha", alpha), _checks.number("limit", limit, minimum=0.0)
-
-
-def _check_routes(hidden, topk_ids, topk_weights, e, skip_foreign):
-    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
-    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    if topk_ids.shape[0] != hidden.shape[0]:
-        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
-    if type(skip_foreign) is not bool:
-        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
-    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else e)
-    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
-    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
 
 
 def moe_experts_fp8(

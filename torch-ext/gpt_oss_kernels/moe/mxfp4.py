@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from .dispatch import moe_dispatch
-from .experts import _FINALIZE, _ID_DTYPES, _MAX_K, _PREPARE, _check_router, _fast_path_ok
+from .experts import _FINALIZE, _PREPARE, _check_router, _check_routes, _fast_path_ok
 from .routing import check_top_k
 
 
@@ -84,15 +84,7 @@ def moe_experts_mxfp4(
     """
     alpha, limit = _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks,
                                         down_scales, down_bias, alpha, limit)
-    _checks.tensor("topk_ids", topk_ids, dtypes=_ID_DTYPES, ndim=2)
-    _checks.tensor("topk_weights", topk_weights, dtypes=_checks.FLOAT_DTYPES, ndim=2)
-    if topk_ids.shape[0] != hidden.shape[0]:
-        raise ValueError(f"topk_ids must be (T={hidden.shape[0]}, k), got shape {tuple(topk_ids.shape)}")
-    if type(skip_foreign) is not bool:
-        raise TypeError(f"skip_foreign must be a bool, got {type(skip_foreign).__name__}")
-    check_top_k(topk_ids.shape[1], _MAX_K if skip_foreign else gate_up_blocks.shape[0])
-    _checks.shape("topk_weights", topk_weights, tuple(topk_ids.shape))
-    _checks.same_device("hidden", hidden, topk_ids=topk_ids, topk_weights=topk_weights)
+    _check_routes(hidden, topk_ids, topk_weights, gate_up_blocks.shape[0], skip_foreign)
     return ops.moe_experts_mxfp4(hidden.contiguous(), topk_ids.contiguous(), topk_weights.contiguous(),
                                  gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
                                  alpha, limit, skip_foreign)
