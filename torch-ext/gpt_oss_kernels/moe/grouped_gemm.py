@@ -527,10 +527,15 @@ def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16") -> list[
     if fmt == "fp8":
         # Not tuned on a GPU yet: bf16's tiles (the same shared memory per stage holds twice the K in e4m3), with
         # BLOCK_K 128 tried first from 64-row blocks on; the autotuner times both on sm_90.
+        # wgmma's e4m3 products are promoted into the fp32 accumulator every K step (max_num_imprecise_acc in the
+        # kernel), which keeps a second (BLOCK_M, BLOCK_N) fp32 partial in registers: the 128 x 256 tiles over 8
+        # warps then spill (sm_90a report: 255 registers, 152-320 bytes of stack, LDL/STL in the K loop), 128-wide
+        # tiles do not.
         base = candidates(block_m, first, tma)
         if block_m < 64:
             return base
-        return [c._replace(bk=128, stages=min(c.stages, 3)) for c in base] + base
+        narrow = [c._replace(bn=min(c.bn, 128)) for c in base]
+        return list(dict.fromkeys([c._replace(bk=128, stages=min(c.stages, 4)) for c in narrow] + narrow))
     if block_m <= 32 and fmt == "mxfp4":
         # MXFP4 decode is issue-bound (dequantization: ~6.5 instructions per weight value in the sm_90a SASS), so
         # the grid should spread evenly over the SMs: GEMM 1 in 64-column tiles (90 CTAs per routed expert; T=1:

@@ -14,8 +14,8 @@ import torch
 import triton
 import triton.language as tl
 
-FP8_MAX = 448.0
-MIN_SCALE = 1.1754943508222875e-38  # 2^-126
+FP8_MAX = tl.constexpr(448.0)
+MIN_SCALE = tl.constexpr(1.1754943508222875e-38)  # 2^-126
 
 
 @triton.jit
