@@ -528,7 +528,8 @@ def plot_e2e(e2es, path: Path):
         ax.set_title("generate (greedy, new tokens/s), higher is better" if kind == "generate"
                      else "prefill (batch 1, tokens/s), higher is better", fontsize=11)
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8, loc="best")
+        # below the axes: with several runs the legend would cover the points
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=1)
     e = e2es[0][1]
     fig.suptitle(f"whole model in transformers: defaults against ours, {e.get('device', '?')}, "
                  f"{e.get('date', 'date not recorded')}", fontsize=12)
