@@ -3,8 +3,8 @@
 "mxfp4", "mxfp4_asm", "fp8" and "fp8_block" formats, with the host's first tile of each family at gpt-oss-20b
 shapes (plain loads and, for bf16 / FP8 tiles that use them, TMA descriptors), and the FP8 activation kernels
 (quant/fp8_triton.py), and report registers, local memory (spills), shared memory, MMA instructions (HMMA:
-mma.sync, HGMMA / QGMMA: bf16 / e4m3 wgmma), `.ftz` in the PTX, and the SASS instruction mix of the main loop per weight value and
-thread. A kernel that does not compile for sm_90a fails here, before any device time is spent.
+mma.sync, HGMMA / QGMMA: bf16 / e4m3 wgmma), `.ftz` in the PTX, and the SASS instruction mix of the main loop per
+weight value and thread. A kernel that does not compile for sm_90a fails here, before any device time is spent.
 
     python scripts/moe_mxfp4_sm90_report.py        # needs triton (the CPU wheel is enough)
 """
@@ -81,8 +81,7 @@ def compile_one(first, cfg, fmt, block_m, n, k):
                  stride_ak=1, stride_wk=1, stride_bn=1, stride_on=1)
     sig = {a: "constexpr" if a in const else ptr.get(a, "fp32" if a in ("alpha", "limit") else "i32") for a in names}
     div16 = ("N", "K", "stride_am", "stride_we", "stride_wn", "stride_se", "stride_sn", "stride_be", "stride_om")
-    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names)
-             if (sig[a].startswith("*") or a in div16)}
+    attrs = {(i,): [["tt.divisibility", 16]] for i, a in enumerate(names) if sig[a].startswith("*") or a in div16}
     ck = triton.compile(ASTSource(fn=gg._moe_gemm_kernel, signature=sig, constexprs=const, attrs=attrs),
                         target=GPUTarget("cuda", 90, 32), options=dict(num_warps=cfg.warps, num_stages=cfg.stages))
     cubin = Path("/tmp") / f"gok_moe_{fmt}_{int(first)}_{block_m}.cubin"
@@ -95,7 +94,8 @@ def compile_one(first, cfg, fmt, block_m, n, k):
     return dict(fmt=fmt, gemm=1 if first else 2, block_m=block_m,
                 tile=f"{cfg.bn}x{cfg.bk}/{cfg.warps}w/{cfg.stages}s" + ("/tma" if w_tma or a_tma else ""),
                 regs=int(regs), local_bytes=int(local), stack=int(stack), smem=ck.metadata.shared,
-                hmma=sass.count("HMMA"), hgmma=sass.count("HGMMA"), qgmma=sass.count("QGMMA"), ptx_ftz=len(re.findall(r"\.ftz", ck.asm["ptx"])),
+                hmma=sass.count("HMMA"), hgmma=sass.count("HGMMA"), qgmma=sass.count("QGMMA"),
+                ptx_ftz=len(re.findall(r"\.ftz", ck.asm["ptx"])),
                 loop_instr_per_value=round(n_loop / per_thread, 2), top=dict(ops.most_common(8)))
 
 
@@ -128,15 +128,9 @@ def main():
     for fmt in ("bf16", "mxfp4", "mxfp4_asm", "fp8", "fp8_block"):
         for block_m in (16, 128):
             for first, n in ((True, 5760), (False, 2880)):
-                fam = {"bf16": "bf16", "fp8": "fp8", "fp8_block": "fp8"}.get(fmt, "mxfp4")
-                cands = gg.candidates(block_m, first, True, fam)
-                if fmt == "fp8_block":
-                    cands = [c for c in cands if 128 % c.bk == 0] or [gg.Cfg(64, 128, 4, 4, 64)]
-                cfg = cands[0]
-                if fam == "mxfp4":
-                    cfg = cfg._replace(w_tma=False)
+                cfg = gg.tiles(block_m, first, True, fmt)[0]
                 print(json.dumps(compile_one(first, cfg, fmt, block_m, n, 2880)), flush=True)
-                if cfg.w_tma or cfg.a_tma:  # and the plain-load variant (no TMA on the device)
+                if cfg.w_tma or (cfg.a_tma and not first):  # and the plain-load variant (no TMA on the device)
                     print(json.dumps(compile_one(first, cfg._replace(w_tma=False, a_tma=False), fmt, block_m, n,
                                                  2880)), flush=True)
     compile_fp8_act()

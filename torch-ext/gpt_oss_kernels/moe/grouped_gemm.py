@@ -703,6 +703,21 @@ def _run(kern, grid0, args):
              *args)
 
 
+def tiles(block_m: int, first: bool, tma: bool, wf: str) -> list[Cfg]:
+    """The tiles a weight format (a W_FORMAT: _w_format) can run, best first: the family's candidates without TMA
+    where there is none (``tma``) or where the format never uses it (MXFP4: packed bytes + scales), and for FP8
+    block scales only K steps that lie in one 128-wide scale block."""
+    fmt = "bf16" if wf == "bf16" else ("fp8" if wf.startswith("fp8") else "mxfp4")
+    cands = candidates(block_m, first, tma, fmt)
+    if not tma:
+        cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
+    if fmt == "mxfp4":
+        cands = list(dict.fromkeys(c._replace(w_tma=False) for c in cands))
+    if wf == "fp8_block":
+        cands = [c for c in cands if 128 % c.bk == 0] or [Cfg(64, 128, 4, 4, 64)]
+    return cands
+
+
 def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
           m_bucket, tma, ws=None, a_s=None):
     """The tile for this key: forced, default, or timed once (autotune, eager calls only)."""
@@ -713,13 +728,7 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
     if forced is not None:
         forced = forced._replace(w_tma=False) if mx else forced
         return forced if forced.group_m or groups is not None else forced._replace(group_m=8)
-    cands = candidates(block_m, first, tma, fmt)
-    if not tma:
-        cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
-    if mx:  # MXFP4 weights are read with plain loads (packed bytes + scales), never TMA
-        cands = list(dict.fromkeys(c._replace(w_tma=False) for c in cands))
-    if wf == "fp8_block":  # a K step must lie in one 128-wide scale block
-        cands = [c for c in cands if 128 % c.bk == 0] or [Cfg(64, 128, 4, 4, 64)]
+    cands = tiles(block_m, first, tma, wf)
     if groups is None:  # expert groups need the caller's block_groups table
         cands = list(dict.fromkeys(c._replace(group_m=c.group_m or 8) for c in cands))
     fp32 = a.dtype == torch.float32
