@@ -86,21 +86,22 @@ def decode_routes(kernel, model, batch: int, args, device) -> dict:
     res["generate_dynamic"] = dict(tok_s=round(batch * new / s, 1), launches_per_token=None,
                                    teacher_forced_agreement=teacher_forced_agreement(model, dynamic, args.prompt))
     print(f"  batch {batch} generate, dynamic cache: {res['generate_dynamic']}", flush=True)
-    try:
-        with torch.inference_mode():
-            _sync(device)
-            t0 = time.perf_counter()
-            model.generate(prompt, cache_implementation="static", **kw)
-            _sync(device)
-            first = time.perf_counter() - t0
-            s, static = timed(lambda: model.generate(prompt, cache_implementation="static", **kw), args.reps, device)
-        res["generate_static"] = dict(
-            tok_s=round(batch * new / s, 1), first_call_s=round(first, 2), launches_per_token=None,
-            static_vs_dynamic_tokens=round((static[:, args.prompt:] == dynamic[:, args.prompt:]).float().mean().item(), 4),
-            teacher_forced_agreement=teacher_forced_agreement(model, static, args.prompt))
-    except Exception as e:  # noqa: BLE001 (a failing route is a result)
-        res["generate_static"] = dict(error=f"{type(e).__name__}: {e}"[:500])
-    print(f"  batch {batch} generate, static cache: {res['generate_static']}", flush=True)
+    if not args.no_static:
+        try:
+            with torch.inference_mode():
+                _sync(device)
+                t0 = time.perf_counter()
+                model.generate(prompt, cache_implementation="static", **kw)
+                _sync(device)
+                first = time.perf_counter() - t0
+                s, static = timed(lambda: model.generate(prompt, cache_implementation="static", **kw), args.reps, device)
+            res["generate_static"] = dict(
+                tok_s=round(batch * new / s, 1), first_call_s=round(first, 2), launches_per_token=None,
+                static_vs_dynamic_tokens=round((static[:, args.prompt:] == dynamic[:, args.prompt:]).float().mean().item(), 4),
+                teacher_forced_agreement=teacher_forced_agreement(model, static, args.prompt))
+        except Exception as e:  # noqa: BLE001 (a failing route is a result)
+            res["generate_static"] = dict(error=f"{type(e).__name__}: {e}"[:500])
+        print(f"  batch {batch} generate, static cache: {res['generate_static']}", flush=True)
     for n in args.steps:
         runner = kernel.DecodeRunner(model, steps_per_launch=n)
         rkw = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False)
@@ -264,6 +265,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, nargs="+", default=[1, 8, 32])
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--no-cb", action="store_true", help="skip continuous batching")
+    parser.add_argument("--no-static", action="store_true",
+                        help="skip generate's static cache (its flash-style route reads unwritten slots, docs/transformers.md)")
     parser.add_argument("--cb-only", action="store_true", help="only continuous batching")
     parser.add_argument("--cb-requests", type=int, default=64)
     args = parser.parse_args(argv)

@@ -46,18 +46,19 @@ def main():
     C = gg.Cfg
     base = gg.candidates(16, True, False, "mxfp4")[0]
     cfgs = {"default": None}
-    for bn, bk, w, st in ((32, 64, 4, 4), (64, 64, 2, 4)):
+    for bn, bk, w, st in ((32, 64, 4, 4), (64, 64, 2, 4), (64, 128, 4, 4), (64, 256, 4, 3), (32, 128, 4, 4),
+                          (32, 256, 4, 3), (64, 128, 8, 4), (128, 128, 8, 3)):
         c = C(bn, bk, w, st, 64)
         cfgs[f"both {bn}x{bk}/{w}w/{st}s"] = (c, c)
-    for sk in (2, 3, 4, 6):  # split K: sk programs per output tile, partial sums + an epilogue launch
+    for sk in (2, 4):  # split K: sk programs per output tile, partial sums + an epilogue launch
         c = base._replace(split_k=sk)
         cfgs[f"both split_k={sk}"] = (c, c)
     for sk in (3,):
         c = base._replace(split_k=sk)
         cfgs[f"gemm1 split_k={sk}"] = (c, base)
         cfgs[f"gemm2 split_k={sk}"] = (base, c)
-    c = C(32, 64, 4, 4, 64, split_k=2)
-    cfgs["both 32x64 split_k=2"] = (c, c)
+    for c in (C(32, 64, 4, 4, 64, split_k=2), C(64, 128, 4, 4, 64, split_k=2), C(32, 128, 4, 4, 64, split_k=3)):
+        cfgs[f"both {c.bn}x{c.bk} split_k={c.split_k}"] = (c, c)
     rows = []
     ref_out = {}
     for T in (1, 4, 16, 64):
