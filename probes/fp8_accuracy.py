@@ -27,6 +27,15 @@ TS = (64, 300)
 ALPHA, LIMIT = 1.702, 7.0
 
 
+def per_expert(a, W, b, e_of):
+    """float64 a[r] @ W[e_of[r]] + b[e_of[r]], one matmul per expert hit (the probe's reference, not a kernel)."""
+    out = torch.empty(a.shape[0], W.shape[2], dtype=torch.float64, device=a.device)
+    for e in torch.unique(e_of).tolist():
+        sel = torch.nonzero(e_of == e).flatten()
+        out[sel] = a[sel] @ W[e] + b[e].double()
+    return out
+
+
 def maxrel(out, ref):
     out, ref = out.double(), ref.double()
     return ((out - ref).abs().max() / ref.abs().max()).item() if ref.numel() else 0.0
@@ -68,7 +77,6 @@ def main():
         q2, s2 = kernel.quantize_fp8(w2, gran)
         W1 = f8.dequantize_fp8(q1, s1, torch.float64)
         W2 = f8.dequantize_fp8(q2, s2, torch.float64)
-        wf = "fp8" if gran == "channel" else "fp8_block"
         if gran == "channel" and dev == "cuda":  # cuBLAS FP8 (fp32 accumulation, no fast accum) on expert 0, 256 tokens
             x = torch.randn(256, H, device=dev).to(torch.bfloat16)
             xq, xs = f8.quantize_rows(x)
@@ -114,11 +122,7 @@ def main():
                 rows = torch.nonzero(sp >= 0).flatten()
                 slot = sp[rows].long()
                 tok, e_of = slot // K, ids.flatten().long()[slot]
-                gu = torch.empty(rows.numel(), 2 * I, dtype=torch.float64, device=dev)
-                for e in range(E):  # float64 GEMM 1 per expert
-                    sel = torch.nonzero(e_of == e).flatten()
-                    if sel.numel():
-                        gu[sel] = xd[tok[sel]] @ W1[e] + b1[e].double()
+                gu = per_expert(xd[tok], W1, b1, e_of)
                 ract = ref.moe_swiglu(gu, ALPHA, LIMIT)
                 ka = act[rows]
                 g1 = maxrel(ka, ract)
@@ -131,22 +135,10 @@ def main():
                 y = torch.full((m, H), float("nan"), dtype=torch.bfloat16, device=dev)
                 wfl = w.flatten().float().contiguous()
                 gg.gemm2_weighted(aq, q2, b2, wfl, y, sp, be, bm, m.bit_length(), groups, s2, a_scales=a_s)
-                o = torch.empty(rows.numel(), H, dtype=torch.float64, device=dev)
-                ad = ref.dequant_rows_fp8(aq[rows], a_s[rows], I)
-                for e in range(E):
-                    sel = torch.nonzero(e_of == e).flatten()
-                    if sel.numel():
-                        o[sel] = ad[sel] @ W2[e] + b2[e].double()
-                o = o * wfl.double()[slot, None]
+                o = per_expert(ref.dequant_rows_fp8(aq[rows], a_s[rows], I), W2, b2, e_of) * wfl.double()[slot, None]
                 g2 = maxrel(y[slot], o)
                 # the whole chain on the reference's own activations (what the test compares against)
-                o_ref = torch.empty_like(o)
-                rd = ref.dequant_rows_fp8(rq, rs, I)
-                for e in range(E):
-                    sel = torch.nonzero(e_of == e).flatten()
-                    if sel.numel():
-                        o_ref[sel] = rd[sel] @ W2[e] + b2[e].double()
-                o_ref = o_ref * wfl.double()[slot, None]
+                o_ref = per_expert(ref.dequant_rows_fp8(rq, rs, I), W2, b2, e_of) * wfl.double()[slot, None]
                 chain = maxrel(y[slot], o_ref)
                 y_row = ((y[slot].double() - o).abs().amax(1) / o.abs().amax(1).clamp_min(1e-30))
                 row = dict(gran=gran, T=T, variant=name, block_m=bm, gemm1_rel=g1,
