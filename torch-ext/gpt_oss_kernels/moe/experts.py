@@ -14,7 +14,6 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
-from .dispatch import moe_dispatch
 from .routing import check_top_k
 
 _ID_DTYPES = (torch.int32, torch.int64)
@@ -204,12 +203,8 @@ def _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_p
                                                               i2 // 2)
     if m == 0:
         return hidden.new_zeros(hidden.shape), w, ids, w_lo
-    m_bucket = m.bit_length()
-    groups = grouped_gemm.block_groups(block_expert, block_m)
-    grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, top_k,
-                              alpha, limit, block_m, m_bucket, groups)
-    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket,
-                                groups)
+    grouped_gemm.expert_gemms(hidden, (gate_up_proj, None), gate_up_proj_bias, (down_proj, None), down_proj_bias, act,
+                              y, w, sorted_pos, block_expert, top_k, alpha, limit, block_m, m)
     return _FINALIZE(y, ids, e), w, ids, w_lo
 
 
@@ -224,24 +219,12 @@ def _moe_experts_cuda(hidden, topk_ids, topk_weights, gate_up_proj, gate_up_proj
     from . import grouped_gemm  # triton, imported on first use
 
     t, h = hidden.shape
-    k = topk_ids.shape[1]
     e, _, i2 = gate_up_proj.shape
-    m = t * k
-    if m == 0:
+    if t * topk_ids.shape[1] == 0:
         return hidden.new_zeros((t, h))
-    ids = topk_ids.to(torch.int32).contiguous()
-    w = topk_weights.to(torch.float32).contiguous()
-    block_m = grouped_gemm.block_m_for(m, e)
-    m_bucket = m.bit_length()
-    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
-    nb = block_expert.shape[0]
-    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
-    groups = grouped_gemm.block_groups(block_expert, block_m)
-    grouped_gemm.gemm1_swiglu(hidden, gate_up_proj, gate_up_proj_bias, act, sorted_pos, block_expert, k,
-                              alpha, limit, block_m, m_bucket, groups)
-    y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
-    grouped_gemm.gemm2_weighted(act, down_proj, down_proj_bias, w, y, sorted_pos, block_expert, block_m, m_bucket,
-                                groups)
+    y, ids = grouped_gemm.experts_to_slots(hidden, topk_ids, topk_weights, e, i2 // 2, h, hidden.dtype,
+                                           (gate_up_proj, None), gate_up_proj_bias, (down_proj, None), down_proj_bias,
+                                           alpha, limit)
     # moe_dispatch routes an id outside [0, E) nowhere, so GEMM 2 never writes its y row; finalize either
     # flags the token (NaN) or, with skip_foreign, does not read that row.
     return ops.moe_finalize(y, ids, e, skip_foreign)

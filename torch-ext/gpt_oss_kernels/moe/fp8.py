@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from ..quant.fp8 import BLOCK, FP8_DTYPE
-from .dispatch import moe_dispatch
 from .experts import _ID_DTYPES, _check_router, _check_routes
 from .routing import check_top_k
 
@@ -178,26 +177,14 @@ def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_
     from . import grouped_gemm
 
     t, h = hidden.shape
-    k = topk_ids.shape[1]
     e, i2, _ = gate_up_fp8.shape
-    m = t * k
-    if m == 0:
+    if t * topk_ids.shape[1] == 0:
         return hidden.new_zeros((t, h))
-    ids = topk_ids.to(torch.int32).contiguous()
-    w = topk_weights.to(torch.float32).contiguous()
-    block_m = grouped_gemm.block_m_for(m, e)
-    m_bucket = m.bit_length()
-    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
-    nb = block_expert.shape[0]
-    groups = grouped_gemm.block_groups(block_expert, block_m)
-    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
-    grouped_gemm.gemm1_swiglu(xq, gate_up_fp8, gate_up_bias, act, sorted_pos, block_expert, k, alpha, limit, block_m,
-                              m_bucket, groups, gate_up_scale, a_scales=xs)
     # Padding rows of act are never written; their (garbage) scales are never read (GEMM 2 masks those rows).
-    aq, a_s = fp8_triton.pad_quant_fp8(act, padded_width(i2 // 2))
-    y = torch.empty((m, padded_width(h)), dtype=hidden.dtype, device=hidden.device)
-    grouped_gemm.gemm2_weighted(aq, down_fp8, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups,
-                                down_scale, a_scales=a_s)
+    y, ids = grouped_gemm.experts_to_slots(
+        xq, topk_ids, topk_weights, e, i2 // 2, padded_width(h), hidden.dtype, (gate_up_fp8, gate_up_scale),
+        gate_up_bias, (down_fp8, down_scale), down_bias, alpha, limit, a_scales=xs,
+        quant_act=lambda act: fp8_triton.pad_quant_fp8(act, padded_width(i2 // 2)))
     # moe_dispatch routes an id outside [0, E) nowhere (its y row is never written): flagged or skipped here.
     return fp8_triton.finalize_slice(y, ids, None, e, h, skip_foreign)
 

@@ -926,3 +926,42 @@ def gemm2_weighted(act, down_proj, down_proj_bias, topk_w, y, sorted_pos, block_
     n, k = _nk(down_proj, scales)
     _launch(False, act, down_proj, down_proj_bias, y, sorted_pos, block_expert, groups, topk_w,
             n, k, block_expert.shape[0], 1, 0.0, 0.0, block_m, m_bucket, scales, a_scales)
+
+
+def expert_gemms(a, gate_up, gate_up_bias, down, down_bias, act, y, topk_w, sorted_pos, block_expert, top_k, alpha,
+                 limit, block_m, m, *, a_scales=None, quant_act=None):
+    """The two grouped GEMMs of every expert format, on dispatched buffers: GEMM 1 (rows of ``a`` gathered ->
+    ``act``), ``quant_act(act) -> (act', act_scales)`` where GEMM 2 reads e4m3 (FP8), GEMM 2 (-> ``y`` rows in slot
+    order). ``gate_up`` / ``down``: ``(weights, scales)`` as gemm1_swiglu / gemm2_weighted take them, or callables
+    giving that pair when called: MXFP4 at prefill sizes dequantizes one projection at a time, so at most one
+    full-size copy exists at any moment."""
+    m_bucket = m.bit_length()
+    groups = block_groups(block_expert, block_m)
+    w1, s1 = gate_up() if callable(gate_up) else gate_up
+    gemm1_swiglu(a, w1, gate_up_bias, act, sorted_pos, block_expert, top_k, alpha, limit, block_m, m_bucket, groups,
+                 s1, a_scales=a_scales)
+    del w1
+    a2, a2_scales = quant_act(act) if quant_act is not None else (act, None)
+    w2, s2 = down() if callable(down) else down
+    gemm2_weighted(a2, w2, down_bias, topk_w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2,
+                   a_scales=a2_scales)
+
+
+def experts_to_slots(a, topk_ids, topk_weights, num_experts, i, y_cols, dtype, gate_up, gate_up_bias, down,
+                     down_bias, alpha, limit, *, a_scales=None, quant_act=None):
+    """The experts op's CUDA body up to the finalize: ``moe_dispatch``, the act (padded sorted rows, I wide) and
+    y (T * k rows, ``y_cols`` wide) buffers in ``dtype``, ``expert_gemms``. Returns ``(y, ids int32)``; the
+    caller sums y's k rows per token (``moe_finalize`` / ``finalize_slice``). T * k > 0."""
+    from .dispatch import moe_dispatch
+
+    k = topk_ids.shape[1]
+    m = topk_ids.shape[0] * k
+    ids = topk_ids.to(torch.int32).contiguous()
+    w = topk_weights.to(torch.float32).contiguous()
+    block_m = block_m_for(m, num_experts)
+    sorted_pos, block_expert = moe_dispatch(ids, num_experts, block_m)
+    act = torch.empty((block_expert.shape[0] * block_m, i), dtype=dtype, device=a.device)
+    y = torch.empty((m, y_cols), dtype=dtype, device=a.device)
+    expert_gemms(a, gate_up, gate_up_bias, down, down_bias, act, y, w, sorted_pos, block_expert, k, alpha, limit,
+                 block_m, m, a_scales=a_scales, quant_act=quant_act)
+    return y, ids

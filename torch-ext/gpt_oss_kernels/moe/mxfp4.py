@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
-from .dispatch import moe_dispatch
 from .experts import _FINALIZE, _PREPARE, _check_router, _check_routes, _fast_path_ok
 from .routing import check_top_k
 
@@ -185,15 +184,15 @@ def _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks, g
                                                               i2 // 2)
     if m == 0:
         return hidden.new_zeros(hidden.shape), w, ids, w_lo
-    m_bucket = m.bit_length()
-    groups = grouped_gemm.block_groups(block_expert, block_m)
-    w1, s1 = _gemm_weights(gate_up_blocks, gate_up_scales, hidden.dtype, m)
-    grouped_gemm.gemm1_swiglu(hidden, w1, gate_up_bias, act, sorted_pos, block_expert, top_k, alpha, limit, block_m,
-                              m_bucket, groups, s1)
-    del w1
-    w2, s2 = _gemm_weights(down_blocks, down_scales, hidden.dtype, m)
-    grouped_gemm.gemm2_weighted(act, w2, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2)
+    gate_up, down = _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, hidden.dtype, m)
+    grouped_gemm.expert_gemms(hidden, gate_up, gate_up_bias, down, down_bias, act, y, w, sorted_pos, block_expert,
+                              top_k, alpha, limit, block_m, m)
     return _FINALIZE(y, ids, e), w, ids, w_lo
+
+
+def _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, dtype, m):
+    return (lambda: _gemm_weights(gate_up_blocks, gate_up_scales, dtype, m),
+            lambda: _gemm_weights(down_blocks, down_scales, dtype, m))
 
 
 # --- CUDA implementation of the op (Triton) ---------------------------------------------------------
@@ -204,26 +203,13 @@ def _moe_experts_mxfp4_cuda(hidden, topk_ids, topk_weights, gate_up_blocks, gate
     from . import grouped_gemm  # triton, imported on first use
 
     t, h = hidden.shape
-    k = topk_ids.shape[1]
     e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
-    m = t * k
+    m = t * topk_ids.shape[1]
     if m == 0:
         return hidden.new_zeros((t, h))
-    ids = topk_ids.to(torch.int32).contiguous()
-    w = topk_weights.to(torch.float32).contiguous()
-    block_m = grouped_gemm.block_m_for(m, e)
-    m_bucket = m.bit_length()
-    sorted_pos, block_expert = moe_dispatch(ids, e, block_m)
-    nb = block_expert.shape[0]
-    act = torch.empty((nb * block_m, i2 // 2), dtype=hidden.dtype, device=hidden.device)
-    groups = grouped_gemm.block_groups(block_expert, block_m)
-    w1, s1 = _gemm_weights(gate_up_blocks, gate_up_scales, hidden.dtype, m)
-    grouped_gemm.gemm1_swiglu(hidden, w1, gate_up_bias, act, sorted_pos, block_expert, k, alpha, limit, block_m,
-                              m_bucket, groups, s1)
-    del w1
-    y = torch.empty((m, h), dtype=hidden.dtype, device=hidden.device)
-    w2, s2 = _gemm_weights(down_blocks, down_scales, hidden.dtype, m)
-    grouped_gemm.gemm2_weighted(act, w2, down_bias, w, y, sorted_pos, block_expert, block_m, m_bucket, groups, s2)
+    gate_up, down = _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, hidden.dtype, m)
+    y, ids = grouped_gemm.experts_to_slots(hidden, topk_ids, topk_weights, e, i2 // 2, h, hidden.dtype, gate_up,
+                                           gate_up_bias, down, down_bias, alpha, limit)
     return ops.moe_finalize(y, ids, e, skip_foreign)  # as moe_experts: foreign slots NaN-flagged or skipped
 
 
