@@ -1,15 +1,17 @@
 #!/usr/bin/env python3
-"""Probe (issue 15, decode): MXFP4 MoE block at T = 1 / 4 / 64 (gpt-oss-20b shapes, CUDA graph, rotated inputs)
-for decode tiles of the grouped GEMMs, one GEMM's tile varied at a time (the other at the default); plus the
-per-kernel device times of one block (torch.profiler, eager) for the default and the best tile.
-Question: which decode tile (narrower / deeper / fewer warps / split K: more CTAs in flight) streams the MXFP4
-weights fastest? (swap_ab, the weights as wgmma's register operand, lost: 1.4-1.8x slower, decisions-moe.md.)
-Writes $OUT/mxfp4_decode_sweep.json. Delete once answered (git keeps it).
+"""Probe (issue 15, decode): the MXFP4 MoE block at T = 1 / 4 / 16 / 64 / 128 / 192 (gpt-oss-20b shapes, CUDA
+graph, rotated inputs) with the CUDA decode GEMM (kernel_src/moe/mxfp4_decode_cuda.cu) at each compiled
+(warps over K, spans per round) pair, against the Triton tile (GOK_MXFP4_DECODE=0); the bytes floor from a copy
+measured in the same run; per-kernel device times (torch.profiler, eager) at T = 1 and 64.
+Question: does the decode GEMM stream the 4-bit weights near the floor, with which pair, and up to which T does it
+beat the Triton tile (the dispatch gives 16-row blocks up to T = 192)? Writes $OUT/mxfp4_decode_sweep.json.
+Delete once answered (git keeps it).
 
     python probes/mxfp4_decode_sweep.py --out $OUT
 """
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -20,6 +22,17 @@ import harness  # noqa: E402
 
 H = I = 2880
 E, K = 32, 4
+CFGS = {"triton tile": ("0", None), "cuda 4,6": ("1", "4,6"), "cuda 4,3": ("1", "4,3"), "cuda 8,3": ("1", "8,3"),
+        "cuda 2,6": ("1", "2,6"), "cuda 4,2": ("1", "4,2")}
+
+
+def _set(cfg):
+    on, pair = CFGS[cfg]
+    os.environ["GOK_MXFP4_DECODE"] = on
+    if pair is None:
+        os.environ.pop("GOK_MXFP4_DECODE_CFG", None)
+    else:
+        os.environ["GOK_MXFP4_DECODE_CFG"] = pair
 
 
 def main():
@@ -30,8 +43,8 @@ def main():
     kernel = harness.load_kernel()
     import importlib
 
-    gg = importlib.import_module(kernel.__name__ + ".moe.grouped_gemm")
     mx = importlib.import_module(kernel.__name__ + ".moe.mxfp4")
+    ceil = harness.measure_ceilings()
     g = torch.Generator(device="cuda").manual_seed(0)
     packed = {}
     for name, shape in (("gate_up", (E, H, 2 * I)), ("down", (E, I, H))):
@@ -43,54 +56,33 @@ def main():
     rb = (torch.randn(E, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
     wargs = [packed[n] for n in ("gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales",
                                  "down_bias")]
-    C = gg.Cfg
-    base = gg.candidates(16, True, False, "mxfp4")[0]
-    cfgs = {"default": None}
-    for bn, bk, w, st in ((32, 64, 4, 4), (64, 64, 2, 4), (64, 128, 4, 4), (64, 256, 4, 3), (32, 128, 4, 4),
-                          (32, 256, 4, 3), (64, 128, 8, 4), (128, 128, 8, 3)):
-        c = C(bn, bk, w, st, 64)
-        cfgs[f"both {bn}x{bk}/{w}w/{st}s"] = (c, c)
-    for sk in (2, 4):  # split K: sk programs per output tile, partial sums + an epilogue launch
-        c = base._replace(split_k=sk)
-        cfgs[f"both split_k={sk}"] = (c, c)
-    for sk in (3,):
-        c = base._replace(split_k=sk)
-        cfgs[f"gemm1 split_k={sk}"] = (c, base)
-        cfgs[f"gemm2 split_k={sk}"] = (base, c)
-    for c in (C(32, 64, 4, 4, 64, split_k=2), C(64, 128, 4, 4, 64, split_k=2), C(32, 128, 4, 4, 64, split_k=3)):
-        cfgs[f"both {c.bn}x{c.bk} split_k={c.split_k}"] = (c, c)
     rows = []
-    ref_out = {}
-    for T in (1, 4, 16, 64):
-        n_sets = harness.rotation(int(E * (1 - (1 - K / E) ** T) * 3 * H * I * (0.5 + 1 / 32)))
-        xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(n_sets)]
-        for name, pair in cfgs.items():
-            gg.FORCE.clear()
-            if pair is not None:
-                gg.FORCE[(16, True, "mxfp4")], gg.FORCE[(16, False, "mxfp4")] = pair
+    for T in (1, 4, 16, 64, 128, 192):
+        touched = E * (1 - (1 - K / E) ** T)  # expected experts hit
+        wbytes = touched * 3 * H * I * (0.5 + 1 / 32)
+        floor = harness.floor_us(ceil, bytes_moved=wbytes)
+        xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(harness.rotation(int(wbytes)))]
+        ref = None
+        for name in CFGS:
+            _set(name)
             calls = [lambda x=x: mx.moe_with_scores_mxfp4(x, rw, rb, K, *wargs, 1.702, 7.0)[0] for x in xs]
             try:
                 with torch.inference_mode():
                     out = calls[0]().float()
-                    if name == "default":
-                        ref_out[T] = out
-                    err = ((out - ref_out[T]).abs().max() / ref_out[T].abs().max()).item()
+                    ref = out if ref is None else ref
+                    err = ((out - ref).abs().max() / ref.abs().max()).item()
                     us = harness.median_us_graph(calls, replays=40)
-            except Exception as ex:  # a tile that does not compile or fit
-                rows.append(dict(T=T, tile=name, error=repr(ex)[:200]))
+            except Exception as ex:
+                rows.append(dict(T=T, cfg=name, error=repr(ex)[:300]))
                 print(rows[-1], flush=True)
                 continue
-            rows.append(dict(T=T, tile=name, us=round(us, 2), rel_err_vs_default=f"{err:.1e}"))
+            rows.append(dict(T=T, cfg=name, us=round(us, 2), floor_us=round(floor, 2),
+                             pct_floor=round(100 * floor / us, 1), rel_err_vs_triton=f"{err:.1e}"))
             print(rows[-1], flush=True)
-    gg.FORCE.clear()
-    # per-kernel device times, eager, T = 1 and 64: default and the best swap tile at that T
     prof = {}
     for T in (1, 64):
-        best = min((r for r in rows if r["T"] == T and "us" in r and r["tile"] != "default"), key=lambda r: r["us"])
-        for name in ("default", best["tile"]):
-            gg.FORCE.clear()
-            if cfgs[name] is not None:
-                gg.FORCE[(16, True, "mxfp4")], gg.FORCE[(16, False, "mxfp4")] = cfgs[name]
+        for name in ("triton tile", "cuda 4,6"):
+            _set(name)
             x = torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16)
             with torch.inference_mode():
                 for _ in range(3):
@@ -100,14 +92,11 @@ def main():
                     for _ in range(20):
                         mx.moe_with_scores_mxfp4(x, rw, rb, K, *wargs, 1.702, 7.0)
                     torch.cuda.synchronize()
-            ev = {}
-            for e in p.key_averages():
-                if e.device_time_total > 0:
-                    ev[e.key[:80]] = round(e.device_time_total / 20, 2)
+            ev = {e.key[:80]: round(e.device_time_total / 20, 2) for e in p.key_averages() if e.device_time_total > 0}
             prof[f"T={T} {name}"] = ev
             print(f"T={T} {name}", ev, flush=True)
-    gg.FORCE.clear()
-    (args.out / "mxfp4_decode_sweep.json").write_text(json.dumps(dict(rows=rows, profile=prof), indent=1))
+    (args.out / "mxfp4_decode_sweep.json").write_text(json.dumps(dict(ceilings=ceil, rows=rows, profile=prof),
+                                                                  indent=1))
 
 
 if __name__ == "__main__":

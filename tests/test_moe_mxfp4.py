@@ -353,3 +353,42 @@ def test_moe_mxfp4_fast_path_matches_traced_path(kernel):
     out, w, ids = kernel.moe_mxfp4(x, *args)
     traced = kernel._ops.ops.moe_experts_mxfp4(x, ids, w, *packed, a, lim)
     assert torch.equal(out, traced)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["big", "odd"])
+@pytest.mark.parametrize("T,skew", [(1, None), (4, None), (9, 3), (16, 3), (64, None)])
+def test_moe_gemm_mxfp4_decode_vs_float64(kernel, shape, T, skew):
+    """The CUDA decode GEMMs (16-row blocks, weights as the MMA's A operand) on their own: GEMM 1's SwiGLU rows and
+    GEMM 2's weighted rows against float64 on the exactly dequantized weights; 9 and 16 rows on one expert take the
+    second MMA column block; padding rows of act are never written (poisoned NaN stays), every y row is."""
+    s = BIG if shape == "big" else ODD
+    H, I, E, k = s["H"], s["I"], s["E"], s["k"]
+    ops = kernel._ops.ops
+    p = _packed(kernel, s, "cuda")
+    x = torch.randn(T, H, device="cuda").to(torch.bfloat16)
+    w, ids = _route(T, E, k, "cuda", skew=skew)
+    if skew is not None:
+        ids[:, 1:] = torch.where(ids[:, 1:] == skew, (skew + 1) % E, ids[:, 1:])
+    sorted_pos, block_expert = ops.moe_dispatch(ids, E, 16)
+    words = lambda b: b.view(torch.int32).view(b.shape[0], b.shape[1], -1)  # noqa: E731
+    act = torch.full((block_expert.numel() * 16, I), float("nan"), dtype=torch.bfloat16, device="cuda")
+    wf = w.float().reshape(-1).contiguous()
+    ops.moe_gemm_mxfp4_decode(x, words(p["gate_up_blocks"]), p["gate_up_scales"], p["gate_up_bias"], sorted_pos,
+                              block_expert, wf, k, ALPHA, LIMIT, True, act)
+    y = torch.full((T * k, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+    ops.moe_gemm_mxfp4_decode(act, words(p["down_blocks"]), p["down_scales"], p["down_bias"], sorted_pos,
+                              block_expert, wf, 1, 0.0, 0.0, False, y)
+    w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32).double()
+    w2 = kernel.dequantize_mxfp4(p["down_blocks"], p["down_scales"], torch.float32).double()
+    real = (sorted_pos >= 0).nonzero().flatten()
+    slot = sorted_pos[real].long()
+    e = ids.reshape(-1)[slot].long()
+    h = torch.einsum("rk,rkn->rn", x[slot // k].double(), w1[e]) + p["gate_up_bias"].double()[e]
+    act_ref = kernel.reference.moe_swiglu(h, ALPHA, LIMIT)
+    assert rel_err(act[real], act_ref) <= 1e-2
+    pad = (sorted_pos < 0).nonzero().flatten()
+    assert act[pad].isnan().all()  # padding rows untouched
+    y_ref = (torch.einsum("ri,rih->rh", act[real].double(), w2[e]) + p["down_bias"].double()[e]) * wf[slot, None]
+    assert not y.isnan().any()
+    assert rel_err(y[slot], y_ref) <= 1e-2
