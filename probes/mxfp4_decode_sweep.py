@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Probe (issue 15, decode): the MXFP4 MoE block at T = 1 / 4 / 16 / 64 / 128 / 192 (gpt-oss-20b shapes, CUDA
-graph, rotated inputs) with the CUDA decode GEMM (kernel_src/moe/mxfp4_decode_cuda.cu) at each compiled
+graph, rotated inputs) with the CUDA decode GEMM (kernel_src/moe/decode_gemm_cuda.cu) at each compiled
 (warps over K, spans per round) pair, against the Triton tile (GOK_MXFP4_DECODE=0); the bytes floor from a copy
 measured in the same run; per-kernel device times (torch.profiler, eager) at T = 1 and 64.
 Question: does the decode GEMM stream the 4-bit weights near the floor, with which pair, and up to which T does it
@@ -23,16 +23,16 @@ import harness  # noqa: E402
 H = I = 2880
 E, K = 32, 4
 CFGS = {"triton tile": ("0", None), "cuda 4,6": ("1", "4,6"), "cuda 4,3": ("1", "4,3"), "cuda 8,3": ("1", "8,3"),
-        "cuda 2,6": ("1", "2,6"), "cuda 4,2": ("1", "4,2")}
+        "cuda 2,6": ("1", "2,6")}
 
 
 def _set(cfg):
     on, pair = CFGS[cfg]
-    os.environ["GOK_MXFP4_DECODE"] = on
+    os.environ["GOK_DECODE_GEMM"] = on
     if pair is None:
-        os.environ.pop("GOK_MXFP4_DECODE_CFG", None)
+        os.environ.pop("GOK_DECODE_GEMM_CFG", None)
     else:
-        os.environ["GOK_MXFP4_DECODE_CFG"] = pair
+        os.environ["GOK_DECODE_GEMM_CFG"] = pair
 
 
 def main():

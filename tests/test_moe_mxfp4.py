@@ -358,7 +358,7 @@ def test_moe_mxfp4_fast_path_matches_traced_path(kernel):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", ["big", "odd"])
 @pytest.mark.parametrize("T,skew", [(1, None), (4, None), (9, 3), (16, 3), (64, None)])
-def test_moe_gemm_mxfp4_decode_vs_float64(kernel, shape, T, skew):
+def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew):
     """The CUDA decode GEMMs (16-row blocks, weights as the MMA's A operand) on their own: GEMM 1's SwiGLU rows and
     GEMM 2's weighted rows against float64 on the exactly dequantized weights; 9 and 16 rows on one expert take the
     second MMA column block; padding rows of act are never written (poisoned NaN stays), every y row is."""
@@ -374,11 +374,11 @@ def test_moe_gemm_mxfp4_decode_vs_float64(kernel, shape, T, skew):
     words = lambda b: b.view(torch.int32).view(b.shape[0], b.shape[1], -1)  # noqa: E731
     act = torch.full((block_expert.numel() * 16, I), float("nan"), dtype=torch.bfloat16, device="cuda")
     wf = w.float().reshape(-1).contiguous()
-    ops.moe_gemm_mxfp4_decode(x, words(p["gate_up_blocks"]), p["gate_up_scales"], p["gate_up_bias"], sorted_pos,
-                              block_expert, wf, k, ALPHA, LIMIT, True, act)
+    ops.moe_gemm_decode(x, None, words(p["gate_up_blocks"]), p["gate_up_scales"], p["gate_up_bias"], sorted_pos,
+                        block_expert, wf, k, ALPHA, LIMIT, True, act)
     y = torch.full((T * k, H), float("nan"), dtype=torch.bfloat16, device="cuda")
-    ops.moe_gemm_mxfp4_decode(act, words(p["down_blocks"]), p["down_scales"], p["down_bias"], sorted_pos,
-                              block_expert, wf, 1, 0.0, 0.0, False, y)
+    ops.moe_gemm_decode(act, None, words(p["down_blocks"]), p["down_scales"], p["down_bias"], sorted_pos,
+                        block_expert, wf, 1, 0.0, 0.0, False, y)
     w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32).double()
     w2 = kernel.dequantize_mxfp4(p["down_blocks"], p["down_scales"], torch.float32).double()
     real = (sorted_pos >= 0).nonzero().flatten()

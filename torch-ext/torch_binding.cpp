@@ -65,11 +65,11 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
       "moe_prepare(Tensor hidden, Tensor router_weight, Tensor? router_bias, int top_k, int block_m, "
       "int act_cols) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   ops.impl("moe_prepare", BACKEND, &moe_prepare);
-  // The MXFP4 grouped GEMMs at decode sizes (16-row blocks), writing into out (moe/grouped_gemm.py).
+  // The MXFP4 / FP8 grouped GEMMs at decode sizes (16-row blocks), writing into out (moe/grouped_gemm.py).
   ops.def(
-      "moe_gemm_mxfp4_decode(Tensor a, Tensor words, Tensor scales, Tensor? bias, Tensor sorted_pos, "
+      "moe_gemm_decode(Tensor a, Tensor? a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor sorted_pos, "
       "Tensor block_expert, Tensor topk_w, int top_k, float alpha, float limit, bool first, Tensor(a!) out) -> ()");
-  ops.impl("moe_gemm_mxfp4_decode", BACKEND, &moe_gemm_mxfp4_decode);
+  ops.impl("moe_gemm_decode", BACKEND, &moe_gemm_decode);
 #endif
   // --- end moe ---
 

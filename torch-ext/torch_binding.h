@@ -22,12 +22,13 @@ at::Tensor moe_finalize(const at::Tensor& y, const at::Tensor& topk_ids, int64_t
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> moe_prepare(
     const at::Tensor& hidden, const at::Tensor& router_weight, const std::optional<at::Tensor>& router_bias,
     int64_t top_k, int64_t block_m, int64_t act_cols);
-// MXFP4 expert GEMM 1 (first: gathered hidden rows -> SwiGLU act) or GEMM 2 (act -> weighted y rows) over
-// 16-row dispatch blocks, bf16 activations (kernel_src/moe/mxfp4_decode_cuda.cu).
-void moe_gemm_mxfp4_decode(const at::Tensor& a, const at::Tensor& words, const at::Tensor& scales,
-                           const std::optional<at::Tensor>& bias, const at::Tensor& sorted_pos,
-                           const at::Tensor& block_expert, const at::Tensor& topk_w, int64_t top_k, double alpha,
-                           double limit, bool first, at::Tensor& out);
+// The quantized expert GEMMs over 16-row dispatch blocks (kernel_src/moe/decode_gemm_cuda.cu): GEMM 1 (first:
+// gathered rows of a -> SwiGLU act) or GEMM 2 (act -> weighted y rows); MXFP4 weights with bf16 a, or e4m3 weights
+// with e4m3 a and its per-row a_scale.
+void moe_gemm_decode(const at::Tensor& a, const std::optional<at::Tensor>& a_scale, const at::Tensor& w,
+                     const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, const at::Tensor& sorted_pos,
+                     const at::Tensor& block_expert, const at::Tensor& topk_w, int64_t top_k, double alpha,
+                     double limit, bool first, at::Tensor& out);
 #endif
 #if defined(CPU_KERNEL)
 at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,

@@ -39,6 +39,8 @@ import triton
 import triton.language as tl
 from triton import knobs as _knobs
 
+from .._ops import ops
+
 _raw_stream = torch._C._cuda_getCurrentRawStream if hasattr(torch._C, "_cuda_getCurrentRawStream") else None
 _get_device = torch._C._cuda_getDevice if hasattr(torch._C, "_cuda_getDevice") else None
 
@@ -763,34 +765,39 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
     return cfg
 
 
-def _mxfp4_decode_ok(a, w, ws, bias, out, block_m) -> bool:
-    """MXFP4 weights, 16-row blocks, bf16 activations on CUDA: the CUDA decode GEMM (kernel_src/moe/
-    mxfp4_decode_cuda.cu: weights as the MMA's A operand, one dequantization per block) instead of the Triton tile
-    (H200, 2026-12-05: see docs/moe.md). GOK_MXFP4_DECODE=0 keeps the Triton kernel."""
-    if ws is None or w.dtype != torch.int32 or block_m != 16 or a.dtype != torch.bfloat16 or not a.is_cuda:
+def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
+    """16-row blocks of quantized experts (MXFP4 with bf16 activations, or e4m3 weights and activations on sm_90+):
+    the CUDA decode GEMM (kernel_src/moe/decode_gemm_cuda.cu: weights as the MMA's A operand, read and converted
+    once per block) instead of the Triton tile (H200, 2026-12-05: docs/moe.md). GOK_DECODE_GEMM=0 keeps the
+    Triton kernel."""
+    if ws is None or block_m != 16 or not a.is_cuda or out.dtype != torch.bfloat16 or out.stride(1) != 1:
         return False
-    return (_decode_enabled(os.environ.get("GOK_MXFP4_DECODE", "1"), os.environ.get("TRITON_INTERPRET", "0"))
+    if w.dtype == torch.int32:  # MXFP4 words
+        fmt_ok = a.dtype == torch.bfloat16 and w.shape[2] % 4 == 0
+    else:
+        fmt_ok = a.dtype == FP8 and w.shape[2] % 16 == 0 and _sm90(a.device.index)
+    return (fmt_ok and _decode_enabled(os.environ.get("GOK_DECODE_GEMM", "1"), os.environ.get("TRITON_INTERPRET", "0"))
             and w.is_contiguous() and ws.is_contiguous() and w.data_ptr() % 16 == 0
-            and a.stride(1) == 1 and a.stride(0) % 8 == 0 and a.data_ptr() % 16 == 0
-            and out.dtype == torch.bfloat16 and out.stride(1) == 1
+            and a.stride(1) == 1 and (a.stride(0) * a.element_size()) % 16 == 0 and a.data_ptr() % 16 == 0
             and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous())))
 
 
 @functools.lru_cache(maxsize=None)
-def _decode_enabled(env: str, interpret: str) -> bool:
-    from .._ops import ops
+def _sm90(index) -> bool:
+    return torch.cuda.get_device_capability(index)[0] >= 9
 
-    return env != "0" and interpret != "1" and hasattr(ops, "moe_gemm_mxfp4_decode")
+
+@functools.lru_cache(maxsize=None)
+def _decode_enabled(env: str, interpret: str) -> bool:
+    return env != "0" and interpret != "1" and hasattr(ops, "moe_gemm_decode")
 
 
 def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
             m_bucket, ws=None, a_s=None):
     # ws: None (w is the (E, K, N) weights), the MXFP4 scales (E, N, K / 32) (w: the blocks as int32 words) or the
     # FP8 weight scales (w: (E, N, K) e4m3; then a is e4m3 and a_s its per-row scales)
-    if _mxfp4_decode_ok(a, w, ws, bias, out, block_m):
-        from .._ops import ops
-
-        ops.moe_gemm_mxfp4_decode(a, w, ws, bias, sorted_pos, block_expert, topk_w, top_k, alpha, limit, first, out)
+    if _decode_ok(a, w, ws, bias, out, block_m):
+        ops.moe_gemm_decode(a, a_s, w, ws, bias, sorted_pos, block_expert, topk_w, top_k, alpha, limit, first, out)
         return
     a_st, o_st = a.stride(), out.stride()
     w_st = _w_strides(w, ws)
