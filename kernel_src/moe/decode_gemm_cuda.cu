@@ -20,7 +20,7 @@
 //   three magnitude bits go to bf16 bits 6..8 and its sign to 15 (v * 2^-126, 0.5 on the subnormal 2^-127), then one
 //   fma.rn.bf16x2 by 2^(s - 1) when the scale byte s <= 128 (one rounding of the exact product), else by 2^127
 //   (exact: 2v) and by 2^(s - 128) (one rounding; overflow to inf). A warp takes the two-step path for a whole span
-//   when any of its lanes needs it (scales above 2^1 do not occur in real checkpoints).
+//   when any of its lanes needs it (scale bytes above 128, a block scale of 2^2 or more).
 //   FP8 (m16n8k32 e4m3; a chunk is 16 e4m3 values). MMA p takes words 2p (a[0], b0) and 2p + 1 (a[2], b1) of the
 //   row's chunk and of the x chunk at the same k: no conversion at all. Each span's two MMAs start from zero and are
 //   added to the fp32 sums (promotion every 64 k), times the span's 128x128 block scale ("block"); the token scale
@@ -122,6 +122,17 @@ __device__ __forceinline__ uint32_t scale_factor(uint32_t s) {
 
 // MXFP4: one span (128 k) of this lane: weights (w0: row g, w1: row g + 8; zeros outside K or N), scale bytes,
 // x of columns g and g + 8 at the same 32 k (zeros for padding rows / outside K).
+// MMA 2q + H of a span: nibble pairs (2H, 2H + 4) and (2H + 1, 2H + 5) of word q of rows g (w0) and g + 8 (w1);
+// x words lo / hi hold x 8q+2H, 8q+2H+1 and 8q+2H+4, 8q+2H+5 (x8: columns 8-15, when two).
+template <int H, bool TWO_STEP>
+__device__ __forceinline__ void mma_half(float (&acc)[2][4], uint32_t w0, uint32_t w1, uint32_t f0, uint32_t f1,
+                                         uint32_t lo, uint32_t hi, uint32_t lo8, uint32_t hi8, bool two) {
+  const uint32_t a[4] = {dequant_pair<2 * H, TWO_STEP>(w0, f0), dequant_pair<2 * H, TWO_STEP>(w1, f1),
+                         dequant_pair<2 * H + 1, TWO_STEP>(w0, f0), dequant_pair<2 * H + 1, TWO_STEP>(w1, f1)};
+  gok::mma16816<__nv_bfloat16>(acc[0], a, prmt(lo, hi, 0x5410), prmt(lo, hi, 0x7632));
+  if (two) gok::mma16816<__nv_bfloat16>(acc[1], a, prmt(lo8, hi8, 0x5410), prmt(lo8, hi8, 0x7632));
+}
+
 template <bool TWO_STEP>
 __device__ __forceinline__ void span_mxfp4(float (&acc)[2][4], const uint4& w0, const uint4& w1, uint32_t s0,
                                            uint32_t s1, const uint4 (&x)[4], const uint4 (&x8)[4], bool two) {
@@ -130,21 +141,8 @@ __device__ __forceinline__ void span_mxfp4(float (&acc)[2][4], const uint4& w0, 
   const uint32_t q1[4] = {w1.x, w1.y, w1.z, w1.w};
 #pragma unroll
   for (int q = 0; q < 4; ++q) {
-    uint32_t a[4];
-    // h = 0: nibbles (0, 4) and (1, 5)
-    a[0] = dequant_pair<0, TWO_STEP>(q0[q], f0);
-    a[1] = dequant_pair<0, TWO_STEP>(q1[q], f1);
-    a[2] = dequant_pair<1, TWO_STEP>(q0[q], f0);
-    a[3] = dequant_pair<1, TWO_STEP>(q1[q], f1);
-    gok::mma16816<__nv_bfloat16>(acc[0], a, prmt(x[q].x, x[q].z, 0x5410), prmt(x[q].x, x[q].z, 0x7632));
-    if (two) gok::mma16816<__nv_bfloat16>(acc[1], a, prmt(x8[q].x, x8[q].z, 0x5410), prmt(x8[q].x, x8[q].z, 0x7632));
-    // h = 1: nibbles (2, 6) and (3, 7)
-    a[0] = dequant_pair<2, TWO_STEP>(q0[q], f0);
-    a[1] = dequant_pair<2, TWO_STEP>(q1[q], f1);
-    a[2] = dequant_pair<3, TWO_STEP>(q0[q], f0);
-    a[3] = dequant_pair<3, TWO_STEP>(q1[q], f1);
-    gok::mma16816<__nv_bfloat16>(acc[0], a, prmt(x[q].y, x[q].w, 0x5410), prmt(x[q].y, x[q].w, 0x7632));
-    if (two) gok::mma16816<__nv_bfloat16>(acc[1], a, prmt(x8[q].y, x8[q].w, 0x5410), prmt(x8[q].y, x8[q].w, 0x7632));
+    mma_half<0, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].x, x[q].z, x8[q].x, x8[q].z, two);
+    mma_half<1, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].y, x[q].w, x8[q].y, x8[q].w, two);
   }
 }
 

@@ -768,8 +768,8 @@ def _pick(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k
 def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
     """16-row blocks of quantized experts (MXFP4 with bf16 activations, or e4m3 weights and activations on sm_90+):
     the CUDA decode GEMM (kernel_src/moe/decode_gemm_cuda.cu: weights as the MMA's A operand, read and converted
-    once per block) instead of the Triton tile (H100, 2026-12-05: 2.0x at T = 1, docs/moe.md). GOK_DECODE_GEMM=0 keeps the
-    Triton kernel."""
+    once per block) instead of the Triton tile (MXFP4 block on the H100, 2026-12-05: 2.0x at T = 1; docs/moe.md).
+    GOK_DECODE_GEMM=0 keeps the Triton kernel."""
     if ws is None or block_m != 16 or not a.is_cuda or out.dtype != torch.bfloat16 or out.stride(1) != 1:
         return False
     if w.dtype == torch.int32:  # MXFP4 words
