@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """Compile the MoE grouped GEMM for sm_90a without a GPU (Triton's bundled ptxas / nvdisasm) in the bf16,
 "mxfp4", "mxfp4_asm", "fp8" and "fp8_block" formats, with the host's first tile of each family at gpt-oss-20b
-shapes (plain loads and, for bf16 / FP8 tiles that use them, TMA descriptors), and the FP8 activation kernels
-(quant/fp8_triton.py), and report registers, local memory (spills), shared memory, MMA instructions (HMMA:
+shapes (plain loads and, for bf16 / FP8 tiles that use them, TMA descriptors), and finalize_slice
+(quant/fp8_triton.py; the CUDA C++ FP8 activation kernels: `make check-cuda`), and report registers, local memory (spills), shared memory, MMA instructions (HMMA:
 mma.sync, HGMMA / QGMMA: bf16 / e4m3 wgmma), `.ftz` in the PTX, and the SASS instruction mix of the main loop per
 weight value and thread. A kernel that does not compile for sm_90a fails here, before any device time is spent.
 
@@ -99,17 +99,9 @@ def compile_one(first, cfg, fmt, block_m, n, k):
                 loop_instr_per_value=round(n_loop / per_thread, 2), top=dict(ops.most_common(8)))
 
 
-def compile_fp8_act():
-    """pad_quant_fp8 / rms_norm_quant_fp8 (residual in, normed out) / finalize_slice (weighted, foreign ids
-    skipped) with the host's blocks at gpt-oss-20b shapes: H 2880, rows padded to 2944."""
-    block, warps = fq._block_h(2944)
+def compile_finalize_slice():
+    """finalize_slice (weighted, foreign ids skipped) with the host's block at gpt-oss-20b shapes: H 2880."""
     for kern, sig, const, warps in (
-            (fq._pad_quant_kernel, dict(x_ptr="*bf16", q_ptr="*fp8e4nv", scale_ptr="*fp32", h="i32", h_pad="i32",
-                                        stride_x="i32"), dict(BLOCK_H=block), warps),
-            (fq._rms_norm_quant_kernel, dict(x_ptr="*bf16", res_ptr="*bf16", w_ptr="*bf16", q_ptr="*fp8e4nv",
-                                             scale_ptr="*fp32", normed_ptr="*bf16", res_out_ptr="*bf16", h="i32",
-                                             h_pad="i32", eps="fp32"),
-             dict(HAS_RESIDUAL=True, WRITE_NORMED=True, BLOCK_H=block), warps),
             (fq._finalize_slice_kernel, dict(y_ptr="*bf16", ids_ptr="*i32", w_ptr="*fp32", out_ptr="*bf16", h="i32",
                                              k="i32", num_experts="i32", stride_y="i32"),
              dict(HAS_WEIGHTS=True, SKIP_FOREIGN=True, BLOCK_N=1024), 4)):
@@ -133,7 +125,7 @@ def main():
                 if cfg.w_tma or (cfg.a_tma and not first):  # and the plain-load variant (no TMA on the device)
                     print(json.dumps(compile_one(first, cfg._replace(w_tma=False, a_tma=False), fmt, block_m, n,
                                                  2880)), flush=True)
-    compile_fp8_act()
+    compile_finalize_slice()
 
 
 if __name__ == "__main__":

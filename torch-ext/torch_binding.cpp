@@ -78,10 +78,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   ops.def(
       "rms_norm_quant_fp8(Tensor x, Tensor weight, float eps, int h_pad, Tensor? residual=None, "
       "bool write_normed=False) -> (Tensor, Tensor, Tensor, Tensor)");
-#if defined(CPU_KERNEL)
-  ops.impl("pad_quant_fp8", BACKEND, &pad_quant_fp8);  // CUDA: Triton, registered in quant/fp8_act.py
+  ops.impl("pad_quant_fp8", BACKEND, &pad_quant_fp8);
   ops.impl("rms_norm_quant_fp8", BACKEND, &rms_norm_quant_fp8);
-#endif
 
   // --- attention ---
   ops.def("rotary_pos_emb(Tensor q, Tensor k, Tensor cos, Tensor sin, int unsqueeze_dim) -> (Tensor, Tensor)");

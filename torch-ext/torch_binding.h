@@ -51,12 +51,12 @@ at::Tensor finalize_slice(const at::Tensor& y, const at::Tensor& topk_ids, const
 #endif
 
 // --- fp8 activations ---------------------------------------------------------------------
-// kernel_src/fp8/fp8_cpu.cpp in the CPU variant; the CUDA variant's are Triton (gpt_oss_kernels/quant/fp8_act.py).
-#if defined(CPU_KERNEL)
+// kernel_src/fp8/: fp8_act_cuda.cu (CUDA variant) and fp8_cpu.cpp (CPU variant).
 std::tuple<at::Tensor, at::Tensor> pad_quant_fp8(const at::Tensor& x, int64_t h_pad);
 std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor> rms_norm_quant_fp8(
     const at::Tensor& x, const at::Tensor& weight, double eps, int64_t h_pad,
     const std::optional<at::Tensor>& residual, bool write_normed);
+#if defined(CPU_KERNEL)
 // Shared with moe_experts_fp8: per-row e4m3 of x (T, H) into (T, h_pad), and back to float (T, h).
 std::tuple<at::Tensor, at::Tensor> quantize_rows_fp8_cpu(const at::Tensor& x, int64_t h_pad);
 at::Tensor dequantize_rows_fp8_cpu(const at::Tensor& q, const at::Tensor& scale, int64_t h);

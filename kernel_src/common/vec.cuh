@@ -1,4 +1,4 @@
-// Shared device helpers: scalar conversions to/from fp32, 16-byte vector access, warp sums.
+// Shared device helpers: scalar conversions to/from fp32, 16-byte vector access, warp sums and maxima.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -42,6 +42,12 @@ __device__ __forceinline__ void load_float(const W* __restrict__ p, float (&out)
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
   for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
+  return v;
+}
+
+__device__ __forceinline__ float warp_max(float v) {
+#pragma unroll
+  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
   return v;
 }
 

@@ -1,5 +1,5 @@
 // Per-token FP8 (e4m3) activations on the CPU, emulated with c10::Float8_e4m3fn (round to nearest even), the same
-// op schemas and math as the CUDA variant's Triton kernels (gpt_oss_kernels/quant/fp8_act.py):
+// op schemas and math as the CUDA variant's kernels (fp8_act_cuda.cu; Python API: gpt_oss_kernels/quant/fp8_act.py):
 //
 //   scale[t] = max(amax_t / 448, 2^-126) in fp32 (1 / scale stays finite, an all-zero row quantizes to zeros);
 //   q[t, c]  = e4m3(clamp(x[t, c] * (1 / scale[t]), -448, 448)) for c < H, 0 for H <= c < h_pad.

@@ -2,7 +2,8 @@
 
 ``moe_experts_fp8`` and ``finalize_slice`` are ops of the C++ schema (torch-ext/torch_binding.cpp). CPU variant: C++
 (kernel_src/moe/moe_cpu.cpp; FP8 emulated: tokens and SwiGLU activations quantized per row and dequantized, each hit
-expert's weights dequantized, fp32 matmuls). CUDA variant, registered here with ``torch.library.impl``:
+expert's weights dequantized, fp32 matmuls). CUDA variant, registered here with ``torch.library.impl`` (Triton, and
+the CUDA C++ op pad_quant_fp8):
 
     pad_quant_fp8(hidden) -> dispatch -> GEMM 1 (W_FORMAT "fp8" / "fp8_block": e4m3 x e4m3 tensor cores, gathers
     e4m3 token rows; the token scale and the weight scales applied in fp32: per channel in the epilogue, per 128x128
@@ -168,7 +169,7 @@ def finalize_slice(y: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.
     return ops.finalize_slice(y, topk_ids.to(torch.int32).contiguous(), topk_weights, num_experts, h, skip_foreign)
 
 
-# --- CUDA implementation (Triton) ------------------------------------------------------------
+# --- CUDA implementation (Triton, and the pad_quant_fp8 op) -------------------------------------------------
 
 
 def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
@@ -184,16 +185,14 @@ def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_
     y, ids = grouped_gemm.experts_to_slots(
         xq, topk_ids, topk_weights, e, i2 // 2, padded_width(h), hidden.dtype, (gate_up_fp8, gate_up_scale),
         gate_up_bias, (down_fp8, down_scale), down_bias, alpha, limit, a_scales=xs,
-        quant_act=lambda act: fp8_triton.pad_quant_fp8(act, padded_width(i2 // 2)))
+        quant_act=lambda act: ops.pad_quant_fp8(act, padded_width(i2 // 2)))
     # moe_dispatch routes an id outside [0, E) nowhere (its y row is never written): flagged or skipped here.
     return fp8_triton.finalize_slice(y, ids, None, e, h, skip_foreign)
 
 
 def _moe_experts_fp8_cuda(hidden, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
                           down_scale, down_bias, alpha, limit, skip_foreign=False):
-    from ..quant import fp8_triton
-
-    xq, xs = fp8_triton.pad_quant_fp8(hidden, padded_width(hidden.shape[1]))
+    xq, xs = ops.pad_quant_fp8(hidden, padded_width(hidden.shape[1]))
     return _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias,
                              down_fp8, down_scale, down_bias, alpha, limit, skip_foreign)
 

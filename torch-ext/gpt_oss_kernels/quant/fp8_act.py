@@ -1,9 +1,8 @@
 """Per-token FP8 activations: ``pad_quant_fp8`` and the fused ``rms_norm_quant_fp8`` (norm + pad + quant).
 
-Both are ops of the C++ schema (torch-ext/torch_binding.cpp): the CPU variant implements them in C++
-(kernel_src/fp8/fp8_cpu.cpp, e4m3 emulated with c10::Float8_e4m3fn); in the CUDA variant they are the Triton
-kernels of ``quant/fp8_triton.py``, registered on the same schema with ``torch.library.impl``, with fake
-implementations for torch.compile. The math (quant/fp8.py, "Activations"): per-row fp32 scale
+Both are ops of the C++ schema (torch-ext/torch_binding.cpp), implemented in C++ in both variants: CPU
+kernel_src/fp8/fp8_cpu.cpp (e4m3 emulated with c10::Float8_e4m3fn), CUDA kernel_src/fp8/fp8_act_cuda.cu; the fake
+implementations for torch.compile are here. The math (quant/fp8.py, "Activations"): per-row fp32 scale
 ``max(amax / 448, 2^-126)``, ``q = e4m3(clamp(x * (1 / scale), -448, 448))``, columns H..h_pad-1 zero; a row with a
 NaN or an Inf gets scale NaN and q NaN (only that token's output turns NaN downstream).
 """
@@ -51,23 +50,6 @@ def rms_norm_quant_fp8(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5,
     q, scale, normed, res_out = ops.rms_norm_quant_fp8(x.contiguous(), weight.contiguous(), eps, h_pad, residual,
                                                        write_normed)
     return (q, scale) + ((normed,) if write_normed else ()) + ((res_out,) if residual is not None else ())
-
-
-def _pad_quant_fp8_cuda(x, h_pad):
-    from . import fp8_triton
-
-    return fp8_triton.pad_quant_fp8(x, h_pad)
-
-
-def _rms_norm_quant_fp8_cuda(x, weight, eps, h_pad, residual=None, write_normed=False):
-    from . import fp8_triton
-
-    return fp8_triton.rms_norm_quant_fp8(x, weight, eps, h_pad, residual, write_normed)
-
-
-if "_cuda_" in add_op_namespace_prefix("pad_quant_fp8"):
-    torch.library.impl(add_op_namespace_prefix("pad_quant_fp8"), "CUDA")(_pad_quant_fp8_cuda)
-    torch.library.impl(add_op_namespace_prefix("rms_norm_quant_fp8"), "CUDA")(_rms_norm_quant_fp8_cuda)
 
 
 @torch.library.register_fake(add_op_namespace_prefix("pad_quant_fp8"))
