@@ -100,6 +100,43 @@ def attention_implementation(continuous_batching: bool = False) -> str:
     return name
 
 
+def _static_cache_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
+                       attention_mask=None, **kwargs):
+    """transformers' flash mask function, with back the all-ones 2D mask that ``generate`` drops under a static
+    cache for this build's attention.
+
+    transformers runs a Hub kernel that has ``flash_attn_varlen_func`` (ours) through its flash wrapper and flash
+    mask, but ``generate`` keeps an unpadded batch's 2D mask under a static cache only when the implementation's
+    *name* contains "flash" (``is_flash_attention_requested``, transformers 5.25 ``generation/utils.py``), and
+    ours must not (GPT-OSS rewrites such names). With no mask the wrapper hands the attention the whole static
+    K/V buffers (``kv_length`` slots), and the bottom-right causal alignment then lets the prefill see later prompt
+    tokens and every step the zero slots not written yet. The written slots are those before ``q_offset +
+    q_length`` (slot ``j`` holds position ``kv_offset + j``; ``q_offset`` is a tensor for full static layers)."""
+    from transformers.masking_utils import flash_attention_mask
+
+    if attention_mask is None:
+        static = isinstance(q_offset, torch.Tensor)
+        if static and q_length == 1:
+            # Decode step: a kv_length mask of the written slots, from tensors (no host sync under torch.compile).
+            slots = torch.arange(kv_length, device=q_offset.device) + kv_offset
+            return (slots < q_offset + q_length).expand(batch_size, kv_length)
+        seen = int(q_offset) + q_length
+        if static or seen < kv_offset + kv_length:
+            # What generate passes for flash implementations: ones over the positions seen so far.
+            attention_mask = torch.ones(batch_size, seen, dtype=torch.bool, device=kwargs.get("device"))
+    return flash_attention_mask(batch_size, q_length, kv_length, q_offset=q_offset, kv_offset=kv_offset,
+                                attention_mask=attention_mask, **kwargs)
+
+
+def register_static_cache_mask(attn_implementation: str) -> None:
+    """Registers ``_static_cache_mask`` as the mask function of this build's attention names (transformers
+    registers its flash mask each time it loads the kernel, so this runs after the model is loaded)."""
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    if attn_implementation in (REPO_ID, CONTINUOUS_BATCHING_ALIAS):
+        ALL_MASK_ATTENTION_FUNCTIONS.register(attn_implementation, _static_cache_mask)
+
+
 class _ThisBuild:
     """A ``kernels`` layer repository for the layers of this very build: kernelize takes the layer from the
     package that is running, so no path or Hub lookup can pick another copy."""
@@ -243,6 +280,8 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
 
     with _registered(fused, config.model_type):
         model = GptOssForCausalLM.from_pretrained(model_id_or_path, config=config, use_kernels=False, **kwargs)
+    if attention:
+        register_static_cache_mask(model.config._attn_implementation)
     if attention and model.device.type == "cuda" and model.dtype == torch.float32:
         raise ValueError("from_pretrained: our CUDA attention takes float16 / bfloat16 activations, the model loaded "
                          "as float32: pass dtype=torch.bfloat16, or attention=False to keep transformers' attention")
