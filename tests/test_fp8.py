@@ -268,7 +268,33 @@ def test_moe_experts_fp8_vs_reference(kernel, device, T, granularity):
     poison_allocator(device, T * s["k"] * max(s["H"], s["I"]) * 4)
     out = kernel.moe_experts_fp8(x, ids, w, *[p[n] for n in _ARGS], ALPHA, LIMIT)
     assert out.shape == x.shape and out.dtype == x.dtype
-    assert rel_err(out, _ref(kernel, x, ids, w, p)) <= 1e-2
+    ref = _ref(kernel, x, ids, w, p)
+    # The act rows are requantized to e4m3 between the GEMMs: a last-bit bf16 difference in act (fp32 sums in
+    # another order than float64's) moves about 0.1% of its e4m3 codes by one step, so single outputs move by up
+    # to ~2e-2 of max |ref| while each GEMM stage stays within 4e-3 (H100, 2026-12-05, docs/moe.md "FP8 accuracy").
+    # Max-relative gets the FP8 tolerance; the Frobenius error, which one flipped code barely moves, stays at 1e-2.
+    assert rel_err(out, ref) <= 3e-2
+    if T:
+        assert fro_rel(out, ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_moe_experts_fp8_decode_gemm_configs(kernel, granularity, monkeypatch):
+    """The FP8 decode GEMM (16-row blocks) under each compiled (warps, spans per round) pair: the staged (4, 0) sums
+    the same spans per warp in the same order as the register rounds (4, 3), so the outputs are equal; (8, 0) splits
+    K over 8 warps (another order) and is held to the reference."""
+    s = _shape_for("cuda")
+    p = _fp8_experts(kernel, _bf16_experts(s, "cuda"), granularity)
+    x = torch.randn(3, s["H"], device="cuda").to(torch.bfloat16)
+    w, ids = _route(3, s["E"], s["k"], "cuda")
+    outs = {}
+    for cfg in ("4,3", "4,0", "8,0"):
+        monkeypatch.setenv("GOK_DECODE_GEMM_CFG", cfg)
+        outs[cfg] = kernel.moe_experts_fp8(x, ids, w, *[p[n] for n in _ARGS], ALPHA, LIMIT)
+    assert torch.equal(outs["4,0"], outs["4,3"])
+    ref = _ref(kernel, x, ids, w, p)
+    assert rel_err(outs["8,0"], ref) <= 3e-2 and fro_rel(outs["8,0"], ref) <= 1e-2
 
 
 @pytest.mark.parametrize("granularity", ["channel", "block"])
