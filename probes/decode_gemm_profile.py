@@ -53,15 +53,16 @@ def main():
                     us = harness.median_us_graph(calls, replays=40)
                     print(f"T={T} pair={pair} block_us={us:.2f}", flush=True)
                 continue
-            for c in calls:
-                c()
-            torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStart()
-            for c in calls[:2]:
-                c()
-            torch.cuda.synchronize()
-            torch.cuda.cudart().cudaProfilerStop()
-            print(f"T={T} profiled 2 calls", flush=True)
+            for pair in args.pairs:  # one call per pair between cudaProfilerStart / Stop (ncu's launch order)
+                os.environ["GOK_DECODE_GEMM_CFG"] = pair
+                for c in calls:
+                    c()
+                torch.cuda.synchronize()
+                torch.cuda.cudart().cudaProfilerStart()
+                calls[0]()
+                torch.cuda.synchronize()
+                torch.cuda.cudart().cudaProfilerStop()
+                print(f"T={T} pair={pair} profiled one call", flush=True)
 
 
 if __name__ == "__main__":
