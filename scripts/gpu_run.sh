@@ -76,8 +76,21 @@ gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under c
   if [ "$SANITIZE" = 1 ]; then
     # Without the caching allocator every allocation is a cudaMalloc, which CUDA-graph capture
     # refuses: the graph-capture tests cannot run under the sanitizer and are deselected here.
-    run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
-      python3 -m pytest -m gpu -x -q -k "not cuda_graph" "$@" -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -40
+    # One process per test file (given with --tests, else every tests/test_*.py), so each file starts
+    # with the device memory free (one process for the whole suite ran out of memory after ~190 tests,
+    # 2026-12-04); $OUT/sanitize_summary.txt gets each file's pytest result and memcheck error count.
+    local files=("$@") rc=0 f
+    [ ${#files[@]} -gt 0 ] || files=(tests/test_*.py)
+    : > "$OUT/$log"
+    for f in "${files[@]}"; do
+      run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
+        python3 -m pytest -m gpu -q -k "not cuda_graph" "$f" -p no:cacheprovider > "$OUT/sanitize_one.log" 2>&1 || rc=1
+      cat "$OUT/sanitize_one.log" >> "$OUT/$log"
+      echo "$f: $(grep -E '(passed|failed|error|no tests ran)' "$OUT/sanitize_one.log" | tail -1) |" \
+        "$(grep -E 'ERROR SUMMARY' "$OUT/sanitize_one.log" | tail -1)" | tee -a "$OUT/sanitize_summary.txt"
+    done
+    rm -f "$OUT/sanitize_one.log"
+    return $rc
   else
     run python3 -m pytest -m gpu -q "$@" -p no:cacheprovider 2>&1 | tee "$OUT/$log" | tail -40
   fi
