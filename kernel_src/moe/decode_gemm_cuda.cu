@@ -212,12 +212,13 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
   constexpr bool kStaged = D == 0;
   constexpr bool kEarly = kStaged && !FIRST;  // weights in flight before the wait
   if constexpr (!kEarly) gok::pdl_wait_and_release();
-  const int blk_row = blockIdx.x;
+  // Staged: column tiles fastest in the grid, so the CTAs resident on an SM mostly share a block (its x rows in L1).
+  const int blk_row = kStaged ? blockIdx.y : blockIdx.x;
   const int e = kEarly ? __ldcg(p.block_expert + blk_row) : p.block_expert[blk_row];
   if (e < 0 || e >= p.num_experts) return;
   const int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int n0 = blockIdx.y * kTileN;
+  const int n0 = (kStaged ? blockIdx.x : blockIdx.y) * kTileN;
   const int64_t row0 = static_cast<int64_t>(blk_row) * kBlockM;
   const int nchunks = p.k / kChunkK<F>;  // 16-byte chunks per weight row
   const int nspans = (nchunks + 3) / 4;
@@ -362,7 +363,8 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
 
 template <Fmt F, bool FIRST, int WK, int D>
 void launch(const DecodeParams& p, int nb, cudaStream_t stream) {
-  const dim3 grid(nb, (p.n + kTileN - 1) / kTileN, 1);
+  const int ntiles = (p.n + kTileN - 1) / kTileN;
+  const dim3 grid = D == 0 ? dim3(ntiles, nb, 1) : dim3(nb, ntiles, 1);
   gok::launch_pdl(decode_gemm_kernel<F, FIRST, WK, D>, grid, dim3(32 * WK, 1, 1), D == 0 ? kStageBytes : 0, stream,
                   p);
 }
@@ -451,7 +453,7 @@ void moe_gemm_decode(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
   TORCH_CHECK(n < (int64_t{1} << 24) && k < (int64_t{1} << 24), "moe_gemm_decode: sizes out of range");
   const int64_t nb = block_expert.numel();
   if (nb == 0 || n == 0 || k == 0) return;
-  TORCH_CHECK(nb < (int64_t{1} << 31) && (n + kTileN - 1) / kTileN < 65536, "moe_gemm_decode: grid too large");
+  TORCH_CHECK(nb < 65536 && (n + kTileN - 1) / kTileN < 65536, "moe_gemm_decode: grid too large");
   const c10::cuda::CUDAGuard guard(a.device());
   if (!mx) {
     TORCH_CHECK(gok::device_info(a.get_device()).first >= 9, "moe_gemm_decode: FP8 needs sm_90");
