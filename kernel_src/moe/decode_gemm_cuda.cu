@@ -33,8 +33,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <cstdio>
-#include <cstdlib>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
@@ -174,57 +172,18 @@ __device__ __forceinline__ void load_x(uint4 (&x)[N], const char* row, int chunk
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// Spans per shared-memory stage: 24 KB of weights (a span is 16 rows x 64 bytes), K = 2880 in one stage for MXFP4.
-constexpr int kStageSpans = 24;
-constexpr int kStageBytes = kStageSpans * kTileN * 64;
-
-__device__ __forceinline__ void cp_async16(void* dst, const void* src, bool ok) {  // zero-fills when !ok
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0) : "memory");
-}
-
-// The CTA's weight rows n0 .. n0 + 15, spans s0 .. s0 + ns - 1, into the stage: span s at [s][slot][chunk] (16-byte
-// chunks), weight row 2i in slot i and row 2i + 1 in slot 8 + i, so lane (g, c) reads its two rows' chunk c at
-// [s][g][c] and [s][8 + g][c] (consecutive lanes, consecutive 16 bytes: no bank conflicts). Consecutive threads copy
-// consecutive chunks of one row (coalesced); chunks past K and rows past N are zero-filled.
-template <int NT>
-__device__ __forceinline__ void stage_weights(uint4* stage, const uint4* w, int e, int n0, int n, int nchunks, int s0,
-                                              int ns) {
-  const int per_row = ns * 4;
-  for (int i = threadIdx.x; i < kTileN * per_row; i += NT) {
-    const int r = i / per_row, q = i - r * per_row, b = s0 * 4 + q;
-    const bool ok = n0 + r < n && b < nchunks;
-    const uint4* src = w + (ok ? (static_cast<int64_t>(e) * n + n0 + r) * nchunks + b : 0);
-    cp_async16(stage + ((q >> 2) * kTileN + (r >> 1) + (r & 1) * 8) * 4 + (q & 3), src, ok);
-  }
-  asm volatile("cp.async.commit_group;\n" ::: "memory");
-}
-
-// WK warps split K. D > 0: each warp takes up to D spans per round into registers, all weight loads of a round
-// issued before its MMAs. D == 0 ("staged"): the CTA copies up to kStageSpans spans of its 16 rows into shared
-// memory with cp.async at once (24 KB in flight per CTA instead of a round's 12 KB), then each warp takes spans
-// wk, wk + WK, ... of the stage. Staged GEMM 2 starts that copy before waiting for GEMM 1 (programmatic dependent
-// launch): its weights are constant, and block_expert / sorted_pos are GEMM 1's, complete before any GEMM 1 CTA
-// passes its own wait and lets GEMM 2 launch (block_expert read through L2 with ld.cg).
+// WK warps split K; each takes up to D spans per round, all weight loads of a round issued before its MMAs.
 template <Fmt F, bool FIRST, int WK, int D>
 __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams p) {
   constexpr bool kFp8 = F != Fmt::kMxfp4;
-  constexpr bool kStaged = D == 0;
-  constexpr bool kEarly = kStaged && !FIRST;  // weights in flight before the wait
-  if constexpr (!kEarly) gok::pdl_wait_and_release();
-  // Staged: column tiles fastest in the grid, so the CTAs resident on an SM mostly share a block (its x rows in L1).
-  const int blk_row = kStaged ? blockIdx.y : blockIdx.x;
-  const int e = kEarly ? __ldcg(p.block_expert + blk_row) : p.block_expert[blk_row];
+  gok::pdl_wait_and_release();
+  const int blk_row = blockIdx.x;
+  const int e = p.block_expert[blk_row];
   if (e < 0 || e >= p.num_experts) return;
   const int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
   const int g = lane >> 2, c = lane & 3;
-  const int n0 = (kStaged ? blockIdx.x : blockIdx.y) * kTileN;
+  const int n0 = blockIdx.y * kTileN;
   const int64_t row0 = static_cast<int64_t>(blk_row) * kBlockM;
-  const int nchunks = p.k / kChunkK<F>;  // 16-byte chunks per weight row
-  const int nspans = (nchunks + 3) / 4;
-  extern __shared__ uint4 stage[];
-  if constexpr (kStaged) stage_weights<32 * WK>(stage, p.w, e, n0, p.n, nchunks, 0, min(kStageSpans, nspans));
-  if constexpr (kEarly) gok::pdl_wait_and_release();
 
   // The block's rows: real ones first (sorted_pos >= 0), then padding. a_row(col): the row of a that B column col
   // reads (GEMM 1: the slot's token; GEMM 2: the act row).
@@ -237,6 +196,8 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
   const char* xg = p.a + a_row(g, __shfl_sync(0xffffffffu, pos_l, g)) * p.stride_a;
   const char* xg8 = p.a + a_row(g + 8, __shfl_sync(0xffffffffu, pos_l, g + 8)) * p.stride_a;
 
+  const int nchunks = p.k / kChunkK<F>;  // 16-byte chunks per weight row
+  const int nspans = (nchunks + 3) / 4;
   const int r0 = n0 + 2 * g, r1 = r0 + 1;
   const bool ok0 = r0 < p.n, ok1 = r1 < p.n;
   const int64_t base0 = (static_cast<int64_t>(e) * p.n + (ok0 ? r0 : 0)) * nchunks;
@@ -246,68 +207,36 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
                             ? p.w_scale + (static_cast<int64_t>(e) * p.ws_nbn + n0 / 128) * p.ws_nbk : nullptr;
 
   float acc[2][4] = {};
-  // One span of this lane: weights w0 / w1 (rows r0 / r1), scale bytes sc (MXFP4: row r0 | row r1 << 8).
-  auto span_math = [&](int span, const uint4& w0, const uint4& w1, uint32_t sc) {
-    const int b = span * 4 + c;
-    uint4 x[kXVecs<F>], x8[kXVecs<F>] = {};
-    load_x(x, xg, b, b < nchunks && g < nrows);
-    if (two) load_x(x8, xg8, b, b < nchunks && g + 8 < nrows);
-    if constexpr (kFp8) {
-      span_fp8(acc, w0, w1, x[0], x8[0], two, F == Fmt::kFp8Block ? __ldg(bscale + span / 2) : 1.f);
-    } else {
-      const uint32_t s0 = sc & 0xFFu, s1 = sc >> 8;
-      if (__any_sync(0xffffffffu, s0 > 128 || s1 > 128))
-        span_mxfp4<true>(acc, w0, w1, s0, s1, x, x8, two);
-      else
-        span_mxfp4<false>(acc, w0, w1, s0, s1, x, x8, two);
-    }
-  };
-  auto scale_bytes = [&](int span) -> uint32_t {
-    const int b = span * 4 + c;
-    if constexpr (kFp8) return 0u;
-    const bool in = span < nspans && b < nchunks;
-    return (in && ok0 ? static_cast<uint32_t>(__ldg(p.s + base0 + b)) : 0u) |
-           (in && ok1 ? static_cast<uint32_t>(__ldg(p.s + base1 + b)) << 8 : 0u);
-  };
-
-  if constexpr (kStaged) {
-    constexpr int kPerWarp = (kStageSpans + WK - 1) / WK;
-    for (int s0 = 0; s0 < nspans; s0 += kStageSpans) {
-      const int ns = min(kStageSpans, nspans - s0);
-      if (s0 > 0) {
-        __syncthreads();  // every warp is done with the previous stage
-        stage_weights<32 * WK>(stage, p.w, e, n0, p.n, nchunks, s0, ns);
-      }
-      uint32_t sc[kPerWarp];  // this warp's scale bytes of the stage, loaded while the copy is in flight
+  for (int first_span = wk; first_span < nspans; first_span += WK * D) {
+    uint4 w0[D], w1[D];
+    uint32_t sc[D];
 #pragma unroll
-      for (int j = 0; j < kPerWarp; ++j) sc[j] = wk + j * WK < ns ? scale_bytes(s0 + wk + j * WK) : 0u;
-      asm volatile("cp.async.wait_all;\n" ::: "memory");
-      __syncthreads();
-#pragma unroll
-      for (int j = 0; j < kPerWarp; ++j) {
-        const int sl = wk + j * WK;
-        if (sl >= ns) break;  // uniform over the warp
-        const uint4 w0 = stage[(sl * kTileN + g) * 4 + c], w1 = stage[(sl * kTileN + 8 + g) * 4 + c];
-        span_math(s0 + sl, w0, w1, sc[j]);
+    for (int d = 0; d < D; ++d) {
+      const int b = (first_span + d * WK) * 4 + c;
+      const bool in = first_span + d * WK < nspans && b < nchunks;
+      w0[d] = in && ok0 ? ld_stream16(p.w + base0 + b) : make_uint4(0, 0, 0, 0);
+      w1[d] = in && ok1 ? ld_stream16(p.w + base1 + b) : make_uint4(0, 0, 0, 0);
+      if constexpr (!kFp8) {
+        sc[d] = (in && ok0 ? static_cast<uint32_t>(__ldg(p.s + base0 + b)) : 0u) |
+                (in && ok1 ? static_cast<uint32_t>(__ldg(p.s + base1 + b)) << 8 : 0u);
       }
     }
-  } else {
-    for (int first_span = wk; first_span < nspans; first_span += WK * D) {
-      uint4 w0[D], w1[D];
-      uint32_t sc[D];
 #pragma unroll
-      for (int d = 0; d < D; ++d) {
-        const int b = (first_span + d * WK) * 4 + c;
-        const bool in = first_span + d * WK < nspans && b < nchunks;
-        w0[d] = in && ok0 ? ld_stream16(p.w + base0 + b) : make_uint4(0, 0, 0, 0);
-        w1[d] = in && ok1 ? ld_stream16(p.w + base1 + b) : make_uint4(0, 0, 0, 0);
-        sc[d] = scale_bytes(first_span + d * WK);
-      }
-#pragma unroll
-      for (int d = 0; d < D; ++d) {
-        const int span = first_span + d * WK;
-        if (span >= nspans) break;  // uniform over the warp
-        span_math(span, w0[d], w1[d], sc[d]);
+    for (int d = 0; d < D; ++d) {
+      const int span = first_span + d * WK;
+      if (span >= nspans) break;  // uniform over the warp
+      const int b = span * 4 + c;
+      uint4 x[kXVecs<F>], x8[kXVecs<F>] = {};
+      load_x(x, xg, b, b < nchunks && g < nrows);
+      if (two) load_x(x8, xg8, b, b < nchunks && g + 8 < nrows);
+      if constexpr (kFp8) {
+        span_fp8(acc, w0[d], w1[d], x[0], x8[0], two, F == Fmt::kFp8Block ? __ldg(bscale + span / 2) : 1.f);
+      } else {
+        const uint32_t s0 = sc[d] & 0xFFu, s1 = sc[d] >> 8;
+        if (__any_sync(0xffffffffu, s0 > 128 || s1 > 128))
+          span_mxfp4<true>(acc, w0[d], w1[d], s0, s1, x, x8, two);
+        else
+          span_mxfp4<false>(acc, w0[d], w1[d], s0, s1, x, x8, two);
       }
     }
   }
@@ -328,8 +257,6 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
   }
 
   // Epilogue. acc[t][0..1]: weight row r0, block rows 8t + 2c + {0, 1}; acc[t][2..3]: row r1, same rows.
-  // (sorted_pos read again rather than kept live through the main loop: ptxas spilled it.)
-  const int pos_e = lane < kBlockM ? p.sorted_pos[row0 + lane] : -1;
   const int64_t eb = static_cast<int64_t>(e) * p.n;
   const float b0 = p.bias != nullptr && ok0 ? __bfloat162float(p.bias[eb + r0]) : 0.f;
   const float b1 = p.bias != nullptr && ok1 ? __bfloat162float(p.bias[eb + r1]) : 0.f;
@@ -340,7 +267,7 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
 #pragma unroll
     for (int cc = 0; cc < 2; ++cc) {
       const int col = 8 * t + 2 * c + cc;
-      const int pos = __shfl_sync(0xffffffffu, pos_e, col);
+      const int pos = __shfl_sync(0xffffffffu, pos_l, col);
       if (col >= nrows) continue;
       const float as = kFp8 ? p.a_scale[a_row(col, pos)] : 1.f;
       const float v0 = acc[t][cc] * as * cs0 + b0, v1 = acc[t][2 + cc] * as * cs1 + b1;
@@ -363,31 +290,19 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
 
 template <Fmt F, bool FIRST, int WK, int D>
 void launch(const DecodeParams& p, int nb, cudaStream_t stream) {
-  const int ntiles = (p.n + kTileN - 1) / kTileN;
-  const dim3 grid = D == 0 ? dim3(ntiles, nb, 1) : dim3(nb, ntiles, 1);
-  gok::launch_pdl(decode_gemm_kernel<F, FIRST, WK, D>, grid, dim3(32 * WK, 1, 1), D == 0 ? kStageBytes : 0, stream,
-                  p);
+  const dim3 grid(nb, (p.n + kTileN - 1) / kTileN, 1);
+  gok::launch_pdl(decode_gemm_kernel<F, FIRST, WK, D>, grid, dim3(32 * WK, 1, 1), 0, stream, p);
 }
 
-// (warps over K, spans per round; 0 = staged): by default (4, 3), register rounds, the fastest of (4, 3), (4, 6),
-// (8, 3), (2, 6) (H100, 2026-12-05: T = 1 block 47.9 us). GOK_DECODE_GEMM_CFG="wk,d" picks another compiled pair
-// (read per launch: probes and tests sweep it): (4, 0) and (8, 0) staged, not timed yet.
-template <Fmt F, bool FIRST>
-void launch_cfg(const DecodeParams& p, int nb, cudaStream_t stream) {
-  const char* env = std::getenv("GOK_DECODE_GEMM_CFG");
-  int wk = 4, d = 3;
-  if (env != nullptr && std::sscanf(env, "%d,%d", &wk, &d) != 2) wk = 4, d = 3;
-  if (wk == 4 && d == 0) return launch<F, FIRST, 4, 0>(p, nb, stream);
-  if (wk == 8 && d == 0) return launch<F, FIRST, 8, 0>(p, nb, stream);
-  return launch<F, FIRST, 4, 3>(p, nb, stream);
-}
-
+// 4 warps over K, 3 spans per round: the fastest measured (H100, 2026-12-05: T = 1 block 47.9 us against 52.3-55.2
+// for (4, 6), (8, 3), (2, 6); 2026-12-06: a shared-memory staged variant, the CTA's 16 rows copied with cp.async at
+// once, took 56.1 us; docs/moe.md "Decode GEMM").
 template <Fmt F>
 void launch_fmt(const DecodeParams& p, int nb, bool first, cudaStream_t stream) {
   if (first)
-    launch_cfg<F, true>(p, nb, stream);
+    launch<F, true, 4, 3>(p, nb, stream);
   else
-    launch_cfg<F, false>(p, nb, stream);
+    launch<F, false, 4, 3>(p, nb, stream);
 }
 
 }  // namespace
@@ -453,7 +368,7 @@ void moe_gemm_decode(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
   TORCH_CHECK(n < (int64_t{1} << 24) && k < (int64_t{1} << 24), "moe_gemm_decode: sizes out of range");
   const int64_t nb = block_expert.numel();
   if (nb == 0 || n == 0 || k == 0) return;
-  TORCH_CHECK(nb < 65536 && (n + kTileN - 1) / kTileN < 65536, "moe_gemm_decode: grid too large");
+  TORCH_CHECK(nb < (int64_t{1} << 31) && (n + kTileN - 1) / kTileN < 65536, "moe_gemm_decode: grid too large");
   const c10::cuda::CUDAGuard guard(a.device());
   if (!mx) {
     TORCH_CHECK(gok::device_info(a.get_device()).first >= 9, "moe_gemm_decode: FP8 needs sm_90");
