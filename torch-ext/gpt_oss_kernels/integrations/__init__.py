@@ -4,9 +4,11 @@
   kernel_config=...)`` on accelerators (bf16 checkpoints).
 * ``from_pretrained()``: loads a GPT-OSS checkpoint (bf16 or MXFP4 as it ships) with every layer of ours,
   attention included, on any device (CPU too), under transformers 5.22 to 5.25.
+* ``register_static_cache_mask(name)``: after transformers' own ``from_pretrained`` with our attention, makes
+  ``generate(..., cache_implementation="static")`` correct (``from_pretrained()`` above does it itself).
 """
 
 from .decode import DecodeRunner
-from .routes import attention_implementation, from_pretrained, kernel_config
+from .routes import attention_implementation, from_pretrained, kernel_config, register_static_cache_mask
 
-__all__ = ["DecodeRunner", "attention_implementation", "from_pretrained", "kernel_config"]
+__all__ = ["DecodeRunner", "attention_implementation", "from_pretrained", "kernel_config", "register_static_cache_mask"]
