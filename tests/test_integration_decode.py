@@ -257,6 +257,29 @@ def test_static_cache_generate_equals_dynamic(kernel, models_cpu, batch, prompt_
         dynamic.sequences.tolist()
 
 
+def test_kernel_config_registers_static_cache_mask(kernel, monkeypatch):
+    """transformers' own route (``from_pretrained(..., kernel_config=kernel_config(), attn_implementation=...)``,
+    accelerators only): transformers registers its flash mask for our attention when the model loads; our
+    KernelConfig puts the static-cache mask back when ``set_use_kernels`` maps the model (the mapping itself is
+    stubbed here: on the CPU the layouts are registered only inside our from_pretrained)."""
+    from transformers import KernelConfig
+    from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+
+    routes = kernel.integrations.routes
+    name = kernel.integrations.attention_implementation()
+    model = tiny_model()
+    model.set_attn_implementation(name)
+    before = ALL_MASK_ATTENTION_FUNCTIONS[name]
+    # What transformers' load_and_register_attn_kernel registers for a kernel with flash_attn_varlen_func.
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, ALL_MASK_ATTENTION_FUNCTIONS["flash_attention_2"])
+    monkeypatch.setattr(KernelConfig, "create_compatible_mapping", lambda self, model, *a, **k: None)
+    cfg = kernel.kernel_config()
+    assert isinstance(cfg, KernelConfig)
+    cfg.create_compatible_mapping(model)
+    assert ALL_MASK_ATTENTION_FUNCTIONS[name] is routes._static_cache_mask
+    ALL_MASK_ATTENTION_FUNCTIONS.register(name, before)
+
+
 def test_static_cache_generate_with_padding_equals_dynamic(kernel, models_cpu):
     """Rows of different lengths (left padding, an explicit mask): the static cache's greedy tokens equal the
     dynamic cache's, including a row longer than the sliding window."""

@@ -60,9 +60,9 @@ def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revisio
     ``revision``; a local build through ``LOCAL_KERNELS="<repo_id>=/path/to/checkout"`` (then the default is
     ``revision="v1"``, which kernels 0.17 needs offline and 0.19 accepts). For MXFP4 checkpoints use
     ``from_pretrained`` (transformers' MXFP4 quantizer would replace the MoE block first).
+    The config also makes ``generate(..., cache_implementation="static")`` correct with our attention
+    (``register_static_cache_mask`` once the model is loaded).
     """
-    from transformers import KernelConfig
-
     if version is not None and revision is not None:
         raise ValueError(f"pass version or revision, not both (got version={version!r}, revision={revision!r})")
     if version is None and revision is None:
@@ -82,7 +82,27 @@ def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revisio
     # transformers keeps the class patches of a load for every later load: drop ours, so that this config
     # (fused or not) is what the next load gets.
     _unregister(_our_patches())
-    return KernelConfig(kernel_mapping=mapping, inherit_mapping=False)
+    return _kernel_config_class()(kernel_mapping=mapping, inherit_mapping=False)
+
+
+_KERNEL_CONFIG_CLASS = None
+
+
+def _kernel_config_class():
+    """transformers' ``KernelConfig`` plus one step: when ``set_use_kernels`` maps the loaded model (after
+    transformers registered its flash mask for our attention at load), ``register_static_cache_mask`` for the
+    model's attention name, so ``generate(..., cache_implementation="static")`` is correct on this route too."""
+    global _KERNEL_CONFIG_CLASS
+    if _KERNEL_CONFIG_CLASS is None:
+        from transformers import KernelConfig
+
+        class GptOssKernelConfig(KernelConfig):
+            def create_compatible_mapping(self, model, *args, **kwargs):
+                register_static_cache_mask(getattr(model.config, "_attn_implementation", None))
+                return super().create_compatible_mapping(model, *args, **kwargs)
+
+        _KERNEL_CONFIG_CLASS = GptOssKernelConfig
+    return _KERNEL_CONFIG_CLASS
 
 
 def attention_implementation(continuous_batching: bool = False) -> str:
