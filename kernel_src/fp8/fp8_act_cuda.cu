@@ -13,9 +13,10 @@
 // change a result: an amax below 448 * 2^-126 gives the minimum scale either way). The clamp is the conversion's
 // .satfinite (finite values past +-448 saturate; NaN stays NaN: 0x7F). A NaN scale makes every q < H NaN.
 //
-// Layout, fast path (the structure of rmsnorm_cuda.cu): one block of 32..384 threads per row (two rows per block
-// for short rows from kTwoRowsFrom rows without a residual), thread t holding vectors v = t + blockDim * j (j < VPL)
-// of 16 bytes (N elements) in registers, so x (and the residual) are read once. Two block reductions (sum of
+// Layout, fast path (rmsnorm_cuda.cu's; the row loads, residual add and warp partials are common/rows.cuh): one block
+// of 32..384 threads per row (two rows per block for short rows from kTwoRowsFrom rows without a residual), thread t
+// holding vectors v = t + blockDim * j (j < VPL) of 16 bytes (N elements) in registers, so x (and the residual) are
+// read once. Two block reductions (sum of
 // squares, then amax), each warp shuffles + its own shared array (no barrier between reusing one), one barrier each.
 // Each vector of N inputs becomes N e4m3 bytes in one store (8 or 4 bytes); vectors nvec..h_pad/N-1 are the zero
 // padding. Fallback (H or h_pad not a multiple of N, unaligned rows, or rows over 384 * 8 vectors): one warp per
@@ -29,6 +30,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "common/rows.cuh"
 #include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
 
@@ -87,44 +89,12 @@ __global__ void __launch_bounds__(kMaxThreads) quant_vec_kernel(const Params<T, 
   __shared__ float amax_part[ROWS][kSlots];
   const int nvec = p.hidden / N;
   const int tid = threadIdx.x;
-  const int nwarps = blockDim.x / kWarp;
   const int64_t row0 = static_cast<int64_t>(blockIdx.x) * ROWS;
   const int nrows = static_cast<int>(p.rows - row0 < ROWS ? p.rows - row0 : ROWS);
 
   Vec16<T> cur[ROWS][VPL];
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int v = tid + j * blockDim.x;
-      if (r < nrows && v < nvec) cur[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(p.x + (row0 + r) * p.hidden) + v);
-    }
-  }
-  if constexpr (ADD) {
-    Vec16<T> res[ROWS][VPL];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (r < nrows && v < nvec)
-          res[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(p.residual + (row0 + r) * p.hidden) + v);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (r < nrows && v < nvec) {
-#pragma unroll
-          for (int i = 0; i < N; ++i)
-            cur[r][j].v[i] = from_float<T>(to_float(cur[r][j].v[i]) + to_float(res[r][j].v[i]));
-          reinterpret_cast<uint4*>(p.residual_out + (row0 + r) * p.hidden)[v] = cur[r][j].raw;
-        }
-      }
-    }
-  }
+  gok::load_rows<T, VPL, ROWS>(cur, p.x, row0, nrows, p.hidden, nvec);
+  if constexpr (ADD) gok::add_residual_rows<T, VPL, ROWS>(cur, p.residual, p.residual_out, row0, nrows, p.hidden, nvec);
   if constexpr (NORM) {
     __shared__ float sq_part[ROWS][kSlots];
     float w[VPL][N];  // L2-resident: every block reads the same bytes
@@ -133,24 +103,9 @@ __global__ void __launch_bounds__(kMaxThreads) quant_vec_kernel(const Params<T, 
       const int v = tid + j * blockDim.x;
       if (v < nvec) gok::load_float<W, N>(p.weight + v * N, w[j]);
     }
-    // Slots of warps this block does not have are zeroed, so every thread sums all kSlots.
 #pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-      float sum_sq = 0.f;
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        if (tid + j * blockDim.x < nvec) {
-#pragma unroll
-          for (int i = 0; i < N; ++i) {
-            const float f = to_float(cur[r][j].v[i]);
-            sum_sq = fmaf(f, f, sum_sq);
-          }
-        }
-      }
-      sum_sq = gok::warp_sum(sum_sq);
-      if (tid % kWarp == 0) sq_part[r][tid / kWarp] = sum_sq;
-      if (tid >= nwarps && tid < kSlots) sq_part[r][tid] = 0.f;
-    }
+    for (int r = 0; r < ROWS; ++r)
+      gok::store_warp_partial(sq_part[r], gok::warp_sum(gok::thread_sum_sq<T, VPL>(cur[r], nvec)));
     __syncthreads();
     // cur becomes the normed rows, rounded to T: what is written and what is quantized.
 #pragma unroll
@@ -181,9 +136,7 @@ __global__ void __launch_bounds__(kMaxThreads) quant_vec_kernel(const Params<T, 
         for (int i = 0; i < N; ++i) amax = fmaxf(amax, abs_nan_inf(to_float(cur[r][j].v[i])));
       }
     }
-    amax = gok::warp_max(amax);
-    if (tid % kWarp == 0) amax_part[r][tid / kWarp] = amax;
-    if (tid >= nwarps && tid < kSlots) amax_part[r][tid] = 0.f;
+    gok::store_warp_partial(amax_part[r], gok::warp_max(amax));
   }
   __syncthreads();
   const int nqvec = p.h_pad / N;

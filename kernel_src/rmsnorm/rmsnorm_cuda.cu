@@ -20,6 +20,7 @@
 
 #include <algorithm>
 
+#include "common/rows.cuh"
 #include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
 
@@ -50,39 +51,8 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
 
   // All of this block's rows are loaded before any reduction (ROWS rows in flight per block).
   Vec16<T> cur[ROWS][VPL];
-#pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      const int v = tid + j * blockDim.x;
-      if (r < nrows && v < nvec) cur[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(x + (row0 + r) * hidden) + v);
-    }
-  }
-  if constexpr (ADD) {
-    Vec16<T> res[ROWS][VPL];
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (r < nrows && v < nvec)
-          res[r][j].raw = __ldcs(reinterpret_cast<const uint4*>(residual + (row0 + r) * hidden) + v);
-      }
-    }
-#pragma unroll
-    for (int r = 0; r < ROWS; ++r) {
-#pragma unroll
-      for (int j = 0; j < VPL; ++j) {
-        const int v = tid + j * blockDim.x;
-        if (r < nrows && v < nvec) {
-#pragma unroll
-          for (int i = 0; i < N; ++i)
-            cur[r][j].v[i] = from_float<T>(to_float(cur[r][j].v[i]) + to_float(res[r][j].v[i]));
-          reinterpret_cast<uint4*>(residual_out + (row0 + r) * hidden)[v] = cur[r][j].raw;
-        }
-      }
-    }
-  }
+  gok::load_rows<T, VPL, ROWS>(cur, x, row0, nrows, hidden, nvec);
+  if constexpr (ADD) gok::add_residual_rows<T, VPL, ROWS>(cur, residual, residual_out, row0, nrows, hidden, nvec);
   // This thread's slice of the weight, as fp32 (L2-resident: every block reads the same bytes).
   float w[VPL][N];
 #pragma unroll
@@ -93,24 +63,9 @@ rms_norm_vec_kernel(T* __restrict__ out, T* __restrict__ residual_out, const T* 
 
   // Per-row sums of squares: warp shuffles, then a fixed-length read of kSlots partials per row
   // (lanes of warp 0 zero the slots of warps this block does not have), one barrier for all rows.
-  const int nwarps = blockDim.x / kWarp;
 #pragma unroll
-  for (int r = 0; r < ROWS; ++r) {
-    float sum_sq = 0.f;
-#pragma unroll
-    for (int j = 0; j < VPL; ++j) {
-      if (tid + j * blockDim.x < nvec) {
-#pragma unroll
-        for (int i = 0; i < N; ++i) {
-          const float f = to_float(cur[r][j].v[i]);
-          sum_sq = fmaf(f, f, sum_sq);
-        }
-      }
-    }
-    sum_sq = gok::warp_sum(sum_sq);
-    if (tid % kWarp == 0) partial[r][tid / kWarp] = sum_sq;
-    if (tid >= nwarps && tid < kSlots) partial[r][tid] = 0.f;
-  }
+  for (int r = 0; r < ROWS; ++r)
+    gok::store_warp_partial(partial[r], gok::warp_sum(gok::thread_sum_sq<T, VPL>(cur[r], nvec)));
   __syncthreads();
 #pragma unroll
   for (int r = 0; r < ROWS; ++r) {
