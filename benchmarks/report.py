@@ -31,6 +31,7 @@ ANCHOR_RE = re.compile(r"transformers|liger|triton_kernels|flex|eager|torch|cubl
 SIZE_RE = re.compile(r"\b([TS])=(\d+)\b")
 AXIS_LABEL = {"T": "tokens T", "S": "sequence length S (tokens)"}
 CORE_KEYS = ("family", "case", "impl", "median_us", "floor_us", "pct_of_floor")
+STATIC_FIXED = "2026-12-06"  # the static-cache route computes the model's tokens with our attention from this date
 
 
 # --- inputs -----------------------------------------------------------------------------------------------
@@ -228,13 +229,19 @@ def headline_table(e2es) -> list[str]:
         out.append("| " + " | ".join(cells) + " |")
     static = [(e, e.get("ours_static_cache") or {}) for _, e in e2es]
     if any(st.get("generate_b1_static_tok_s") for _, st in static):
-        # transformers' static route hands a flash-style attention (ours) the whole static cache without lengths, so
-        # these tokens were not the model's (found 2026-12-04 after the runs; tests/test_integration_decode.py)
-        cells = ['generate, batch 1, `cache_implementation="static"` (not the model\'s tokens with our attention: '
-                 'README "Decoding")']
+        # Before 2026-12-06 transformers' static route handed a flash-style attention (ours) the whole static cache
+        # without lengths, so those runs' tokens were not the model's (tests/test_integration_decode.py); marked.
+        def wrong_route(e):
+            return str(e.get("date", "")) < STATIC_FIXED
+
+        label = 'generate, batch 1, `cache_implementation="static"`'
+        if any(wrong_route(e) for e, st in static if st.get("generate_b1_static_tok_s")):
+            label += f' († runs before {STATIC_FIXED}: a route that computed wrong tokens with our attention, README "Decoding")'
+        cells = [label]
         for e, s in cols:
             st = e.get("ours_static_cache") or {}
-            cells.append(f"{st['generate_b1_static_tok_s']:,}" if s == "ours" and finite(st.get("generate_b1_static_tok_s"))
+            v = st.get("generate_b1_static_tok_s")
+            cells.append(f"{v:,}{' †' if wrong_route(e) else ''}" if s == "ours" and finite(v)
                          else "not measured" if s != "speedup" else "")
         out.append("| " + " | ".join(cells) + " |")
     return out

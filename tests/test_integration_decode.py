@@ -257,6 +257,40 @@ def test_static_cache_generate_equals_dynamic(kernel, models_cpu, batch, prompt_
         dynamic.sequences.tolist()
 
 
+def test_static_cache_decode_steps_use_cache_lengths(kernel, models_cpu, monkeypatch):
+    """Every decode step of an unpadded static-cache generate goes through ``flash_attn_with_kvcache`` with the
+    written lengths from the position ids (``_kernel_attention``), not through the flash wrapper's unpadding (which
+    reads lengths on the host); only the prefill takes the wrapper. Tokens as the dynamic cache's."""
+    import transformers.integrations.flash_attention as fa
+
+    _, ours = models_cpu
+    layers = ours.config.num_hidden_layers
+    calls = {"kvcache": [], "wrapper": 0}
+    kvcache, wrapper = kernel.attention.flash_attn_with_kvcache, fa.flash_attention_forward
+
+    def count_kvcache(q, k_cache, v_cache, cache_seqlens=None, **kw):
+        calls["kvcache"].append((k_cache.shape[1], cache_seqlens.tolist()))
+        return kvcache(q, k_cache, v_cache, cache_seqlens=cache_seqlens, **kw)
+
+    def count_wrapper(*a, **kw):
+        calls["wrapper"] += 1
+        return wrapper(*a, **kw)
+
+    monkeypatch.setattr(kernel.attention, "flash_attn_with_kvcache", count_kvcache)
+    monkeypatch.setattr(fa, "flash_attention_forward", count_wrapper)
+    prompt = torch.randint(1, VOCAB, (2, 14), generator=torch.Generator().manual_seed(5))
+    new = 6
+    static = _greedy(ours, prompt, max_new_tokens=new, min_new_tokens=new, cache_implementation="static")
+    assert calls["wrapper"] == layers  # the prefill
+    assert len(calls["kvcache"]) == (new - 1) * layers
+    # step i (0-based) writes position 14 + i: 15 + i keys, capped by a sliding layer's buffer (its window, 16)
+    for i in range(new - 1):
+        for length, seqlens in calls["kvcache"][i * layers:(i + 1) * layers]:
+            assert seqlens == [min(15 + i, length)] * 2
+    monkeypatch.undo()
+    assert static.tolist() == _greedy(ours, prompt, max_new_tokens=new, min_new_tokens=new).tolist()
+
+
 def test_kernel_config_registers_static_cache_mask(kernel, monkeypatch):
     """transformers' own route (``from_pretrained(..., kernel_config=kernel_config(), attn_implementation=...)``,
     accelerators only): transformers registers its flash mask for our attention when the model loads; our

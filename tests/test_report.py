@@ -88,9 +88,8 @@ def test_markdown_and_headline(run_files):
     for t in (text, readme.read_text()):
         assert "| prefill, 4096-token prompt | 6,605.3 | 65,444.6 | 9.91x |" in t
         assert "| generate, batch 16 | 208.9 | 719.2 | 3.44x |" in t
-        # the static-cache route is labelled: with our attention it is not the model's computation
-        assert ('| generate, batch 1, `cache_implementation="static"` (not the model\'s tokens with our attention: '
-                'README "Decoding") | not measured | 156.5 |  |') in t
+        # a run after the static-cache fix: its number, unmarked
+        assert '| generate, batch 1, `cache_implementation="static"` | not measured | 156.5 |  |' in t
     new = readme.read_text()
     assert "| old | table |" not in new
     assert new.startswith("# x\n\nintro\n\n<!-- headline:start -->\n| tokens per second |")
@@ -108,6 +107,17 @@ def test_several_results_files_last_family_wins(tmp_path, run_files):
     moe = text[text.index("\n## moe\n"):text.index("\n## attention\n")]
     assert "`later.json`" in moe and "| 70.0 |" in moe and "| 80.0 |" not in moe
     assert "`results.json`" in text[text.index("\n## rmsnorm\n"):]
+
+
+def test_static_rows_of_runs_before_the_fix_are_marked(tmp_path, run_files):
+    """Static-cache numbers of runs before 2026-12-06 came from a route that computed wrong tokens with our
+    attention: marked in the row and its label."""
+    results, _, _, md = run_files
+    old = tmp_path / "old_e2e.json"
+    old.write_text(json.dumps(dict(E2E, date="2026-12-04 18:41 UTC")))
+    _report().main(["--results", str(results), "--e2e", str(old), "--md", str(md), "--readme", "", "--no-plots"])
+    assert ('| generate, batch 1, `cache_implementation="static"` († runs before 2026-12-06: a route that computed '
+            'wrong tokens with our attention, README "Decoding") | not measured | 156.5 † |  |') in md.read_text()
 
 
 def test_plots(run_files):

@@ -135,11 +135,11 @@ def _static_cache_mask(batch_size: int, q_length: int, kv_length: int, q_offset=
     from transformers.masking_utils import flash_attention_mask
 
     if attention_mask is None:
+        if q_length == 1:
+            # Decode step: no mask; ``_kernel_attention`` takes the written slots from the position ids (a 2D mask
+            # here would send the flash wrapper through its unpadding, which reads lengths on the host).
+            return None
         static = isinstance(q_offset, torch.Tensor)
-        if static and q_length == 1:
-            # Decode step: a kv_length mask of the written slots, from tensors (no host sync under torch.compile).
-            slots = torch.arange(kv_length, device=q_offset.device) + kv_offset
-            return (slots < q_offset + q_length).expand(batch_size, kv_length)
         seen = int(q_offset) + q_length
         if static or seen < kv_offset + kv_length:
             # What generate passes for flash implementations: ones over the positions seen so far.
@@ -148,13 +148,41 @@ def _static_cache_mask(batch_size: int, q_length: int, kv_length: int, q_offset=
                                 attention_mask=attention_mask, **kwargs)
 
 
+def _kernel_attention(module, query, key, value, attention_mask, **kwargs):
+    """transformers' flash wrapper for this build's attention, except for a decode step with no mask (an unpadded
+    batch, dynamic or static cache): there ``key`` / ``value`` may be a static cache's whole buffers, so the keys
+    attended are the written ones, ``min(position + 1, buffer length)`` per row from the position ids (full layers:
+    slot ``j`` holds position ``j``; static sliding layers: the slots fill in order, then roll with the newest last),
+    through ``flash_attn_with_kvcache`` with those lengths on the device (no unpadding, no host sync)."""
+    from transformers.integrations.flash_attention import flash_attention_forward
+
+    position_ids = kwargs.get("position_ids")
+    if attention_mask is not None or query.shape[2] != 1 or position_ids is None or kwargs.get("output_attentions"):
+        return flash_attention_forward(module, query, key, value, attention_mask, **kwargs)
+    from ..attention import flash_attn_with_kvcache
+
+    batch, length = query.shape[0], key.shape[2]
+    seqlens = (position_ids[..., -1].reshape(-1) + 1).clamp(max=length).to(torch.int32).expand(batch)
+    sliding_window = kwargs.get("sliding_window")
+    # transformers' flash window: sliding_window - 1 keys to the left, only when the keys outnumber the window
+    window = (sliding_window - 1, 0) if sliding_window is not None and length > sliding_window else (-1, -1)
+    out = flash_attn_with_kvcache(query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2),
+                                  cache_seqlens=seqlens, softmax_scale=kwargs.get("scaling"), causal=True,
+                                  window_size=window, s_aux=kwargs.get("s_aux"))
+    return out, None
+
+
 def register_static_cache_mask(attn_implementation: str) -> None:
-    """Registers ``_static_cache_mask`` as the mask function of this build's attention names (transformers
-    registers its flash mask each time it loads the kernel, so this runs after the model is loaded)."""
+    """Registers ``_static_cache_mask`` as the mask function of this build's attention names, and for the plain
+    name ``_kernel_attention`` as its attention function (transformers registers its flash mask and wrapper each
+    time it loads the kernel, so this runs after the model is loaded; continuous batching keeps its paged wrapper)."""
     from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
     if attn_implementation in (REPO_ID, CONTINUOUS_BATCHING_ALIAS):
         ALL_MASK_ATTENTION_FUNCTIONS.register(attn_implementation, _static_cache_mask)
+    if attn_implementation == REPO_ID:
+        ALL_ATTENTION_FUNCTIONS.register(attn_implementation, _kernel_attention)
 
 
 class _ThisBuild:

@@ -24,8 +24,9 @@ bf16x2 PTX; GPU only, ``GOK_MXFP4_ASM=0`` turns it off). A format is a branch in
 pointer arguments (``ws_ptr``, ``stride_se``, ``stride_sn``); the rest of the kernel is shared. ``"fp8"`` /
 ``"fp8_block"``: e4m3 weights (E, N, K) (K contiguous, read like bf16 tiles, through TMA as K-major tiles) times
 e4m3 activations (the ``pad_quant_fp8`` buffer, gathered as bf16 rows are), FP8 tensor cores, fp32 accumulators;
-the activations' per-row scales (``as_ptr``) and per-channel weight scales applied after the K loop, 128x128 block
-scales at every K step (each BLOCK_K <= 128 lies in one block).
+the activations' per-row scales (``as_ptr``) and per-channel weight scales applied after the K loop (the tensor
+cores accumulate over the whole K unless ``FP8_PROMOTE``), 128x128 block scales at every K step (each BLOCK_K <=
+128 lies in one block; each step promoted into the fp32 accumulator).
 """
 
 from __future__ import annotations
@@ -166,7 +167,7 @@ def _moe_tile(
     N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     # One (BLOCK_M, BLOCK_N) output tile of expert e32 at rows row0.. and columns n0..: the main loop
@@ -238,13 +239,16 @@ def _moe_tile(
             k_ok = offs_k < K - kk * BLOCK_K
             w = _load_w_tile(w_ptrs, s_ptrs, k_ok[:, None] & n_ok[None, :], None, W_FORMAT, a.dtype, BLOCK_N,
                              BLOCK_K)
-        # FP8 on sm_90: wgmma accumulates e4m3 products in reduced precision (Triton's default lets it run over the
-        # whole K); each K step is promoted into the fp32 accumulator instead (DeepSeek-V3's fix, every <= 128 K).
+        # FP8 on sm_90: wgmma accumulates e4m3 products in reduced precision. Channel scales (default): that
+        # accumulation runs over the whole K ("fast accumulation"); FP8_PROMOTE and block scales: each K step is
+        # promoted into the fp32 accumulator (DeepSeek-V3's scheme, every <= 128 K; a second accumulator).
         if W_FORMAT == "fp8_block":  # this K step's scale of each column's block, applied in fp32
             sb = tl.load(sb_ptrs + (kk * BLOCK_K) // 128, mask=n_ok, other=0.0)
             acc += tl.dot(a, w, max_num_imprecise_acc=BLOCK_K) * sb[None, :]
-        elif W_FORMAT == "fp8":
+        elif W_FORMAT == "fp8" and FP8_PROMOTE:
             acc = tl.dot(a, w, acc, max_num_imprecise_acc=BLOCK_K)
+        elif W_FORMAT == "fp8":
+            acc = tl.dot(a, w, acc)
         else:
             acc = tl.dot(a, w, acc, input_precision=DOT_PRECISION)
         if not A_TMA:
@@ -352,7 +356,7 @@ def _moe_gemm_kernel(
     N, K, nb, top_k, alpha, limit, M_BUCKET,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_M: tl.constexpr, BN_TAIL: tl.constexpr, NARROW_LAST: tl.constexpr, SPLIT_K: tl.constexpr,
 ):
@@ -417,17 +421,17 @@ def _moe_gemm_kernel(
             _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, SPLIT_K > 1, True, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
         else:
             _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                          row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                          stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                         W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                         W_FORMAT, DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
     else:
         _moe_tile_at(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_base, sorted_pos_ptr, topk_w_ptr, a_half_ptr, w_tail_ptr, e32,
                      row0, n0, last_n, k_iter0, k_iter1, N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we,
                      stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K,
-                     W_FORMAT, DOT_PRECISION, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
+                     W_FORMAT, DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, SPLIT_K > 1, False, BLOCK_M, BLOCK_N, BLOCK_K, BN_TAIL)
 
 
 @triton.jit
@@ -436,7 +440,7 @@ def _moe_tile_at(
     k_iter0, k_iter1, N, K, top_k, alpha, limit,
     stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn, stride_be, stride_bn, stride_om, stride_on,
     FIRST: tl.constexpr, HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, W_FORMAT: tl.constexpr,
-    DOT_PRECISION: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
+    DOT_PRECISION: tl.constexpr, FP8_PROMOTE: tl.constexpr, W_TMA: tl.constexpr, A_TMA: tl.constexpr, PARTIAL: tl.constexpr,
     HALF: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BN_TAIL: tl.constexpr,
 ):
@@ -449,34 +453,34 @@ def _moe_tile_at(
                 _moe_tile(a_half_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BN_TAIL, BLOCK_K)
             else:
                 _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
         else:
             _moe_tile(a_half_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M // 2, BLOCK_N, BLOCK_K)
     else:
         if BN_TAIL > 0:
             if last_n:
                 _moe_tile(a_ptr, w_tail_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BN_TAIL, BLOCK_K)
+                          DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M, BN_TAIL, BLOCK_K)
             else:
                 _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                           N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                           stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                          DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
+                          DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
         else:
             _moe_tile(a_ptr, w_ptr, ws_ptr, as_ptr, bias_ptr, out_ptr, sorted_pos_ptr, topk_w_ptr, e32, row0, n0, k_iter0, k_iter1,
                       N, K, top_k, alpha, limit, stride_am, stride_ak, stride_we, stride_wk, stride_wn, stride_se, stride_sn,
                       stride_be, stride_bn, stride_om, stride_on, FIRST, HAS_BIAS, EVEN_K, W_FORMAT,
-                      DOT_PRECISION, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
+                      DOT_PRECISION, FP8_PROMOTE, W_TMA, A_TMA, PARTIAL, BLOCK_M, BLOCK_N, BLOCK_K)
 
 
 # --- tile choice ------------------------------------------------------------------------------
@@ -521,21 +525,22 @@ def block_m_for(m: int, num_experts: int) -> int:
     return 128
 
 
-def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16") -> list[Cfg]:
+def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16", promote: bool = True) -> list[Cfg]:
     """Tile candidates, best first (H100 sweep of 2026-11-22, docs/decisions-moe.md "v3"). ``tma``: the
     BLOCK_M >= 64 tiles read the weights (and GEMM 2 its activation rows) through TMA descriptors.
     ``fmt="mxfp4"``: the same tiles (the weights then never go through TMA: see _pick); not tuned on a GPU
     yet (docs/moe.md, MXFP4)."""
     if fmt == "fp8":
-        # Not tuned on a GPU yet: bf16's tiles (the same shared memory per stage holds twice the K in e4m3), with
-        # BLOCK_K 128 tried first from 64-row blocks on; the autotuner times both on sm_90.
-        # wgmma's e4m3 products are promoted into the fp32 accumulator every K step (max_num_imprecise_acc in the
-        # kernel), which keeps a second (BLOCK_M, BLOCK_N) fp32 partial in registers: the 128 x 256 tiles over 8
-        # warps then spill (sm_90a report: 255 registers, 152-320 bytes of stack, LDL/STL in the K loop), 128-wide
-        # tiles do not.
+        # bf16's tiles (the same shared memory per stage holds twice the K in e4m3), with BLOCK_K 128 tried first
+        # from 64-row blocks on; the autotuner times both on sm_90. ``promote`` (block scales, FP8_PROMOTE): the
+        # fp32 promotion every K step keeps a second (BLOCK_M, BLOCK_N) fp32 partial in registers, so the
+        # 128 x 256 tiles over 8 warps spill (sm_90a report: 255 registers, 152-320 bytes of stack, LDL/STL in the
+        # K loop) and only 128-wide tiles are offered.
         base = candidates(block_m, first, tma)
         if block_m < 64:
             return base
+        if not promote:  # ``promote``: the fp32 promotion every K step (FP8_PROMOTE, block scales)
+            return list(dict.fromkeys([c._replace(bk=128, stages=min(c.stages, 3)) for c in base] + base))
         narrow = [c._replace(bn=min(c.bn, 128)) for c in base]
         return list(dict.fromkeys([c._replace(bk=128, stages=min(c.stages, 4)) for c in narrow] + narrow))
     if block_m <= 32 and fmt == "mxfp4":
@@ -637,6 +642,12 @@ _N_ARGS = 30  # run-time arguments before the constexprs (the raw-pointer launch
 
 
 FP8 = torch.float8_e4m3fn
+# FP8 channel-scale tiles accumulate with the tensor cores' own accumulation over the whole K (Triton's sm_90
+# default, cuBLAS's "fast accumulation"): no second fp32 accumulator, so the 128 x 256 tiles fit in registers.
+# H100, 2026-12-06, same call: FP8 block at T = 4096 1,378 -> 1,043 us, tests/test_fp8.py's float64-derived bounds
+# hold (docs/decisions-moe.md). GOK_FP8_PROMOTE=1 promotes into fp32 every K step (DeepSeek-V3's scheme; 128-wide
+# tiles). Block scales always promote: each K step carries its own scale.
+FP8_PROMOTE = os.environ.get("GOK_FP8_PROMOTE", "0") == "1"
 
 
 def _w_format(a: torch.Tensor, w: torch.Tensor, ws) -> str:
@@ -683,7 +694,7 @@ def _args(first, cfg, a, w, bias, out, sorted_pos, block_expert, groups, topk_w,
         bias.stride(0) if has_bias else 0, bias.stride(1) if has_bias else 0,
         out.stride(-2), out.stride(-1),
         first, has_bias, k % cfg.bk == 0, _w_format(a, w, ws),
-        "ieee" if a.dtype == torch.float32 else "tf32",
+        "ieee" if a.dtype == torch.float32 else "tf32", FP8_PROMOTE,
         cfg.w_tma, cfg.a_tma and not first, block_m, cfg.bn, cfg.bk, cfg.group_m, _split_m(cfg, block_m), tail,
         cfg.narrow_last, cfg.split_k,
     )
@@ -710,7 +721,7 @@ def tiles(block_m: int, first: bool, tma: bool, wf: str) -> list[Cfg]:
     where there is none (``tma``) or where the format never uses it (MXFP4: packed bytes + scales), and for FP8
     block scales only K steps that lie in one 128-wide scale block."""
     fmt = "bf16" if wf == "bf16" else ("fp8" if wf.startswith("fp8") else "mxfp4")
-    cands = candidates(block_m, first, tma, fmt)
+    cands = candidates(block_m, first, tma, fmt, promote=FP8_PROMOTE or wf == "fp8_block")
     if not tma:
         cands = [c._replace(w_tma=False, a_tma=False) for c in cands]
     if fmt == "mxfp4":
