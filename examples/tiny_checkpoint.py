@@ -19,10 +19,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# openai/gpt-oss-20b's config.json: "quantization_config"
-MODULES_TO_NOT_CONVERT = ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"]
-QUANTIZATION_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": MODULES_TO_NOT_CONVERT}
-
 
 def _quant_module(name: str):
     """gpt_oss_kernels.quant.<name>, or straight from this checkout without a build (it imports only torch)."""
@@ -38,6 +34,11 @@ def _quant_module(name: str):
         mod = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(mod)
         return mod
+
+
+# openai/gpt-oss-20b's config.json: "quantization_config"
+QUANTIZATION_CONFIG = _quant_module("mxfp4").mxfp4_quantization_config()
+MODULES_TO_NOT_CONVERT = QUANTIZATION_CONFIG["modules_to_not_convert"]
 
 
 def _quantize_experts_mxfp4():

@@ -10,6 +10,7 @@ from . import layers, quant, reference
 from .moe import moe, moe_experts, moe_experts_mxfp4, moe_mxfp4, moe_route
 from .moe import finalize_slice, moe_experts_fp8, moe_fp8  # fp8
 from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # mxfp4
+from .quant import convert_checkpoint
 from .quant import dequantize_fp8, pad_quant_fp8, quantize_experts_fp8, quantize_fp8, rms_norm_quant_fp8  # fp8
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .norm import fused_add_rms_norm, rms_norm
@@ -17,6 +18,7 @@ from .integrations import DecodeRunner, from_pretrained, kernel_config
 
 __all__ = [
     "DecodeRunner",
+    "convert_checkpoint",
     "flash_attn_func",  # attention
     "flash_attn_varlen_func",  # attention
     "flash_attn_with_kvcache",  # attention

@@ -151,3 +151,10 @@ def quantize_experts_mxfp4(state_dict_or_model, bias_dtype: torch.dtype = torch.
         else:
             out[name] = t
     return out
+
+
+def mxfp4_quantization_config() -> dict:
+    """The ``quantization_config`` of openai/gpt-oss-20b's config.json (what transformers and our loader read)."""
+    return {"quant_method": "mxfp4",
+            "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens",
+                                       "lm_head"]}
