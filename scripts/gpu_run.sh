@@ -22,12 +22,18 @@
 #     DecodeRunner N=1/8/32, batch 1 and 16);
 #   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
 #   decode-mxfp4: both decode scripts with MXFP4 experts.
+# and the whole model (benchmarks/e2e_model.py, 20b shapes):
+#   e2e: bf16 experts, transformers' defaults against ours (e2e_model.json, with the static cache);
+#   e2e-mxfp4: MXFP4 checkpoint, transformers' MXFP4 path against ours (carry .anchors for transformers' path);
+#   e2e-fp8: FP8 experts (channel scales), fused against unfused.
+# --pack: everything written under a scratch folder, then packed into $OUT/gpu_out.tgz (plus results.md and the
+#   e2e JSON files beside it): the device returns at most 8 files from $OUT.
 #
 # From this machine: run(command="bash scripts/gpu_run.sh", carry=[".whl"]).
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
-SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0
+SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
 quick_args=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -40,6 +46,7 @@ while [ $# -gt 0 ]; do
     --no-tests) RUN_TESTS=0 ;;
     --quick) quick_args=(--quick) ;;
     --dry-run) DRY=1 ;;
+    --pack) PACK=1 ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
@@ -62,7 +69,7 @@ run() {  # run a command, or print it under --dry-run
 use_pair() {  # install one pair's wheels into /tmp/site<tag> and put it on PYTHONPATH
   local tag=${1/./}
   local wheels=(.whl/"$tag"/*.whl)
-  [ ${#wheels[@]} -gt 0 ] || { echo "no wheels in .whl/$tag/: run \`make wheels\` and carry .whl"; exit 1; }
+  [ ${#wheels[@]} -gt 0 ] || [ "$DRY" = 1 ] || { echo "no wheels in .whl/$tag/: run \`make wheels\` and carry .whl"; exit 1; }
   if ! run python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "/tmp/site$tag" "${wheels[@]}"; then
     echo "wheel install failed (pair $1)"; exit 1
@@ -97,6 +104,17 @@ gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under c
   return "${PIPESTATUS[0]}"
 }
 
+if [ "$PACK" = 1 ] && [ "$DRY" = 0 ]; then
+  PACKED_TO=$OUT
+  OUT=$(mktemp -d)/gpu_out
+  pack() {  # on exit (also after a failed step): the folder as one archive, the summaries beside it
+    mkdir -p "$PACKED_TO"
+    tar czf "$PACKED_TO/gpu_out.tgz" -C "$(dirname "$OUT")" gpu_out
+    cp "$OUT"/results.md "$OUT"/e2e_model*.json "$PACKED_TO"/ 2>/dev/null
+    return 0
+  }
+  trap pack EXIT
+fi
 mkdir -p "$OUT"
 use_pair "$PAIR"
 run nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$OUT/gpu.txt"
@@ -116,7 +134,7 @@ fi
 harness_only=(); decode_runs=()
 for family in "${only_args[@]}"; do
   case "$family" in
-    decode|decode-cb|decode-mxfp4) decode_runs+=("$family") ;;
+    decode|decode-cb|decode-mxfp4|e2e|e2e-mxfp4|e2e-fp8) decode_runs+=("$family") ;;
     *) harness_only+=("$family") ;;
   esac
 done
@@ -145,6 +163,15 @@ if [ "$BENCH" = 1 ]; then
         mkdir -p "$OUT/mxfp4"
         OUT="$OUT/mxfp4" decode_bench profile_decode.log benchmarks/profile_decode.py --mxfp4 --runner 32 || status=1
         OUT="$OUT/mxfp4" decode_bench e2e_decode.log benchmarks/e2e_decode.py --mxfp4 --no-cb --reps 2 || status=1 ;;
+      e2e)  # e2e_model.py reads $OUT from the environment
+        OUT="$OUT" run python3 benchmarks/e2e_model.py --static 2>&1 | tee "$OUT/e2e_model.log" | tail -30
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+      e2e-mxfp4)
+        OUT="$OUT" run python3 benchmarks/e2e_model.py --mxfp4 --static 2>&1 | tee "$OUT/e2e_model_mxfp4.log" | tail -30
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
+      e2e-fp8)
+        OUT="$OUT" run python3 benchmarks/e2e_model.py --fp8 channel 2>&1 | tee "$OUT/e2e_model_fp8.log" | tail -20
+        [ "${PIPESTATUS[0]}" -eq 0 ] || status=1 ;;
     esac
   done
 fi

@@ -190,3 +190,25 @@ def test_local_loads_are_verified_without_warnings():
         records = [m for m in records if "built from a dirty git tree" not in m]
     assert records == [] and out["warnings"] == [], out
     assert not any("does not record a digest" in m for m in out["records"])
+
+
+def test_gpu_run_plans_whole_model_runs_and_packs(tmp_path):
+    """scripts/gpu_run.sh (the device call): --dry-run lists the whole-model families; --pack leaves one archive in
+    $OUT even when a step fails (here the wheel install, through a python3 that always fails)."""
+    script = ROOT / "scripts" / "gpu_run.sh"
+    env = dict(os.environ, OUT=str(tmp_path / "dry"))
+    plan = subprocess.run(["bash", str(script), "--dry-run", "--no-tests", "--only", "moe e2e e2e-mxfp4 e2e-fp8"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    for line in ("benchmarks/harness.py --out", "e2e_model.py --static", "e2e_model.py --mxfp4 --static",
+                 "e2e_model.py --fp8 channel"):
+        assert line in plan, plan
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\nexit 1\n")
+    (fake / "python3").chmod(0o755)
+    out = tmp_path / "packed"
+    env = dict(os.environ, OUT=str(out), PATH=f"{fake}:{os.environ['PATH']}")
+    res = subprocess.run(["bash", str(script), "--pack", "--no-tests"], cwd=ROOT, env=env, capture_output=True,
+                         text=True)
+    assert res.returncode != 0
+    assert (out / "gpu_out.tgz").is_file()
