@@ -123,7 +123,8 @@ def attention_implementation(continuous_batching: bool = False) -> str:
 def _static_cache_mask(batch_size: int, q_length: int, kv_length: int, q_offset=0, kv_offset: int = 0,
                        attention_mask=None, **kwargs):
     """transformers' flash mask function, with back the all-ones 2D mask that ``generate`` drops under a static
-    cache for this build's attention.
+    cache for this build's attention, for prefills; decode steps get no mask (``_kernel_attention`` finds their
+    written slots).
 
     transformers runs a Hub kernel that has ``flash_attn_varlen_func`` (ours) through its flash wrapper and flash
     mask, but ``generate`` keeps an unpadded batch's 2D mask under a static cache only when the implementation's

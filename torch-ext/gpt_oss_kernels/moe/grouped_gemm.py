@@ -539,7 +539,7 @@ def candidates(block_m: int, first: bool, tma: bool, fmt: str = "bf16", promote:
         base = candidates(block_m, first, tma)
         if block_m < 64:
             return base
-        if not promote:  # ``promote``: the fp32 promotion every K step (FP8_PROMOTE, block scales)
+        if not promote:
             return list(dict.fromkeys([c._replace(bk=128, stages=min(c.stages, 3)) for c in base] + base))
         narrow = [c._replace(bn=min(c.bn, 128)) for c in base]
         return list(dict.fromkeys([c._replace(bk=128, stages=min(c.stages, 4)) for c in narrow] + narrow))

@@ -83,13 +83,17 @@ def convert_checkpoint(src: str | Path, dst: str | Path, experts: str, granulari
                     if experts == "mxfp4":
                         out[name] = f.get_tensor(name)
                         continue
-                    out.update(_to_fp8(base, f.get_tensor(name), tensor(base + "_scales"), granularity, device))
+                    blocks, scales = f.get_tensor(name), tensor(base + "_scales")
+                    out.update(_per_expert(base, experts, blocks.shape[0], lambda e: fp8.quantize_fp8(
+                        mxfp4.dequantize_mxfp4(blocks[e:e + 1].to(device), scales[e:e + 1].to(device),
+                                               torch.float32), granularity)))
                     continue
                 w = f.get_tensor(name)
                 if not w.is_floating_point() or w.dim() != 3:
                     raise ValueError(f"{name} must be (E, K, N) float expert weights, got {w.dtype} "
                                      f"{tuple(w.shape)}")
-                out.update(_quantize(base, w, experts, granularity, device))
+                quantize = (lambda x: fp8.quantize_fp8(x, granularity)) if experts == "fp8" else mxfp4.quantize_mxfp4
+                out.update(_per_expert(base, experts, w.shape[0], lambda e: quantize(w[e:e + 1].to(device))))
         save_file(out, str(dst / shard.name), metadata={"format": "pt"})
         weight_map.update((n, shard.name) for n in out)
         total += sum(t.numel() * t.element_size() for t in out.values())
@@ -109,26 +113,9 @@ def convert_checkpoint(src: str | Path, dst: str | Path, experts: str, granulari
     return dst
 
 
-def _to_fp8(base, blocks, scales, granularity, device) -> dict:
-    """MXFP4 blocks / scales -> ``base_fp8`` / ``base_scale``, one expert at a time (the scales of both
-    granularities are per expert)."""
-    qs, ss = [], []
-    for e in range(blocks.shape[0]):
-        w = mxfp4.dequantize_mxfp4(blocks[e:e + 1].to(device), scales[e:e + 1].to(device), torch.float32)
-        q, s = fp8.quantize_fp8(w, granularity)
-        qs.append(q.cpu())
-        ss.append(s.cpu())
-    return {base + "_fp8": torch.cat(qs), base + "_scale": torch.cat(ss)}
-
-
-def _quantize(base, w, experts, granularity, device) -> dict:
-    """float (E, K, N) expert weights -> FP8 (``_fp8`` / ``_scale``) or MXFP4 (``_blocks`` / ``_scales``), one expert
-    at a time."""
-    parts: tuple[list, list] = ([], [])
-    for e in range(w.shape[0]):
-        one = w[e:e + 1].to(device)
-        a, b = fp8.quantize_fp8(one, granularity) if experts == "fp8" else mxfp4.quantize_mxfp4(one)
-        parts[0].append(a.cpu())
-        parts[1].append(b.cpu())
+def _per_expert(base, experts, n, convert) -> dict:
+    """``convert(e)`` -> the (values, scales) pair of expert ``e`` (one expert at a time: the scales of every format
+    are per expert), concatenated over the ``n`` experts under the format's names."""
+    values, scales = zip(*((a.cpu(), b.cpu()) for a, b in map(convert, range(n))))
     names = ("_fp8", "_scale") if experts == "fp8" else ("_blocks", "_scales")
-    return {base + names[0]: torch.cat(parts[0]), base + names[1]: torch.cat(parts[1])}
+    return {base + names[0]: torch.cat(values), base + names[1]: torch.cat(scales)}
