@@ -148,7 +148,9 @@ def per_window(prof, marker: str, ranges: list[str]) -> list[dict]:
     last GPU kernel or host event): times in ms."""
     events = list(prof.events())
     cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
-    gpu = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.elapsed_us() > 0]
+    # the host ranges also show on the GPU's timeline (annotations spanning their kernels): not GPU work
+    gpu = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.elapsed_us() > 0
+           and e.name not in ranges]
     starts = sorted(e.time_range.start for e in cpu if e.name == marker)
     if not starts:
         return []
@@ -235,6 +237,26 @@ def _top_cpu_ops(prof, n: int = 15) -> list[dict]:
     return [dict(name=e.key, calls=e.count, self_cpu_ms=round(e.self_cpu_time_total / 1e3, 3)) for e in avg]
 
 
+def kernel_table(prof, since_us: float, steps: int, skip=("launch",), n: int = 30) -> list[dict]:
+    """GPU kernels that start at or after ``since_us`` (the first decode launch), summed by name: microseconds
+    and launches per decode step, largest first (the rest as one row). ``skip``: our host ranges, which the
+    profiler also reports on the GPU's timeline (as annotations, not kernels)."""
+    totals: dict[str, list] = {}
+    for e in prof.events():
+        if e.device_type == torch.autograd.DeviceType.CPU or e.time_range.start < since_us or e.name in skip:
+            continue
+        t = totals.setdefault(e.name[:90], [0.0, 0])
+        t[0] += e.time_range.elapsed_us()
+        t[1] += 1
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    table = [dict(kernel=k, us_per_step=round(v[0] / steps, 2), per_step=round(v[1] / steps, 2)) for k, v in rows[:n]]
+    rest = rows[n:]
+    if rest:
+        table.append(dict(kernel=f"({len(rest)} other kernels)", us_per_step=round(sum(v[0] for _, v in rest) / steps, 2),
+                          per_step=round(sum(v[1] for _, v in rest) / steps, 2)))
+    return table
+
+
 def _activities(device: str):
     acts = [torch.profiler.ProfilerActivity.CPU]
     if device == "cuda":
@@ -301,12 +323,15 @@ def profile_runner(kernel, model, prompt, new_tokens: int, steps: int, out: Path
     finally:
         del runner._launch
     rows = per_window(prof, "launch", ["launch"])
+    starts = [e.time_range.start for e in prof.events()
+              if e.name == "launch" and e.device_type == torch.autograd.DeviceType.CPU]
+    kernels = kernel_table(prof, min(starts), len(starts) * steps) if starts else []
     if trace:
         prof.export_chrome_trace(str(out / f"profile_decode_runner{steps}.trace.json"))
     med = _median_row(rows[:-1] or rows)  # the last window also holds the end of the call
     return dict(steps_per_launch=steps, first_call=first, call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), launches=runner.last_stats["launches"],
-                median_launch=med, timeline=_middle_timeline(rows, rows[:-1] or rows), windows=rows,
+                median_launch=med, kernels_per_step=kernels, timeline=_middle_timeline(rows, rows[:-1] or rows), windows=rows,
                 median_per_token={k: round(v / steps, 4) for k, v in med.items() if k.endswith("_ms")})
 
 
@@ -378,6 +403,12 @@ def markdown(res: dict) -> str:
                   f"kernels {t.get('kernel_sum_ms')} ms, GPU idle {t.get('gpu_idle_ms')} ms "
                   f"(per launch: {m.get('graph_launches')} graph launches, {m.get('kernel_launches')} kernel launches, "
                   f"{m.get('syncs_and_copies')} syncs/copies)"]
+        if r.get("kernels_per_step"):
+            total = sum(k["us_per_step"] for k in r["kernels_per_step"]) or 1e-9
+            lines += ["", "| kernel (decode steps of the launches) | us per step | % | launches per step |",
+                      "|---|---|---|---|"]
+            lines += [f"| `{k['kernel']}` | {k['us_per_step']:.1f} | {100 * k['us_per_step'] / total:.1f}% | "
+                      f"{k['per_step']:g} |" for k in r["kernels_per_step"]]
     return "\n".join(lines) + "\n"
 
 

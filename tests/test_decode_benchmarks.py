@@ -29,6 +29,40 @@ def test_profile_decode_tiny(kernel, tmp_path):
     assert "| wall |" in md and "DecodeRunner, 2 steps per launch" in md
 
 
+def _fake_profile(events):
+    """A stand-in for torch.profiler.profile with the events given as (name, on_gpu, start_us, end_us)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    def ev(name, gpu, a, b):
+        rng = SimpleNamespace(start=a, end=b, elapsed_us=lambda: b - a)
+        dev = torch.autograd.DeviceType.CUDA if gpu else torch.autograd.DeviceType.CPU
+        return SimpleNamespace(name=name, device_type=dev, time_range=rng)
+
+    return SimpleNamespace(events=lambda: [ev(*e) for e in events])
+
+
+def test_profile_decode_kernel_table_and_annotations():
+    """The per-step kernel table counts kernels from the first decode launch on, per step, and neither it nor the
+    windows count the profiler's GPU-side copies of our host ranges (an annotation spanning the launch)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import profile_decode as pd
+
+    prof = _fake_profile([
+        ("prefill_kernel", True, 0, 50),  # before the first launch: not counted
+        ("launch", False, 100, 110),  # host range (CPU)
+        ("launch", True, 120, 400),  # the same range on the GPU's timeline: an annotation, not a kernel
+        ("gemm", True, 120, 200), ("gemm", True, 200, 280), ("norm", True, 280, 300),
+    ])
+    table = pd.kernel_table(prof, since_us=100, steps=2)
+    assert table == [dict(kernel="gemm", us_per_step=80.0, per_step=1.0),
+                     dict(kernel="norm", us_per_step=10.0, per_step=0.5)]
+    (row,) = pd.per_window(prof, "launch", ["launch"])
+    assert row["kernels_run"] == 3 and row["kernel_sum_ms"] == 0.18  # 80 + 80 + 20 us, no annotation
+    assert abs(row["gpu_busy_ms"] - 0.18) < 1e-9
+
+
 def test_e2e_decode_tiny(kernel, tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e_decode.py"), "--tiny", "--no-cb", "--batches",
                         "2", "--steps", "1", "4", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)

@@ -172,41 +172,16 @@ __device__ __forceinline__ void load_x(uint4 (&x)[N], const char* row, int chunk
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// WK warps split K; each takes up to D spans per round, all weight loads of a round issued before its MMAs.
-template <Fmt F, bool FIRST, int WK, int D>
-__global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams p) {
+// One warp's share of the CTA's K (spans wk, wk + WK, ...; up to D spans per round, all weight loads of a round
+// issued before its MMAs) into acc. TWO: the block has more than 8 rows (B columns 8-15 exist); a compile-time
+// branch taken once per CTA, so blocks of 8 rows or fewer (every block at T <= 8) issue no dead MMAs or x loads.
+template <Fmt F, bool TWO, int WK, int D>
+__device__ __forceinline__ void k_loop(float (&acc)[2][4], const DecodeParams& p, int wk, int g, int c, int nrows,
+                                       int64_t base0, int64_t base1, bool ok0, bool ok1, const char* xg,
+                                       const char* xg8, const float* bscale) {
   constexpr bool kFp8 = F != Fmt::kMxfp4;
-  gok::pdl_wait_and_release();
-  const int blk_row = blockIdx.x;
-  const int e = p.block_expert[blk_row];
-  if (e < 0 || e >= p.num_experts) return;
-  const int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
-  const int g = lane >> 2, c = lane & 3;
-  const int n0 = blockIdx.y * kTileN;
-  const int64_t row0 = static_cast<int64_t>(blk_row) * kBlockM;
-
-  // The block's rows: real ones first (sorted_pos >= 0), then padding. a_row(col): the row of a that B column col
-  // reads (GEMM 1: the slot's token; GEMM 2: the act row).
-  const int pos_l = lane < kBlockM ? p.sorted_pos[row0 + lane] : -1;
-  const int nrows = __popc(__ballot_sync(0xffffffffu, pos_l >= 0));
-  const bool two = nrows > 8;  // uniform over the CTA
-  auto a_row = [&](int col, int pos) -> int64_t {
-    return FIRST ? static_cast<int64_t>(max(pos, 0) / p.top_k) : row0 + col;
-  };
-  const char* xg = p.a + a_row(g, __shfl_sync(0xffffffffu, pos_l, g)) * p.stride_a;
-  const char* xg8 = p.a + a_row(g + 8, __shfl_sync(0xffffffffu, pos_l, g + 8)) * p.stride_a;
-
   const int nchunks = p.k / kChunkK<F>;  // 16-byte chunks per weight row
   const int nspans = (nchunks + 3) / 4;
-  const int r0 = n0 + 2 * g, r1 = r0 + 1;
-  const bool ok0 = r0 < p.n, ok1 = r1 < p.n;
-  const int64_t base0 = (static_cast<int64_t>(e) * p.n + (ok0 ? r0 : 0)) * nchunks;
-  const int64_t base1 = (static_cast<int64_t>(e) * p.n + (ok1 ? r1 : 0)) * nchunks;
-  // FP8 block scales: the tile's 16 rows lie in one 128-row block; a span (64 k, 64-aligned) in one 128-k block.
-  const float* bscale = F == Fmt::kFp8Block
-                            ? p.w_scale + (static_cast<int64_t>(e) * p.ws_nbn + n0 / 128) * p.ws_nbk : nullptr;
-
-  float acc[2][4] = {};
   for (int first_span = wk; first_span < nspans; first_span += WK * D) {
     uint4 w0[D], w1[D];
     uint32_t sc[D];
@@ -228,18 +203,61 @@ __global__ void __launch_bounds__(32 * WK) decode_gemm_kernel(const DecodeParams
       const int b = span * 4 + c;
       uint4 x[kXVecs<F>], x8[kXVecs<F>] = {};
       load_x(x, xg, b, b < nchunks && g < nrows);
-      if (two) load_x(x8, xg8, b, b < nchunks && g + 8 < nrows);
+      if constexpr (TWO) load_x(x8, xg8, b, b < nchunks && g + 8 < nrows);
       if constexpr (kFp8) {
-        span_fp8(acc, w0[d], w1[d], x[0], x8[0], two, F == Fmt::kFp8Block ? __ldg(bscale + span / 2) : 1.f);
+        span_fp8(acc, w0[d], w1[d], x[0], x8[0], TWO, F == Fmt::kFp8Block ? __ldg(bscale + span / 2) : 1.f);
       } else {
         const uint32_t s0 = sc[d] & 0xFFu, s1 = sc[d] >> 8;
         if (__any_sync(0xffffffffu, s0 > 128 || s1 > 128))
-          span_mxfp4<true>(acc, w0[d], w1[d], s0, s1, x, x8, two);
+          span_mxfp4<true>(acc, w0[d], w1[d], s0, s1, x, x8, TWO);
         else
-          span_mxfp4<false>(acc, w0[d], w1[d], s0, s1, x, x8, two);
+          span_mxfp4<false>(acc, w0[d], w1[d], s0, s1, x, x8, TWO);
       }
     }
   }
+}
+
+// Registers per thread capped so that 20 warps fit an SM (65536 / (20 * 32) = 102): the two copies of k_loop
+// would take 139.
+constexpr int kWarpsPerSm = 20;
+
+// WK warps per CTA split K.
+template <Fmt F, bool FIRST, int WK, int D>
+__global__ void __launch_bounds__(32 * WK, kWarpsPerSm / WK) decode_gemm_kernel(const DecodeParams p) {
+  constexpr bool kFp8 = F != Fmt::kMxfp4;
+  gok::pdl_wait_and_release();
+  const int blk_row = blockIdx.x;
+  const int e = p.block_expert[blk_row];
+  if (e < 0 || e >= p.num_experts) return;
+  const int lane = threadIdx.x & 31, wk = threadIdx.x >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int n0 = blockIdx.y * kTileN;
+  const int64_t row0 = static_cast<int64_t>(blk_row) * kBlockM;
+
+  // The block's rows: real ones first (sorted_pos >= 0), then padding. a_row(col): the row of a that B column col
+  // reads (GEMM 1: the slot's token; GEMM 2: the act row).
+  const int pos_l = lane < kBlockM ? p.sorted_pos[row0 + lane] : -1;
+  const int nrows = __popc(__ballot_sync(0xffffffffu, pos_l >= 0));
+  auto a_row = [&](int col, int pos) -> int64_t {
+    return FIRST ? static_cast<int64_t>(max(pos, 0) / p.top_k) : row0 + col;
+  };
+  const char* xg = p.a + a_row(g, __shfl_sync(0xffffffffu, pos_l, g)) * p.stride_a;
+  const char* xg8 = p.a + a_row(g + 8, __shfl_sync(0xffffffffu, pos_l, g + 8)) * p.stride_a;
+
+  const int nchunks = p.k / kChunkK<F>;
+  const int r0 = n0 + 2 * g, r1 = r0 + 1;
+  const bool ok0 = r0 < p.n, ok1 = r1 < p.n;
+  const int64_t base0 = (static_cast<int64_t>(e) * p.n + (ok0 ? r0 : 0)) * nchunks;
+  const int64_t base1 = (static_cast<int64_t>(e) * p.n + (ok1 ? r1 : 0)) * nchunks;
+  // FP8 block scales: the tile's 16 rows lie in one 128-row block; a span (64 k, 64-aligned) in one 128-k block.
+  const float* bscale = F == Fmt::kFp8Block
+                            ? p.w_scale + (static_cast<int64_t>(e) * p.ws_nbn + n0 / 128) * p.ws_nbk : nullptr;
+
+  float acc[2][4] = {};
+  if (nrows > 8)  // uniform over the CTA
+    k_loop<F, true, WK, D>(acc, p, wk, g, c, nrows, base0, base1, ok0, ok1, xg, xg8, bscale);
+  else
+    k_loop<F, false, WK, D>(acc, p, wk, g, c, nrows, base0, base1, ok0, ok1, xg, xg8, bscale);
 
   if constexpr (WK > 1) {  // warp partial sums -> warp 0, added in warp order
     __shared__ float red[WK - 1][8][32];
@@ -295,8 +313,9 @@ void launch(const DecodeParams& p, int nb, cudaStream_t stream) {
 }
 
 // 4 warps over K, 3 spans per round: the fastest measured (H100, 2026-12-05: T = 1 block 47.9 us against 52.3-55.2
-// for (4, 6), (8, 3), (2, 6); 2026-12-06: a shared-memory staged variant, the CTA's 16 rows copied with cp.async at
-// once, took 56.1 us; docs/moe.md "Decode GEMM").
+// for (4, 6), (8, 3), (2, 6); 2026-12-06: the CTA's tile staged in shared memory by cp.async (56.1 us) or by the
+// bulk-copy engine (49.6 against 45.0), 1 or 2 warps per CTA (the whole grid in one wave at T = 1), and GEMM 2
+// prefetching its tile into L2 before its PDL wait, none faster; docs/moe.md "Decode GEMM").
 template <Fmt F>
 void launch_fmt(const DecodeParams& p, int nb, bool first, cudaStream_t stream) {
   if (first)
