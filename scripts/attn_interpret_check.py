@@ -9,27 +9,15 @@ blocks, one masked loop), the sliding-window kernel `_window_fwd`, split decode 
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
 import torch  # noqa: E402
+from interpret_common import load  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-ta = _load("_triton_attn", PKG / "attention" / "_triton_attn.py")
-ref = _load("reference", PKG / "reference.py")
+ta = load("attention/_triton_attn.py")
+ref = load("reference.py")
 HQ, HKV, D = 8, 2, 32
 dt = torch.float16
 worst = 0.0

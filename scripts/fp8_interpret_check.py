@@ -7,73 +7,27 @@ the epilogue, 128x128 block scales per K step) for the tile families the host co
 64-row, 128-row with split tiles and expert groups; BLOCK_K 64 and 128), K and N not multiples of the tiles,
 all tokens on one expert, NaN / Inf / huge rows.
 
-Triton 3.6's interpreter truncates fp32 -> e4m3 (the GPU rounds to nearest even, saturating: cvt.rn.satfinite)
-and turns NaN into a finite code, truncates fp32 -> bf16 and flushes bf16 subnormals; this script makes the
-interpreter convert as the GPU does and compute fp8 / bf16 dot operands in fp32 (their products are exact there).
-Needs numpy < 2.3 (see scripts/moe_mxfp4_interpret_check.py).
+The interpreter converts floats as the GPU does and computes fp8 / bf16 dot operands in fp32 here
+(scripts/interpret_common.py). Needs numpy < 2.3.
 
     TRITON_INTERPRET=1 python scripts/fp8_interpret_check.py
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from triton.runtime import interpreter as _interp  # noqa: E402
+from interpret_common import dispatch, gpu_conversions, load  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gg = _load("grouped_gemm", PKG / "moe" / "grouped_gemm.py")
-ft = _load("fp8_triton", PKG / "quant" / "fp8_triton.py")
-f8 = _load("fp8", PKG / "quant" / "fp8.py")
-ref = _load("reference", PKG / "reference.py")
-
-_convert = _interp._convert_float
-_TORCH = {tl.float32: torch.float32, tl.bfloat16: torch.bfloat16, tl.float8e4nv: torch.float8_e4m3fn}
-_NP_BITS = {tl.float32: np.float32, tl.bfloat16: np.uint16, tl.float8e4nv: np.uint8}
-
-
-def _convert_float(data, src, dst, rounding_mode):
-    """fp32 / bf16 / e4m3 conversions as the GPU does them (through torch: RNE, subnormals kept, NaN kept)."""
-    if src in _TORCH and dst in _TORCH and src != dst:
-        raw = torch.from_numpy(np.ascontiguousarray(data).view(_NP_BITS[src]).copy())
-        t = raw.view(_TORCH[src]) if src != tl.float32 else raw
-        out = t.to(_TORCH[dst])
-        return (out.numpy() if dst == tl.float32 else out.view(torch.uint8 if dst == tl.float8e4nv else torch.int16)
-                .numpy().view(_NP_BITS[dst])).reshape(data.shape)
-    return _convert(data, src, dst, rounding_mode)
-
-
-_interp._convert_float = _convert_float
-_dot = _interp.InterpreterBuilder.create_dot
-
-
-def _create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-    def f32(h):
-        if h.dtype.scalar in (tl.bfloat16, tl.float8e4nv):
-            return _interp.TensorHandle(_convert_float(h.data, h.dtype.scalar, tl.float32, None), tl.float32)
-        return h
-    return _dot(self, f32(a), f32(b), d, input_precision, max_num_imprecise_acc)
-
-
-_interp.InterpreterBuilder.create_dot = _create_dot
+gpu_conversions()
+gg = load("moe/grouped_gemm.py")
+ft = load("quant/fp8_triton.py")
+f8 = load("quant/fp8.py")
+ref = load("reference.py")
 
 ALPHA, LIMIT = 1.702, 7.0
 failed = []
@@ -112,24 +66,6 @@ for t, k, h, h_pad in ((3, 4, 100, 128), (9, 2, 2880, 2880), (1, 1, 40, 48)):
 
 
 # --- grouped GEMMs ---------------------------------------------------------------------------------------------
-def dispatch(ids, e, block_m):
-    flat = ids.flatten().long()
-    m = flat.numel()
-    nb = (m + min(e, m) * (block_m - 1)) // block_m
-    sp = torch.full((nb * block_m,), -1, dtype=torch.int32)
-    be = torch.full((nb,), -1, dtype=torch.int32)
-    row = 0
-    for x in range(e):
-        slots = torch.nonzero(flat == x).flatten()
-        if slots.numel() == 0:
-            continue
-        blocks = -(-slots.numel() // block_m)
-        be[row // block_m: row // block_m + blocks] = x
-        sp[row: row + slots.numel()] = slots.int()
-        row += blocks * block_m
-    return sp, be
-
-
 def launch(first, cfg, a, w, ws, a_s, bias, out, sp, be, topk_w, n, k, top_k, block_m):
     groups = gg.block_groups(be, block_m) if cfg.group_m == 0 else None
     gp = groups if groups is not None else be

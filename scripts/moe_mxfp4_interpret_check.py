@@ -8,95 +8,29 @@ picks: decode (BLOCK_M 16), 64-row and 128-row blocks (split tiles, narrow last 
 Needs numpy < 2.3 (Triton 3.6's interpreter turns 1-element arrays into loop bounds). Cases: K and N not multiples of the tiles, all tokens on one expert, scale bytes 0 / 1 / 127 / 254 / 255,
 T = 1, NaN / Inf activations, bf16 / fp16 / fp32 activations.
 
-Triton 3.6's interpreter computes bf16 arithmetic on the raw uint16 bits (bf16 tl.dot likewise), flushes bf16
-subnormals and truncates fp32 -> bf16. The kernel does no bf16 arithmetic outside tl.dot, so this script makes
-the interpreter convert bf16 <-> fp32 as the GPU does (exact / round to nearest even, subnormals kept) and
-convert bf16 dot operands to float32 first (bf16 products are exact in fp32).
+The kernel does no bf16 arithmetic outside tl.dot; the interpreter converts bf16 <-> fp32 as the GPU does (exact /
+round to nearest even, subnormals kept) and computes bf16 dot operands in fp32 here (scripts/interpret_common.py).
 
     TRITON_INTERPRET=1 python scripts/moe_mxfp4_interpret_check.py
 """
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import sys
-from pathlib import Path
 
 assert os.environ.get("TRITON_INTERPRET") == "1", "run with TRITON_INTERPRET=1"
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import triton  # noqa: E402
-import triton.language as tl  # noqa: E402
-from triton.runtime import interpreter as _interp  # noqa: E402
+from interpret_common import dispatch, gpu_conversions, load  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-PKG = ROOT / "torch-ext" / "gpt_oss_kernels"
-
-
-def _load(name, path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-gg = _load("grouped_gemm", PKG / "moe" / "grouped_gemm.py")
-mx = _load("mxfp4", PKG / "quant" / "mxfp4.py")
-ref = _load("reference", PKG / "reference.py")
-
-_convert = _interp._convert_float
-
-
-def _convert_float(data, src, dst, rounding_mode):
-    """bf16 <-> fp32 as the GPU does them: exact widening, round-to-nearest-even narrowing, subnormals kept.
-    (Triton 3.6's interpreter flushes bf16 subnormals and truncates fp32 -> bf16.)"""
-    if src == tl.bfloat16 and dst == tl.float32:
-        return (np.frombuffer(data.tobytes(), dtype=np.uint16).astype(np.uint32) << 16).view(np.float32).reshape(
-            data.shape)
-    if src == tl.float32 and dst == tl.bfloat16:
-        u = np.frombuffer(data.tobytes(), dtype=np.uint32).astype(np.uint64)
-        rounded = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
-        nan = np.isnan(np.frombuffer(data.tobytes(), dtype=np.float32))
-        return np.where(nan, np.uint16(0x7FC0), rounded).view(np.uint16).reshape(data.shape)
-    return _convert(data, src, dst, rounding_mode)
-
-
-_interp._convert_float = _convert_float
-_dot = _interp.InterpreterBuilder.create_dot
-
-
-def _create_dot(self, a, b, d, input_precision, max_num_imprecise_acc):
-    def f32(h):
-        if h.dtype.scalar == tl.bfloat16:
-            return _interp.TensorHandle(_convert_float(h.data, tl.bfloat16, tl.float32, None), tl.float32)
-        return h
-    return _dot(self, f32(a), f32(b), d, input_precision, max_num_imprecise_acc)
-
-
-_interp.InterpreterBuilder.create_dot = _create_dot
+gpu_conversions()
+gg = load("moe/grouped_gemm.py")
+mx = load("quant/mxfp4.py")
+ref = load("reference.py")
 
 ALPHA, LIMIT = 1.702, 7.0
 worst = 0.0
-
-
-def dispatch(ids: torch.Tensor, e: int, block_m: int):
-    """moe_dispatch's layout in Python: (sorted_pos, block_expert)."""
-    flat = ids.flatten().long()
-    m = flat.numel()
-    nb = (m + min(e, m) * (block_m - 1)) // block_m
-    sp = torch.full((nb * block_m,), -1, dtype=torch.int32)
-    be = torch.full((nb,), -1, dtype=torch.int32)
-    row = 0
-    for x in range(e):
-        slots = torch.nonzero(flat == x).flatten()
-        if slots.numel() == 0:
-            continue
-        blocks = -(-slots.numel() // block_m)
-        be[row // block_m: row // block_m + blocks] = x
-        sp[row: row + slots.numel()] = slots.int()
-        row += blocks * block_m
-    return sp, be
 
 
 def launch(first, cfg, a, words, scales, bias, out, sp, be, topk_w, n, k, top_k, block_m):

@@ -12,7 +12,6 @@ weight value and thread. A kernel that does not compile for sm_90a fails here, b
 from __future__ import annotations
 
 import collections
-import importlib.util
 import json
 import re
 import subprocess
@@ -22,14 +21,12 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
+from interpret_common import load
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(triton.__file__).parent / "backends" / "nvidia" / "bin"
-spec = importlib.util.spec_from_file_location("grouped_gemm", ROOT / "torch-ext/gpt_oss_kernels/moe/grouped_gemm.py")
-gg = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(gg)
-spec = importlib.util.spec_from_file_location("fp8_triton", ROOT / "torch-ext/gpt_oss_kernels/quant/fp8_triton.py")
-fq = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(fq)
+gg = load("moe/grouped_gemm.py")
+fq = load("quant/fp8_triton.py")
 
 
 def loop_mix(sass: str):
@@ -104,7 +101,7 @@ def compile_finalize_slice():
     for kern, sig, const, warps in (
             (fq._finalize_slice_kernel, dict(y_ptr="*bf16", ids_ptr="*i32", w_ptr="*fp32", out_ptr="*bf16", h="i32",
                                              k="i32", num_experts="i32", stride_y="i32"),
-             dict(HAS_WEIGHTS=True, SKIP_FOREIGN=True, BLOCK_N=1024), 4)):
+             dict(HAS_WEIGHTS=True, SKIP_FOREIGN=True, BLOCK_N=1024), 4),):
         full = {a: "constexpr" if a in const else sig[a] for a in kern.arg_names}
         ck = triton.compile(ASTSource(fn=kern, signature=full, constexprs=const),
                             target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
