@@ -3,7 +3,8 @@
 # run the GPU tests and the benchmarks; JSON, markdown and logs land under $OUT.
 #
 #   scripts/gpu_run.sh [--pair 5.25|5.22] [--both-pairs] [--sanitize] [--only "rmsnorm moe"]
-#                      [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick] [--dry-run]
+#                      [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick] [--dry-run] [--pack]
+#                      [--probe probes/x.py]
 #
 # --pair: which wheel set goes on PYTHONPATH (default 5.25): 5.25 = transformers 5.25.0 +
 #   kernels 0.19.1 + huggingface-hub 2.4.0 (.whl/525/), 5.22 = transformers 5.22.2 + kernels
@@ -34,7 +35,7 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
 SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
-quick_args=()
+quick_args=(); probes=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --pair) PAIR="${2:-}"; shift ;;
@@ -47,6 +48,8 @@ while [ $# -gt 0 ]; do
     --quick) quick_args=(--quick) ;;
     --dry-run) DRY=1 ;;
     --pack) PACK=1 ;;
+    --probe) [ -f "${2:-}" ] || { echo "--probe needs a probe script, got '${2:-}'"; exit 2; }
+             probes+=("$2"); shift ;;
     *) echo "unknown option $1"; exit 2 ;;
   esac
   shift
@@ -175,6 +178,13 @@ if [ "$BENCH" = 1 ]; then
     esac
   done
 fi
+
+for probe in "${probes[@]}"; do
+  echo "== probe $probe"
+  mkdir -p "$OUT/probes"
+  run python3 "$probe" --out "$OUT/probes" 2>&1 | tee "$OUT/probes/$(basename "$probe" .py).log" | tail -30
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+done
 
 if [ "$BOTH" = 1 ] && [ "$RUN_TESTS" = 1 ]; then
   use_pair 5.22
