@@ -249,12 +249,11 @@ def kernel_table(prof, since_us: float, steps: int, skip=("launch",), n: int = 3
         t[0] += e.time_range.elapsed_us()
         t[1] += 1
     rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
-    table = [dict(kernel=k, us_per_step=round(v[0] / steps, 2), per_step=round(v[1] / steps, 2)) for k, v in rows[:n]]
     rest = rows[n:]
     if rest:
-        table.append(dict(kernel=f"({len(rest)} other kernels)", us_per_step=round(sum(v[0] for _, v in rest) / steps, 2),
-                          per_step=round(sum(v[1] for _, v in rest) / steps, 2)))
-    return table
+        rows = rows[:n] + [(f"({len(rest)} other kernels)", [sum(v[0] for _, v in rest), sum(v[1] for _, v in rest)])]
+    return [dict(kernel=k, us_per_step=round(us / steps, 2), per_step=round(count / steps, 2))
+            for k, (us, count) in rows]
 
 
 def _activities(device: str):
@@ -331,7 +330,8 @@ def profile_runner(kernel, model, prompt, new_tokens: int, steps: int, out: Path
     med = _median_row(rows[:-1] or rows)  # the last window also holds the end of the call
     return dict(steps_per_launch=steps, first_call=first, call_s=round(plain, 4),
                 tok_s=round(prompt.shape[0] * new_tokens / plain, 1), launches=runner.last_stats["launches"],
-                median_launch=med, kernels_per_step=kernels, timeline=_middle_timeline(rows, rows[:-1] or rows), windows=rows,
+                median_launch=med, kernels_per_step=kernels, timeline=_middle_timeline(rows, rows[:-1] or rows),
+                windows=rows,
                 median_per_token={k: round(v / steps, 4) for k, v in med.items() if k.endswith("_ms")})
 
 
