@@ -95,6 +95,9 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
       "attn_window(Tensor q, Tensor k, Tensor v, Tensor? cu_q, Tensor? cu_k, Tensor? seqlens_k, Tensor? s_aux, "
       "float scale, int batch, int seq_q_fixed, int max_seqlen_q, int window_left, int positions) -> Tensor");
   ops.impl("attn_window", BACKEND, &attn_window);
+  // The attention projections at decode sizes (<= 16 rows): x W_i^T + b_i side by side (attention/projection.py).
+  ops.def("multi_linear(Tensor x, Tensor[] weights, Tensor[] biases) -> Tensor");
+  ops.impl("multi_linear", BACKEND, &multi_linear);
 #endif
 }
 

@@ -72,6 +72,10 @@ std::tuple<at::Tensor, at::Tensor> rotary_pos_emb(const at::Tensor& q, const at:
 // windows (kernel_src/attention/attn_decode_cuda.cu) and the causal sliding-window prefill of at most
 // 127 keys back (kernel_src/attention/attn_window_cuda.cu).
 #if defined(CUDA_KERNEL)
+// y_i = x W_i^T + b_i for one to three weights on the same x (at most 16 rows), side by side in one (M, sum N_i)
+// output: the attention projections at decode sizes (kernel_src/attention/projection_cuda.cu). CUDA only: the
+// Python entry point (attention/projection.py) runs torch's linear elsewhere.
+at::Tensor multi_linear(const at::Tensor& x, at::TensorList weights, at::TensorList biases);
 at::Tensor attn_decode(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                        const at::Tensor& seqlens, const std::optional<at::Tensor>& block_table,
                        const std::optional<at::Tensor>& s_aux, double scale, int64_t window_left, int64_t stages);

@@ -13,6 +13,7 @@ from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # m
 from .quant import convert_checkpoint
 from .quant import dequantize_fp8, pad_quant_fp8, quantize_experts_fp8, quantize_fp8, rms_norm_quant_fp8  # fp8
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
+from .attention import multi_linear  # attention
 from .norm import fused_add_rms_norm, rms_norm
 from .integrations import DecodeRunner, from_pretrained, kernel_config
 
@@ -23,6 +24,7 @@ __all__ = [
     "flash_attn_varlen_func",  # attention
     "flash_attn_with_kvcache",  # attention
     "rotary_pos_emb",  # attention
+    "multi_linear",  # attention
     "from_pretrained",
     "fused_add_rms_norm",
     "kernel_config",

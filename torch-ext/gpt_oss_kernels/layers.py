@@ -12,7 +12,8 @@ parameters under the checkpoint's own names, so weights load straight into it.
 | MoeExperts   | GptOssExperts                                      | bf16, MXFP4 or FP8 experts (moe/block.py) |
 | MoeMLP       | GptOssMLP (5.22-5.24 hub name "MegaBlocksMoeMLP")  | router, experts                        |
 | NormMoeMLP   | post_attention_layernorm + mlp of a decoder layer  | router, experts, post_attention_layernorm |
-| RotaryPosEmb | the function apply_rotary_pos_emb ("rotary_pos_emb") | none                                 |
+| Attention    | GptOssAttention (it calls our rotary itself)       | q_proj, k_proj, v_proj, o_proj, sinks  |
+| RotaryPosEmb | the function apply_rotary_pos_emb ("rotary_pos_emb"), for models other than GPT-OSS's routes | none |
 
 Which layouts a model gets, and how: ``integrations`` (``kernel_config()``, ``from_pretrained()``).
 """
@@ -22,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention.projection import multi_linear
 from .attention.rotary import rotary_pos_emb as _rotary_pos_emb
 from .moe.block import expert_format, experts_forward, moe_block
 from .moe.fp8 import padded_width
@@ -113,6 +115,58 @@ class RotaryPosEmb(nn.Module):
 
 # The layer name transformers' default mapping uses for "rotary_pos_emb" (kernels-community/rotary).
 apply_rotary_transformers = RotaryPosEmb
+
+
+def _plain_linears(*modules: nn.Module) -> bool:
+    """Whether each module computes exactly ``F.linear(x, weight, bias)`` when called: an ``nn.Linear`` with no
+    hooks (transformers' tensor parallelism hooks the projections; quantizers replace their class)."""
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks
+               and "forward" not in m.__dict__ and not getattr(m, "_is_hooked", False) for m in modules)
+
+
+class Attention(nn.Module):
+    """GptOssAttention's forward with q, k and v projected by one ``multi_linear`` (one kernel launch at decode
+    sizes, where cuBLAS runs three split-K GEMVs) and o_proj by another, and this package's rotary. The cache
+    update and the attention call are transformers' (its attention interface for ``config._attn_implementation``;
+    ``cache=`` as transformers 5.25 passes it, ``past_key_values=`` as 5.22-5.24 do). Projections that are not
+    plain ``nn.Linear`` modules (tensor-parallel hooks, quantized linears) are called as modules."""
+
+    config: object
+    layer_idx: int
+    head_dim: int
+
+    can_torch_compile = True
+    has_backward = False
+
+    def forward(self, hidden_states, position_embeddings, attention_mask, cache=None, past_key_values=None,
+                **kwargs):
+        from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+        from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+        input_shape = hidden_states.shape[:-1]
+        hidden_shape = (*input_shape, -1, self.head_dim)
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if _plain_linears(*projections):
+            q, k, v = multi_linear(hidden_states, [p.weight for p in projections], [p.bias for p in projections])
+        else:
+            q, k, v = (p(hidden_states) for p in projections)
+        q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
+        cos, sin = position_embeddings
+        q, k = _rotary_pos_emb(q, k, cos, sin)
+        if cache is not None:
+            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+        elif past_key_values is not None:
+            k, v = past_key_values.update(k, v, self.layer_idx)
+        attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
+                                 self.attention_dropout, scaling=self.scaling, sliding_window=self.sliding_window,
+                                 s_aux=self.sinks, **kwargs)
+        out = out.reshape(*input_shape, -1).contiguous()
+        if _plain_linears(self.o_proj):
+            (out,) = multi_linear(out, [self.o_proj.weight], [self.o_proj.bias])
+        else:
+            out = self.o_proj(out)
+        return out, weights
 
 
 # --- layouts: the parameters, under the checkpoint's names -----------------------------------------
@@ -225,6 +279,34 @@ class MoeMLPLayout(nn.Module):
 
         self.router = m.GptOssTopKRouter(config)
         self.experts = m.GptOssExperts(config)
+
+
+class AttentionLayout(nn.Module):
+    """GptOssAttention's parameters and attributes, under its names (``__init__(config, layer_idx)`` as
+    GptOssAttention; transformers' attention functions read ``is_causal``, ``num_key_value_groups``, ``scaling``)."""
+
+    kernel_layer_name = "Attention"
+    forward = Attention.forward
+
+    def __init__(self, config, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_type = config.layer_types[layer_idx] if hasattr(config, "layer_types") else None
+        self.config = config
+        self.layer_idx = layer_idx
+        self.head_dim = getattr(config, "head_dim", config.hidden_size // config.num_attention_heads)
+        self.num_key_value_groups = config.num_attention_heads // config.num_key_value_heads
+        self.scaling = self.head_dim**-0.5
+        self.attention_dropout = config.attention_dropout
+        self.is_causal = True
+        h, q_out, kv_out = config.hidden_size, config.num_attention_heads * self.head_dim, \
+            config.num_key_value_heads * self.head_dim
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(h, q_out, bias=bias)
+        self.k_proj = nn.Linear(h, kv_out, bias=bias)
+        self.v_proj = nn.Linear(h, kv_out, bias=bias)
+        self.o_proj = nn.Linear(q_out, h, bias=bias)
+        self.sliding_window = config.sliding_window if self.layer_type == "sliding_attention" else None
+        self.sinks = nn.Parameter(torch.empty(config.num_attention_heads))
 
 
 class _NormKeyRenaming:

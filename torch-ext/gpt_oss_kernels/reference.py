@@ -109,6 +109,12 @@ def rotary_pos_emb(
     return rot(q), rot(k)
 
 
+def multi_linear(x: torch.Tensor, weights, biases=None) -> tuple[torch.Tensor, ...]:
+    """One to three linear layers on the same input: ``x W_i^T + b_i`` each."""
+    biases = biases if biases is not None else [None] * len(weights)
+    return tuple(x @ w.T + (b if b is not None else 0) for w, b in zip(weights, biases))
+
+
 # --- moe ---------------------------------------------------------------------------------
 
 

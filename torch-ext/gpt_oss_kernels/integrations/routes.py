@@ -33,19 +33,18 @@ _MXFP4_EP_PLAN = {f"model.layers.*.mlp.experts.{w}_{part}": "grouped_gemm"
 
 # transformers class (anchored pattern: transformers matches patch keys with re.search, and a bare
 # "GptOssMLP" would also replace its Mxfp4GptOssMLP) -> our layer. The layout class is layers.<layer>Layout.
-_REPLACED = {"^GptOssRMSNorm$": "RMSNorm", "^GptOssExperts$": "MoeExperts"}
+_REPLACED = {"^GptOssRMSNorm$": "RMSNorm", "^GptOssExperts$": "MoeExperts", "^GptOssAttention$": "Attention"}
 _UNFUSED_MLP = {"^GptOssMLP$": "MoeMLP"}
 # The fused module takes the decoder layer's `mlp` slot (it returns what GptOssMLP returns); the norm's slot
 # becomes an identity. Order = the arguments of NormMoeMLPLayout.__init__.
 _FUSION_KEY = (("GptOssMLP", "model.layers.*.mlp"), ("GptOssRMSNorm", "model.layers.*.post_attention_layernorm"))
 _FUSED_LAYER = "NormMoeMLP"
-_FUNCTIONS = {"rotary_pos_emb": "RotaryPosEmb"}
 
 
 def _hub_names(fused: bool) -> dict[str, str]:
     """kernel_layer_name (what kernelize looks up) -> our layer; for layouts the two are the same."""
     layouts = list(_REPLACED.values()) + [_FUSED_LAYER if fused else "MoeMLP"]
-    return {**{layer: layer for layer in layouts}, **_FUNCTIONS}
+    return {layer: layer for layer in layouts}
 
 
 def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revision: str | None = None,
@@ -78,7 +77,6 @@ def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revisio
         mapping[_FUSION_KEY] = entry(_FUSED_LAYER)
     else:
         mapping.update({pattern: entry(layer) for pattern, layer in _UNFUSED_MLP.items()})
-    mapping.update({name: entry(layer) for name, layer in _FUNCTIONS.items()})
     # transformers keeps the class patches of a load for every later load: drop ours, so that this config
     # (fused or not) is what the next load gets.
     _unregister(_our_patches())
