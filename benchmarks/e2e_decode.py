@@ -268,10 +268,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--no-static", action="store_true",
                         help="skip generate's static cache (its flash-style route reads unwritten slots, docs/transformers.md)")
     parser.add_argument("--cb-only", action="store_true", help="only continuous batching")
+    parser.add_argument("--torch-projections", action="store_true",
+                        help="attention projections through torch's linear (the A/B of multi_linear)")
     parser.add_argument("--cb-requests", type=int, default=64)
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = load_kernel()
+    kernel.attention.projection.KERNEL = not args.torch_projections
     plain = None
     if args.tiny:
         from tiny_gpt_oss import tiny_model, with_our_kernels
@@ -307,7 +310,8 @@ def main(argv=None) -> dict:
         what = f"gpt-oss-20b shapes ({args.layers} layers), ours with {'MXFP4' if args.mxfp4 else 'bf16'} experts"
     res = dict(what=what, device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
                transformers=transformers.__version__, prompt=args.prompt, new_tokens=args.new_tokens,
-               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batches={})
+               date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batches={},
+               projections="torch linear" if args.torch_projections else "multi_linear")
     stem = "e2e_decode_cb" if args.cb_only else "e2e_decode"
     if not args.cb_only:
         for b in args.batches:

@@ -197,11 +197,13 @@ def test_gpu_run_plans_whole_model_runs_and_packs(tmp_path):
     $OUT even when a step fails (here the wheel install, through a python3 that always fails)."""
     script = ROOT / "scripts" / "gpu_run.sh"
     env = dict(os.environ, OUT=str(tmp_path / "dry"))
+    probe = tmp_path / "some_probe.py"
+    probe.write_text("")
     plan = subprocess.run(["bash", str(script), "--dry-run", "--no-tests", "--only", "moe e2e e2e-mxfp4 e2e-fp8",
-                           "--probe", "probes/attention_projections.py"],
+                           "--probe", str(probe)],
                           cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
     for line in ("benchmarks/harness.py --out", "e2e_model.py --static", "e2e_model.py --mxfp4 --static",
-                 "e2e_model.py --fp8 channel", "probes/attention_projections.py --out"):
+                 "e2e_model.py --fp8 channel", f"{probe} --out"):
         assert line in plan, plan
     bad = subprocess.run(["bash", str(script), "--dry-run", "--probe", "probes/none.py"], cwd=ROOT, env=env,
                          capture_output=True, text=True)

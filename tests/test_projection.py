@@ -3,6 +3,7 @@ reference, and the Attention layer against transformers' GptOssAttention."""
 
 from __future__ import annotations
 
+import copy
 import inspect
 
 import pytest
@@ -40,7 +41,7 @@ CASES = [
     (9, 1000, (33, 1, 17)),
     (16, 2888, (4096, 512, 512)),
     (17, 512, (64, 32)),
-    (5, 36, (16,)),  # K % 8 != 0: torch's linear
+    (5, 36, (16,)),  # K % 8 != 0: the op's ATen fallback
 ]
 
 
@@ -50,11 +51,11 @@ def test_multi_linear(kernel, ref, device, dtype, rows, k, ns):
     x = torch.randn(rows, k, device=device, dtype=dtype)
     ws, bs = _weights(device, dtype, ns, k)
     outs, names = _check(kernel, ref, x, ws, bs)
-    uses_kernel = device == "cuda" and dtype != torch.float32 and rows <= 16 and k % 8 == 0
+    uses_kernel = device == "cuda" and dtype != torch.float32 and rows <= 16
     assert dispatched(names, kernel, "multi_linear") == uses_kernel
     if uses_kernel and len(ns) > 1:  # column slices of one buffer
         assert outs[1].data_ptr() == outs[0].data_ptr() + ns[0] * outs[0].element_size()
-        assert outs[0].stride() == (sum(ns), 1)
+        assert rows == 1 or outs[0].stride() == (sum(ns), 1)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
@@ -119,6 +120,14 @@ def test_multi_linear_bad_input(kernel, device):
         kernel.multi_linear(x.long(), ws)
 
 
+def test_multi_linear_unaligned_input(kernel, ref, device):
+    """x starting 2 elements into its storage, with a row stride of 2 * K + 2: the op's ATen fallback."""
+    base = torch.randn(3, 2 * 64 + 2, device=device, dtype=torch.bfloat16)
+    x = base[:, 2:66]
+    ws, bs = _weights(device, torch.bfloat16, (24, 8), 64)
+    _check(kernel, ref, x, ws, bs)
+
+
 @pytest.mark.gpu
 def test_multi_linear_cuda_graph(kernel, ref):
     x = torch.randn(1, 2880, device="cuda", dtype=torch.bfloat16)
@@ -155,31 +164,36 @@ def test_attention_layer_matches_transformers(kernel, device, seq, layer_idx):
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     cfg = tiny_config()
     cfg._attn_implementation = "eager"
-    theirs = GptOssAttention(cfg, layer_idx)
+    exact = GptOssAttention(cfg, layer_idx)
     with torch.no_grad():
-        for p in theirs.parameters():
+        for p in exact.parameters():
             p.copy_(torch.randn_like(p) * 0.2)
-    theirs = theirs.to(device=device, dtype=dtype).eval()
+    exact = exact.to(device).eval()  # fp32: the reference
+    theirs = copy.deepcopy(exact).to(dtype)
     ours = kernel.layers.AttentionLayout(cfg, layer_idx).to(device=device, dtype=dtype).eval()
     ours.load_state_dict(theirs.state_dict())
     rotary = GptOssRotaryEmbedding(cfg).to(device)
     cache_arg = "cache" if "cache" in inspect.signature(GptOssAttention.forward).parameters else "past_key_values"
     b, past = 2, 4
-    caches = [DynamicCache(config=cfg), DynamicCache(config=cfg)]
     outs = []
     with torch.inference_mode():
-        for attn, cache in zip((theirs, ours), caches):
-            res = []
+        for attn in (exact, theirs, ours):
+            cache, res = DynamicCache(config=cfg), []
             for start, n in ((0, past), (past, seq)):  # a prefill, then the step under test against the cache
-                x = torch.randn(b, n, cfg.hidden_size, device=device, generator=torch.Generator(device).manual_seed(n),
-                                dtype=torch.float32).to(dtype)
+                gen = torch.Generator(device).manual_seed(n)
+                x = torch.randn(b, n, cfg.hidden_size, device=device, generator=gen)
                 pos = torch.arange(start, start + n, device=device)[None].expand(b, n)
                 allowed = torch.ones(b, 1, n, start + n, device=device, dtype=torch.bool).tril(start)
-                mask = torch.zeros(allowed.shape, device=device, dtype=dtype).masked_fill(~allowed, float("-inf"))
-                res.append(attn(x, rotary(x, pos), mask, position_ids=pos, **{cache_arg: cache})[0])
+                mask = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, float("-inf"))
+                dt = next(attn.parameters()).dtype
+                res.append(attn(x.to(dt), rotary(x, pos), mask.to(dt), position_ids=pos, **{cache_arg: cache})[0])
             outs.append(res)
-    for got, want in zip(outs[1], outs[0]):
-        assert rel_err(got, want.double()) < (2e-2 if dtype == torch.bfloat16 else 1e-5)
+    for want, base, got in zip(*outs):
+        if dtype == torch.float32:
+            assert rel_err(got, want) < 1e-5
+        else:  # bf16: about as far from fp32 as transformers' own bf16 layer (other rounding points: 0.0165 against
+            # its 0.0103 in one H100 run)
+            assert rel_err(got, want) <= max(2e-2, 2 * rel_err(base, want))
 
 
 def test_attention_layer_calls_hooked_projections(kernel, device):

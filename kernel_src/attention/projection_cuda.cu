@@ -7,16 +7,20 @@
 // goes"), where the bytes take 9.8 us. Here one launch streams the three weights once, with nothing to reduce
 // across CTAs.
 //
-// Layout: one CTA per 16 rows of one weight (the m16 side of mma.m16n8k16: the weights are the long side, the
-// tokens the n8 side; 16 tokens = two n8 blocks). Its kWarps warps split K into 32-wide chunks (chunk c to warp
-// c % kWarps) and reduce their partial sums through shared memory at the end. Lane (g = lane / 4, t = lane % 4)
-// loads 16 bytes of weight rows g and g + 8 and of x rows (tokens) g and g + 8 at k = 32 c + 8 t. A dot product
-// does not depend on the order of k, so these 8 values serve as the fragment's k {2t, 2t+1, 2t+8, 2t+9} of two k16
-// steps (values 0-3, then 4-7), for A (weights) and B (x) alike: both come straight from global memory in 16-byte
-// loads, with no shared-memory staging and no shuffles.
+// Layout: one CTA per 8 rows of one weight. The tokens are the m16 side of mma.m16n8k16 (up to 16 of them, zero
+// rows past M) and the weight rows its n8 side, so a weight's rows tile by 8 and GPT-OSS's q/k/v make 640 CTAs
+// (o_proj 360): about 5 per SM, which evens out the bytes each SM streams (with 16-row tiles, 320 CTAs left some
+// SMs 3 tiles and others 2: 65% of the byte floor at M = 1 on an H100, 2026-12-06). The CTA's kWarps warps split K
+// into 32-wide chunks (chunk c to warp c % kWarps) and reduce their partial sums through shared memory at the
+// end (8 warps: a tile's 46 KB of GPT-OSS q/k/v weights in about one and a half loop steps of 32 KB, so a CTA
+// waits on memory about twice; with 4 warps, 52% of the byte floor on an H200). Lane (g = lane / 4, t = lane % 4) loads 16 bytes of weight row g and of x rows (tokens) g and g + 8 at
+// k = 32 c + 8 t. A dot product does not depend on the order of k, so these 8 values serve as the fragments' k
+// {2t, 2t+1, 2t+8, 2t+9} of two k16 steps (values 0-3, then 4-7), for A (x) and B (weights) alike: both come
+// straight from global memory in 16-byte loads, with no shared-memory staging and no shuffles.
 //
 // PDL: the weights do not depend on the previous kernel, so each warp issues its first chunks' weight loads before
-// griddepcontrol.wait; x is read, and the output written, only after it.
+// griddepcontrol.wait; x is read, and the output written, only after it. Inputs the 16-byte loads cannot take
+// (K or x's row stride not a multiple of 8 elements, unaligned pointers) go through ATen's linear instead.
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -34,8 +38,9 @@
 
 namespace {
 
-constexpr int kWarps = 4;
-constexpr int kUnroll = 4;  // chunks per warp per loop step (each: 2 x 16 bytes of weights per lane)
+constexpr int kWarps = 8;
+constexpr int kUnroll = 8;  // chunks per warp per loop step (16 bytes of weights per lane each)
+constexpr int kRows = 8;    // weight rows per CTA (mma n8)
 constexpr int kMaxWeights = 3;
 
 struct Weight {
@@ -43,7 +48,7 @@ struct Weight {
   const void* b;  // (n,) or nullptr
   int n;
   int out_col;     // first output column
-  int first_tile;  // first CTA (16 rows each) of this weight
+  int first_tile;  // first CTA (kRows rows each) of this weight
 };
 
 struct Params {
@@ -63,15 +68,6 @@ __device__ __forceinline__ float to_float(T v) {
   }
 }
 
-template <typename T>
-__device__ __forceinline__ T from_float(float v) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return __float2bfloat16_rn(v);
-  } else {
-    return __float2half_rn(v);
-  }
-}
-
 // Streaming 16-byte load (the weights are read once per step: keep them out of L1).
 __device__ __forceinline__ uint4 load_stream(const void* p) {
   uint4 v;
@@ -80,23 +76,22 @@ __device__ __forceinline__ uint4 load_stream(const void* p) {
   return v;
 }
 
-// The weight rows of chunks c0, c0 + kWarps, ... (kUnroll of them); zeros past K or past the weight's rows.
+// Weight row g of chunks c0, c0 + kWarps, ... (kUnroll of them); zeros past K or past the weight's rows.
 template <typename T>
-__device__ __forceinline__ void load_weights(const T* w0, const T* w1, bool ok0, bool ok1, int c0, int chunks, int k,
-                                             int t, uint4 (&a0)[kUnroll], uint4 (&a1)[kUnroll]) {
+__device__ __forceinline__ void load_weights(const T* w, bool ok, int c0, int chunks, int k, int t,
+                                             uint4 (&a)[kUnroll]) {
 #pragma unroll
   for (int u = 0; u < kUnroll; ++u) {
     const int c = c0 + u * kWarps;
     const int kk = c * 32 + 8 * t;
-    const bool in = c < chunks && kk < k;
-    a0[u] = in && ok0 ? load_stream(w0 + kk) : make_uint4(0, 0, 0, 0);
-    a1[u] = in && ok1 ? load_stream(w1 + kk) : make_uint4(0, 0, 0, 0);
+    a[u] = ok && c < chunks && kk < k ? load_stream(w + kk) : make_uint4(0, 0, 0, 0);
   }
 }
 
-template <typename T, int NB>
+// TWO: more than 8 tokens (x rows g + 8 are read too).
+template <typename T, bool TWO>
 __global__ void __launch_bounds__(32 * kWarps) multi_linear_kernel(const Params p) {
-  __shared__ float partial[kWarps][NB][4][32];
+  __shared__ float partial[kWarps][4][32];
 
   // This CTA's weight: the last one whose first tile is at or before blockIdx.x (selects, not an indexed
   // parameter array, which would go through local memory).
@@ -104,78 +99,74 @@ __global__ void __launch_bounds__(32 * kWarps) multi_linear_kernel(const Params 
   const bool in1 = p.nw > 1 && tile >= p.w[1].first_tile;
   const bool in2 = p.nw > 2 && tile >= p.w[2].first_tile;
   const Weight& sel = in2 ? p.w[2] : (in1 ? p.w[1] : p.w[0]);
-  const T* wbase = static_cast<const T*>(sel.w);
   const T* bias = static_cast<const T*>(sel.b);
-  const int n = sel.n, out_col = sel.out_col, row0 = (tile - sel.first_tile) * 16;
+  const int n = sel.n, out_col = sel.out_col, row0 = (tile - sel.first_tile) * kRows;
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int g = lane >> 2, t = lane & 3;
-  const int r0 = row0 + g, r1 = r0 + 8;
-  const bool ok0 = r0 < n, ok1 = r1 < n;
-  const T* w0 = wbase + static_cast<int64_t>(ok0 ? r0 : 0) * p.k;
-  const T* w1 = wbase + static_cast<int64_t>(ok1 ? r1 : 0) * p.k;
+  const bool ok = row0 + g < n;
+  const T* w = static_cast<const T*>(sel.w) + static_cast<int64_t>(ok ? row0 + g : 0) * p.k;
   const int chunks = (p.k + 31) / 32;
   constexpr int kStep = kWarps * kUnroll;
 
-  uint4 a0[kUnroll], a1[kUnroll];
-  load_weights(w0, w1, ok0, ok1, warp, chunks, p.k, t, a0, a1);
+  uint4 a[kUnroll];
+  load_weights(w, ok, warp, chunks, p.k, t, a);
   gok::pdl_wait_and_release();
 
-  const T* x = static_cast<const T*>(p.x);
-  float acc[NB][4] = {};
+  const T* x0 = static_cast<const T*>(p.x) + g * p.x_stride;
+  const T* x1 = x0 + 8 * p.x_stride;
+  const bool ok_x0 = g < p.m, ok_x1 = TWO && g + 8 < p.m;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
   for (int c0 = warp; c0 < chunks; c0 += kStep) {
-    uint4 n0[kUnroll], n1[kUnroll];
-    load_weights(w0, w1, ok0, ok1, c0 + kStep, chunks, p.k, t, n0, n1);
+    uint4 next[kUnroll];
+    load_weights(w, ok, c0 + kStep, chunks, p.k, t, next);
 #pragma unroll
     for (int u = 0; u < kUnroll; ++u) {
       const int c = c0 + u * kWarps;
       const int kk = c * 32 + 8 * t;
       const bool in = c < chunks && kk < p.k;
-#pragma unroll
-      for (int nb = 0; nb < NB; ++nb) {
-        const int token = g + 8 * nb;
-        const uint4 xv = in && token < p.m ? __ldg(reinterpret_cast<const uint4*>(x + token * p.x_stride + kk))
-                                          : make_uint4(0, 0, 0, 0);
-        const uint32_t s0[4] = {a0[u].x, a1[u].x, a0[u].y, a1[u].y};
-        const uint32_t s1[4] = {a0[u].z, a1[u].z, a0[u].w, a1[u].w};
-        gok::mma16816<T>(acc[nb], s0, xv.x, xv.y);
-        gok::mma16816<T>(acc[nb], s1, xv.z, xv.w);
+      const uint4 xa = in && ok_x0 ? __ldg(reinterpret_cast<const uint4*>(x0 + kk)) : make_uint4(0, 0, 0, 0);
+      uint4 xb = make_uint4(0, 0, 0, 0);
+      if constexpr (TWO) {
+        if (in && ok_x1) xb = __ldg(reinterpret_cast<const uint4*>(x1 + kk));
       }
+      const uint32_t s0[4] = {xa.x, xb.x, xa.y, xb.y};
+      const uint32_t s1[4] = {xa.z, xb.z, xa.w, xb.w};
+      gok::mma16816<T>(acc, s0, a[u].x, a[u].y);
+      gok::mma16816<T>(acc, s1, a[u].z, a[u].w);
     }
 #pragma unroll
-    for (int u = 0; u < kUnroll; ++u) {
-      a0[u] = n0[u];
-      a1[u] = n1[u];
-    }
+    for (int u = 0; u < kUnroll; ++u) a[u] = next[u];
   }
 
 #pragma unroll
-  for (int nb = 0; nb < NB; ++nb) {
-#pragma unroll
-    for (int j = 0; j < 4; ++j) partial[warp][nb][j][lane] = acc[nb][j];
-  }
+  for (int j = 0; j < 4; ++j) partial[warp][j][lane] = acc[j];
   __syncthreads();
-  // Accumulator element j of lane (g, t), n8 block nb: weight row g (j < 2) or g + 8, token 2t + (j & 1) + 8 nb.
+  // Accumulator element j of lane (g, t): token g (j < 2) or g + 8, weight row 2t + (j & 1).
   T* out = static_cast<T*>(p.out);
-  for (int i = threadIdx.x; i < NB * 4 * 32; i += 32 * kWarps) {
-    const int nb = i / 128, j = (i / 32) % 4, l = i % 32;
-    const int row = row0 + (l >> 2) + (j >= 2 ? 8 : 0);
-    const int token = 2 * (l & 3) + (j & 1) + 8 * nb;
+  for (int i = threadIdx.x; i < 4 * 32; i += 32 * kWarps) {
+    const int j = i / 32, l = i % 32;
+    const int token = (l >> 2) + (j >= 2 ? 8 : 0);
+    const int row = row0 + 2 * (l & 3) + (j & 1);
     if (row >= n || token >= p.m) continue;
     float s = 0.f;
 #pragma unroll
-    for (int w = 0; w < kWarps; ++w) s += partial[w][nb][j][l];
+    for (int v = 0; v < kWarps; ++v) s += partial[v][j][l];
     if (bias != nullptr) s += to_float(bias[row]);
-    out[token * p.out_stride + out_col + row] = from_float<T>(s);
+    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
+      out[token * p.out_stride + out_col + row] = __float2bfloat16_rn(s);
+    } else {
+      out[token * p.out_stride + out_col + row] = __float2half_rn(s);
+    }
   }
 }
 
 template <typename T>
 void launch(const Params& p, int tiles, cudaStream_t stream) {
   if (p.m > 8) {
-    gok::launch_pdl(multi_linear_kernel<T, 2>, dim3(tiles, 1, 1), dim3(32 * kWarps, 1, 1), 0, stream, p);
+    gok::launch_pdl(multi_linear_kernel<T, true>, dim3(tiles, 1, 1), dim3(32 * kWarps, 1, 1), 0, stream, p);
   } else {
-    gok::launch_pdl(multi_linear_kernel<T, 1>, dim3(tiles, 1, 1), dim3(32 * kWarps, 1, 1), 0, stream, p);
+    gok::launch_pdl(multi_linear_kernel<T, false>, dim3(tiles, 1, 1), dim3(32 * kWarps, 1, 1), 0, stream, p);
   }
 }
 
@@ -189,7 +180,6 @@ at::Tensor multi_linear(const at::Tensor& x, at::TensorList weights, at::TensorL
   TORCH_CHECK(x.is_cuda() && x.dim() == 2 && x.stride(1) == 1, "multi_linear: x must be a CUDA (M, K) tensor with unit column stride");
   TORCH_CHECK(x.scalar_type() == at::kBFloat16 || x.scalar_type() == at::kHalf, "multi_linear: x must be bfloat16 or float16");
   TORCH_CHECK(x.size(0) <= 16, "multi_linear: at most 16 rows of x");
-  TORCH_CHECK(x.size(1) % 8 == 0 && x.stride(0) % 8 == 0 && aligned16(x), "multi_linear: K and x's row stride must be multiples of 8 elements, x 16-byte aligned");
   TORCH_CHECK(!weights.empty() && weights.size() <= kMaxWeights, "multi_linear: one to three weights");
   TORCH_CHECK(biases.empty() || biases.size() == weights.size(), "multi_linear: no bias, or one per weight");
   const at::cuda::CUDAGuard guard(x.device());
@@ -202,7 +192,7 @@ at::Tensor multi_linear(const at::Tensor& x, at::TensorList weights, at::TensorL
   int cols = 0, tiles = 0;
   for (size_t i = 0; i < weights.size(); ++i) {
     const at::Tensor& w = weights[i];
-    TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1) && aligned16(w), "multi_linear: each weight must be a contiguous (N, K) tensor of x's dtype and device");
+    TORCH_CHECK(w.device() == x.device() && w.scalar_type() == x.scalar_type() && w.dim() == 2 && w.is_contiguous() && w.size(1) == x.size(1), "multi_linear: each weight must be a contiguous (N, K) tensor of x's dtype and device");
     TORCH_CHECK(w.size(0) > 0 && w.size(0) < (1 << 24), "multi_linear: a weight's N must be in [1, 2^24)");
     p.w[i].w = w.data_ptr();
     p.w[i].n = static_cast<int>(w.size(0));
@@ -214,10 +204,19 @@ at::Tensor multi_linear(const at::Tensor& x, at::TensorList weights, at::TensorL
       p.w[i].b = b.data_ptr();
     }
     cols += p.w[i].n;
-    tiles += (p.w[i].n + 15) / 16;
+    tiles += (p.w[i].n + kRows - 1) / kRows;
   }
   at::Tensor out = at::empty({x.size(0), cols}, x.options());
   if (x.size(0) == 0) return out;
+  bool vector_ok = x.size(1) % 8 == 0 && x.stride(0) % 8 == 0 && aligned16(x);
+  for (const at::Tensor& w : weights) vector_ok = vector_ok && aligned16(w);
+  if (!vector_ok) {  // what the 16-byte loads cannot read: ATen's linear, one weight at a time
+    for (size_t i = 0; i < weights.size(); ++i) {
+      at::Tensor y = biases.empty() ? at::linear(x, weights[i]) : at::linear(x, weights[i], biases[i]);
+      out.narrow(1, p.w[i].out_col, p.w[i].n).copy_(y);
+    }
+    return out;
+  }
   p.out = out.data_ptr();
   p.out_stride = cols;
   const cudaStream_t stream = at::cuda::getCurrentCUDAStream();

@@ -124,6 +124,11 @@ def _plain_linears(*modules: nn.Module) -> bool:
                and "forward" not in m.__dict__ and not getattr(m, "_is_hooked", False) for m in modules)
 
 
+# o_proj through multi_linear up to this many rows; cuBLAS from 16 (H200, 2026-12-06: 10.8 / 11.6 / 14.3 us at
+# M = 1 / 4 / 16 against 12.4 / 12.3 / 12.7; docs/attention.md).
+_O_PROJ_KERNEL_ROWS = 8
+
+
 class Attention(nn.Module):
     """GptOssAttention's forward with q, k and v projected by one ``multi_linear`` (one kernel launch at decode
     sizes, where cuBLAS runs three split-K GEMVs) and o_proj by another, and this package's rotary. The cache
@@ -162,7 +167,7 @@ class Attention(nn.Module):
                                  self.attention_dropout, scaling=self.scaling, sliding_window=self.sliding_window,
                                  s_aux=self.sinks, **kwargs)
         out = out.reshape(*input_shape, -1).contiguous()
-        if _plain_linears(self.o_proj):
+        if _plain_linears(self.o_proj) and out.numel() <= _O_PROJ_KERNEL_ROWS * out.shape[-1]:
             (out,) = multi_linear(out, [self.o_proj.weight], [self.o_proj.bias])
         else:
             out = self.o_proj(out)

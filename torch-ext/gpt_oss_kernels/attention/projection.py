@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 
-MAX_KERNEL_ROWS = 16  # the kernel's two n8 blocks of tokens (mma.m16n8k16)
+MAX_KERNEL_ROWS = 16  # the kernel's m16 side of mma.m16n8k16 holds the tokens
+KERNEL = True  # knob: False sends every call to torch's linear (benchmarks/e2e_decode.py --torch-projections)
 MAX_WEIGHTS = 3
 
 
@@ -26,19 +27,18 @@ if _HAS_KERNEL:
 
 
 def _kernel_applies(x2: torch.Tensor, weights: Sequence[torch.Tensor], biases: Sequence[Optional[torch.Tensor]]) -> bool:
-    """Shapes, dtypes, strides and autograd only (no data pointers: this runs under torch.compile's tracing too)."""
-    if not (_HAS_KERNEL and x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16) and x2.shape[0] <= MAX_KERNEL_ROWS):
+    """Shapes, dtypes, strides and autograd only: this runs under torch.compile's tracing too (no data pointers or
+    storage offsets; the op itself sends what its 16-byte loads cannot read to ATen's linear)."""
+    if not (KERNEL and _HAS_KERNEL and x2.is_cuda and x2.dtype in (torch.bfloat16, torch.float16)
+            and x2.shape[0] <= MAX_KERNEL_ROWS and x2.stride(1) == 1):
         return False
     if torch.is_grad_enabled() and (x2.requires_grad or any(t is not None and t.requires_grad
                                                               for t in (*weights, *biases))):
         return False  # the kernel has no backward: torch's linear keeps autograd working
-    k = x2.shape[1]
-    if k % 8 or x2.stride(1) != 1 or x2.stride(0) % 8 or x2.storage_offset() % 8:
-        return False
     if any(b is None for b in biases) and not all(b is None for b in biases):
         return False
     for t in (*weights, *(b for b in biases if b is not None)):
-        if t.dtype != x2.dtype or not t.is_contiguous() or t.storage_offset() % 8:
+        if t.dtype != x2.dtype or not t.is_contiguous():
             return False
     return all(w.shape[0] > 0 for w in weights)
 
@@ -48,8 +48,8 @@ def multi_linear(x: torch.Tensor, weights: Sequence[torch.Tensor],
     """``tuple(F.linear(x, w, b) for w, b in zip(weights, biases))`` for one to three weights ``w (N_i, K)`` (biases
     ``(N_i,)`` or None) on the same ``x (..., K)``.
 
-    On CUDA, with at most 16 rows of ``x`` (all dimensions but the last), bfloat16 / float16, ``K % 8 == 0``, all
-    biases given or none, and no autograd recording: one kernel launch (fp32 accumulation, the bias added in fp32,
+    On CUDA, with at most 16 rows of ``x`` (all dimensions but the last), bfloat16 / float16, all biases given or
+    none, and no autograd recording: one kernel launch (fp32 accumulation, the bias added in fp32,
     one rounding) writes the outputs side by side into one ``(..., sum N_i)`` buffer and returns its column slices
     (views with that row stride). Otherwise torch's linear, one call per weight (the same values up to the order of
     the fp32 sums)."""
