@@ -1,5 +1,5 @@
 """Attention projection rows for the harness (gpt-oss-20b: hidden 2880, 64 q heads and 8 kv heads of 64, bias,
-bf16), at decode sizes M = 1 / 4 / 16 rows: q, k, v through ``multi_linear`` (one launch) against transformers'
+bf16), at decode sizes T = 1 / 4 / 16 rows (tokens): q, k, v through ``multi_linear`` (one launch) against transformers'
 three ``F.linear`` (cuBLAS) and against one cuBLAS ``F.linear`` on the concatenated weight; o_proj through
 ``multi_linear`` against ``F.linear``. CUDA-graph replays over as many layers' weights as cover 3x L2, so every
 call reads its weights from DRAM; floor = weight + activation bytes at the measured copy bandwidth."""
@@ -32,15 +32,15 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         xs = [torch.randn(m, H, device=dev, dtype=bf) for _ in layers]
         ao = [torch.randn(m, QN, device=dev, dtype=bf) for _ in layers]
         impls = {
-            "q, k, v: ours (multi_linear, one launch)": [
+            "ours: q, k, v (multi_linear, one launch)": [
                 lambda x=x, L=L: kernel.multi_linear(x, L["w"], L["b"]) for x, L in zip(xs, layers)],
-            "q, k, v: transformers (3 x F.linear, cuBLAS)": [
+            "transformers: q, k, v (3 x F.linear, cuBLAS)": [
                 lambda x=x, L=L: tuple(F.linear(x, w, b) for w, b in zip(L["w"], L["b"])) for x, L in zip(xs, layers)],
-            "q, k, v: one F.linear on the concatenated weight": [
+            "cuBLAS: q, k, v as one F.linear on the concatenated weight": [
                 lambda x=x, L=L: F.linear(x, L["wqkv"], L["bqkv"]) for x, L in zip(xs, layers)],
-            "o_proj: ours (multi_linear)": [
+            "ours: o_proj (multi_linear)": [
                 lambda a=a, L=L: kernel.multi_linear(a, [L["wo"]], [L["bo"]]) for a, L in zip(ao, layers)],
-            "o_proj: transformers (F.linear, cuBLAS)": [
+            "transformers: o_proj (F.linear, cuBLAS)": [
                 lambda a=a, L=L: F.linear(a, L["wo"], L["bo"]) for a, L in zip(ao, layers)],
         }
         # ours against the fp32 product of the same bf16 values, before timing
@@ -49,11 +49,11 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
         err = ((got - want).abs().max() / want.abs().max()).item()
         for name, calls in impls.items():
             t = median_us_graph(calls, replays=50)
-            if name.startswith("q, k, v"):
+            if "q, k, v" in name:
                 byts = qkv_bytes + 2 * m * (H + QN + 2 * KN)
             else:
                 byts = QN * H * 2 + 2 * m * (QN + H)
-            extra = {"rel_err_vs_fp32": round(err, 5)} if name.startswith("q, k, v: ours") else {}
-            rows.append(row("projections", f"M={m}", name, t, floor_us(ceilings, bytes_moved=byts), **extra))
+            extra = {"rel_err_vs_fp32": round(err, 5)} if name.startswith("ours: q, k, v") else {}
+            rows.append(row("projections", f"T={m}", name, t, floor_us(ceilings, bytes_moved=byts), **extra))
         print(rows[-5:], flush=True)
     return rows
