@@ -44,9 +44,15 @@ def _reference(device):
 def _check_runs_our_layers(kernel, ours, reference, device):
     ids = torch.randint(1, reference.config.vocab_size, (8, 24), device=device)
     expected = _logits(reference, ids)
+    assert all(type(layer.self_attn).__name__ == "AttentionLayout" for layer in ours.model.layers)
     with record_ops() as names:
         got = _logits(ours, ids)
+    # multi_linear is a native op only at decode sizes on CUDA (8 x 24 rows here: torch's linear)
     assert [op for op in OPS if not dispatched(names, kernel, op)] == []
+    if device == "cuda":
+        with record_ops() as names:
+            _logits(ours, ids[:1, :8])
+        assert dispatched(names, kernel, "multi_linear")
     if device == "cuda":  # bf16: per position, against transformers' own bf16 model as a baseline (conftest)
         as_close_as_transformers_bf16(got, reference, ids, expected)
     else:
