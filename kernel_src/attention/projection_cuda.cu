@@ -8,12 +8,12 @@
 // across CTAs.
 //
 // Layout: one CTA per 8 rows of one weight. The tokens are the m16 side of mma.m16n8k16 (up to 16 of them, zero
-// rows past M) and the weight rows its n8 side, so a weight's rows tile by 8 and GPT-OSS's q/k/v make 640 CTAs
-// (o_proj 360): about 5 per SM, which evens out the bytes each SM streams (with 16-row tiles, 320 CTAs left some
-// SMs 3 tiles and others 2: 65% of the byte floor at M = 1 on an H100, 2026-12-06). The CTA's kWarps warps split K
-// into 32-wide chunks (chunk c to warp c % kWarps) and reduce their partial sums through shared memory at the
-// end (8 warps: a tile's 46 KB of GPT-OSS q/k/v weights in about one and a half loop steps of 32 KB, so a CTA
-// waits on memory about twice; with 4 warps, 52% of the byte floor on an H200). Lane (g = lane / 4, t = lane % 4) loads 16 bytes of weight row g and of x rows (tokens) g and g + 8 at
+// rows past M) and the weight rows its n8 side, so a weight's rows tile by 8: GPT-OSS's q/k/v make 640 CTAs, o_proj
+// 360 (with 16-row tiles o_proj's 180 CTAs left some SMs two tiles and others one: 14.9 against 11.7 us at M = 1 on
+// an H100, 2026-12-06). The CTA's kWarps warps split K into 32-wide chunks (chunk c to warp c % kWarps) and reduce
+// their partial sums through shared memory at the end. Measured (docs/attention.md "Projections"): q/k/v at 65% of
+// the byte floor, o_proj at 67%; taking 4 warps so that all 640 q/k/v CTAs are resident at once did not help.
+// Lane (g = lane / 4, t = lane % 4) loads 16 bytes of weight row g and of x rows (tokens) g and g + 8 at
 // k = 32 c + 8 t. A dot product does not depend on the order of k, so these 8 values serve as the fragments' k
 // {2t, 2t+1, 2t+8, 2t+9} of two k16 steps (values 0-3, then 4-7), for A (x) and B (weights) alike: both come
 // straight from global memory in 16-byte loads, with no shared-memory staging and no shuffles.

@@ -124,8 +124,9 @@ def _plain_linears(*modules: nn.Module) -> bool:
                and "forward" not in m.__dict__ and not getattr(m, "_is_hooked", False) for m in modules)
 
 
-# o_proj through multi_linear up to this many rows; cuBLAS from 16 (H200, 2026-12-06: 10.8 / 11.6 / 14.3 us at
-# M = 1 / 4 / 16 against 12.4 / 12.3 / 12.7; docs/attention.md).
+# o_proj through multi_linear up to this many rows, cuBLAS above. On an H200 (2026-12-06, the 4-warp version of
+# the kernel) cuBLAS won at 16 rows (12.7 against 14.3 us); on an H100 the kept 8-warp version wins there too
+# (13.9 against 15.3): the limit stays at 8 until the kept kernel is measured on an H200 (docs/attention.md).
 _O_PROJ_KERNEL_ROWS = 8
 
 
