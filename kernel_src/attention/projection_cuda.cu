@@ -30,10 +30,10 @@
 #include <cuda_runtime.h>
 
 #include <cstdint>
-#include <type_traits>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
+#include "common/vec.cuh"
 #include "torch-ext/torch_binding.h"
 
 namespace {
@@ -58,15 +58,6 @@ struct Params {
   int nw, m, k;
   int64_t x_stride, out_stride;
 };
-
-template <typename T>
-__device__ __forceinline__ float to_float(T v) {
-  if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-    return __bfloat162float(v);
-  } else {
-    return __half2float(v);
-  }
-}
 
 // Streaming 16-byte load (the weights are read once per step: keep them out of L1).
 __device__ __forceinline__ uint4 load_stream(const void* p) {
@@ -152,12 +143,8 @@ __global__ void __launch_bounds__(32 * kWarps) multi_linear_kernel(const Params 
     float s = 0.f;
 #pragma unroll
     for (int v = 0; v < kWarps; ++v) s += partial[v][j][l];
-    if (bias != nullptr) s += to_float(bias[row]);
-    if constexpr (std::is_same<T, __nv_bfloat16>::value) {
-      out[token * p.out_stride + out_col + row] = __float2bfloat16_rn(s);
-    } else {
-      out[token * p.out_stride + out_col + row] = __float2half_rn(s);
-    }
+    if (bias != nullptr) s += gok::to_float(bias[row]);
+    out[token * p.out_stride + out_col + row] = gok::from_float<T>(s);
   }
 }
 
