@@ -49,6 +49,14 @@ def shape(name: str, t: torch.Tensor, expected: tuple) -> None:
         raise ValueError(f"{name} must have shape {want}, got {_describe(t)}")
 
 
+def optional(name: str, t: Optional[torch.Tensor], expected: tuple, *,
+             dtypes: Iterable[torch.dtype] = FLOAT_DTYPES) -> None:
+    """An optional tensor (None passes): an allowed dtype and the `expected` shape."""
+    if t is not None:
+        tensor(name, t, dtypes=dtypes)
+        shape(name, t, expected)
+
+
 def same_dtype(ref_name: str, ref: torch.Tensor, **others: Optional[torch.Tensor]) -> None:
     for name, t in others.items():
         if t is not None and t.dtype != ref.dtype:

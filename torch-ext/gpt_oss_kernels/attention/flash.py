@@ -131,9 +131,7 @@ def _common(q, k, v, s_aux, softmax_scale, dropout_p, softcap, alibi_slopes, qdi
             raise TypeError("q must be float16 or bfloat16 on CUDA, got torch.float32")
         if d not in (16, 32, 64, 128, 256):
             raise ValueError(f"head_dim must be 16, 32, 64, 128 or 256 on CUDA, got {d}")
-    if s_aux is not None:
-        _checks.tensor("s_aux", s_aux, dtypes=_IN_DTYPES, ndim=1)
-        _checks.shape("s_aux", s_aux, (hq,))
+    _checks.optional("s_aux", s_aux, (hq,), dtypes=_IN_DTYPES)
     if dropout_p:
         raise ValueError(f"dropout_p must be 0 (forward-only inference kernel), got {dropout_p}")
     if softcap:

@@ -30,12 +30,8 @@ def _check_experts(hidden, gate_up_proj, gate_up_proj_bias, down_proj, down_proj
     if i2 % 2 or i2 == 0:
         raise ValueError(f"gate_up_proj's last dimension (2I, gate/up interleaved) must be even, got {i2}")
     _checks.shape("down_proj", down_proj, (e, i2 // 2, h))
-    if gate_up_proj_bias is not None:
-        _checks.tensor("gate_up_proj_bias", gate_up_proj_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("gate_up_proj_bias", gate_up_proj_bias, (e, i2))
-    if down_proj_bias is not None:
-        _checks.tensor("down_proj_bias", down_proj_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("down_proj_bias", down_proj_bias, (e, h))
+    _checks.optional("gate_up_proj_bias", gate_up_proj_bias, (e, i2))
+    _checks.optional("down_proj_bias", down_proj_bias, (e, h))
     _checks.same_dtype("hidden", hidden, gate_up_proj=gate_up_proj, down_proj=down_proj)
     _checks.same_device("hidden", hidden, gate_up_proj=gate_up_proj, gate_up_proj_bias=gate_up_proj_bias,
                         down_proj=down_proj, down_proj_bias=down_proj_bias)
@@ -170,9 +166,7 @@ def _check_routes(hidden, topk_ids, topk_weights, e, skip_foreign):
 def _check_router(hidden, router_weight, router_bias, e):
     _checks.tensor("router_weight", router_weight, dtypes=_checks.FLOAT_DTYPES, ndim=2)
     _checks.shape("router_weight", router_weight, (e, hidden.shape[1]))
-    if router_bias is not None:
-        _checks.tensor("router_bias", router_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("router_bias", router_bias, (e,))
+    _checks.optional("router_bias", router_bias, (e,))
     _checks.same_device("hidden", hidden, router_weight=router_weight, router_bias=router_bias)
 
 

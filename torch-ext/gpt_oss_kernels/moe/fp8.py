@@ -58,12 +58,8 @@ def _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp
     if gate_up_scale.dim() != down_scale.dim():
         raise ValueError(f"gate_up_scale and down_scale must have the same granularity, got shapes "
                          f"{tuple(gate_up_scale.shape)} and {tuple(down_scale.shape)}")
-    if gate_up_bias is not None:
-        _checks.tensor("gate_up_bias", gate_up_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("gate_up_bias", gate_up_bias, (e, i2))
-    if down_bias is not None:
-        _checks.tensor("down_bias", down_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("down_bias", down_bias, (e, h))
+    _checks.optional("gate_up_bias", gate_up_bias, (e, i2))
+    _checks.optional("down_bias", down_bias, (e, h))
     _checks.same_device("hidden", hidden, gate_up_fp8=gate_up_fp8, gate_up_scale=gate_up_scale,
                         gate_up_bias=gate_up_bias, down_fp8=down_fp8, down_scale=down_scale, down_bias=down_bias)
     return _checks.number("alpha", alpha), _checks.number("limit", limit, minimum=0.0)

@@ -44,12 +44,8 @@ def _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, d
         raise ValueError(f"gate_up_blocks must be (E, 2I, H/32, 16) with I a positive multiple of 32 (gate/up "
                          f"interleaved), got shape {tuple(gate_up_blocks.shape)}")
     _check_packed("down_blocks", down_blocks, "down_scales", down_scales, e, h, i2 // 2)
-    if gate_up_bias is not None:
-        _checks.tensor("gate_up_bias", gate_up_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("gate_up_bias", gate_up_bias, (e, i2))
-    if down_bias is not None:
-        _checks.tensor("down_bias", down_bias, dtypes=_checks.FLOAT_DTYPES)
-        _checks.shape("down_bias", down_bias, (e, h))
+    _checks.optional("gate_up_bias", gate_up_bias, (e, i2))
+    _checks.optional("down_bias", down_bias, (e, h))
     _checks.same_device("hidden", hidden, gate_up_blocks=gate_up_blocks, gate_up_scales=gate_up_scales,
                         gate_up_bias=gate_up_bias, down_blocks=down_blocks, down_scales=down_scales,
                         down_bias=down_bias)
