@@ -68,7 +68,8 @@ def check(tag, out, expected, tol):
 
 
 def case(T, H, I, E, top_k, dtype, cfg1, cfg2, block_m, *, scale_bytes=None, skew=False, poison_x=False, bias=True,
-         x_scale=1.0):
+         x_scale=1.0, kw=False):
+    # kw: the weights as kernel words (quant.mxfp4_kernel_words: uint32, bits permuted) instead of the checkpoint's
     g = torch.Generator().manual_seed(T * 131 + H + I + E)
     # random bytes with realistic scales (2^-7 .. 2^-4 for gate_up, so activations are O(1))
     b1 = torch.randint(0, 256, (E, 2 * I, H // 32, 16), dtype=torch.uint8, generator=g)
@@ -92,7 +93,8 @@ def case(T, H, I, E, top_k, dtype, cfg1, cfg2, block_m, *, scale_bytes=None, ske
         logits[:, 1] += 100.0
     w, ids = torch.softmax(torch.topk(logits, top_k).values, -1), torch.topk(logits, top_k).indices.int()
     sp, be = dispatch(ids, E, block_m)
-    words1, words2 = gg.mxfp4_words(b1), gg.mxfp4_words(b2)
+    words1, words2 = ((mx.mxfp4_kernel_words(b1), mx.mxfp4_kernel_words(b2)) if kw else
+                      (gg.mxfp4_words(b1), gg.mxfp4_words(b2)))
     act = torch.full((be.shape[0] * block_m, I), float("nan"), dtype=dtype)
     launch(True, cfg1, x, words1, s1, bias1, act, sp, be, sp, 2 * I, H, top_k, block_m)
     # reference GEMM 1 on the rows that are real
@@ -106,7 +108,7 @@ def case(T, H, I, E, top_k, dtype, cfg1, cfg2, block_m, *, scale_bytes=None, ske
         gu = gu + bias1.double()[e_of]
     exp_act = ref.moe_swiglu(gu, ALPHA, LIMIT)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
-    tag = f"T={T} H={H} I={I} E={E} k={top_k} {str(dtype)[6:]} bm={block_m} cfg1={tuple(cfg1)} skew={skew} scales={scale_bytes} nan={poison_x}"
+    tag = f"T={T} H={H} I={I} E={E} k={top_k} {str(dtype)[6:]} bm={block_m} cfg1={tuple(cfg1)} skew={skew} scales={scale_bytes} nan={poison_x} kw={kw}"
     check("GEMM1 " + tag, act[rows], exp_act, tol)
     # GEMM 2 from the kernel's own activations (so each GEMM is checked on its own)
     y = torch.full((T * top_k, H), float("nan"), dtype=dtype)
@@ -138,6 +140,14 @@ case(4, 128, 96, 4, 2, torch.float16, dec1, dec2, 16, scale_bytes=(0, 1, 100, 12
 case(3, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(3, 128, 64, 4, 2, torch.float32, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120)
 case(20, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, skew=True, bias=False)
+# kernel words: the same cases' formats (every dtype, edge and subnormal scale bytes, each tile family)
+case(1, 192, 96, 8, 4, torch.bfloat16, dec1, dec2, 16, kw=True)
+case(3, 160, 96, 5, 3, torch.float16, dec1, dec2, 16, poison_x=True, kw=True)
+case(4, 128, 96, 4, 2, torch.float32, dec1, dec2, 16, scale_bytes=(0, 1, 2, 127, 254, 255), kw=True)
+case(4, 128, 96, 4, 2, torch.bfloat16, dec1, dec2, 16, scale_bytes=(0, 1, 127, 254), kw=True)
+case(3, 128, 64, 4, 2, torch.bfloat16, dec1, dec2, 16, scale_bytes="subnormal", x_scale=2.0**120, kw=True)
+case(70, 96, 160, 3, 2, torch.bfloat16, m64, m64, 64, kw=True)
+case(300, 64, 160, 3, 2, torch.bfloat16, big, big, 128, skew=True, kw=True)
 # split K (decode tiles: partial sums over K ranges, then the epilogue kernel); K = 96 / 160 with 32-wide K
 # tiles: 3 or 5 tiles over 2 / 3 / 4 splits (uneven, and a split with no tile at all)
 for sk in (2, 3, 4):
@@ -158,10 +168,10 @@ for dtype in (torch.bfloat16, torch.float16, torch.float32):
         blocks = torch.randint(0, 256, (e_, n_, k_ // 32, 16), dtype=torch.uint8)
         scales = torch.randint(0, 256, (e_, n_, k_ // 32), dtype=torch.uint8)
         scales[0, 0, :] = torch.tensor([0, 1, 254, 255, 127][: k_ // 32])
-        got = gg.dequantize_mxfp4_experts(gg.mxfp4_words(blocks), scales, dtype)
         want = mx.dequantize_mxfp4(blocks, scales, dtype)
-        assert got.shape == want.shape and torch.equal(got.view(-1).view(torch.uint8 if dtype != torch.float32 else
-                                                                         torch.uint8), want.view(-1).view(
-            torch.uint8)), f"dequantize_mxfp4_experts {dtype} {(e_, n_, k_)}"
-print("dequantize_mxfp4_experts: bit for bit")
+        for words in (gg.mxfp4_words(blocks), mx.mxfp4_kernel_words(blocks)):
+            got = gg.dequantize_mxfp4_experts(words, scales, dtype)
+            assert got.shape == want.shape and torch.equal(got.view(-1).view(torch.uint8), want.view(-1).view(
+                torch.uint8)), f"dequantize_mxfp4_experts {dtype} {(e_, n_, k_)} {words.dtype}"
+print("dequantize_mxfp4_experts: bit for bit (checkpoint words and kernel words)")
 print(f"all ok, worst rel. err {worst:.1e}")

@@ -1,6 +1,6 @@
 """An MXFP4 checkpoint in the official on-disk format (written here, from a tiny model built in code) loaded
 with every layer of ours through the package's ``from_pretrained``: the experts keep the checkpoint's blocks
-and scales (no bf16 copy), transformers' MXFP4 quantizer and its Hub kernel (gpt-oss-triton-kernels) are
+(as kernel words, the same bytes' size) and scales (no bf16 copy), transformers' MXFP4 quantizer and its Hub kernel (gpt-oss-triton-kernels) are
 never involved (offline, nowhere on disk), and the model computes what the same model computes in float64 on
 the exactly dequantized weights."""
 
@@ -56,7 +56,9 @@ def test_mxfp4_checkpoint_loads_into_our_layers(kernel, device, checkpoint):
     for layer in ours.model.layers:
         ex = layer.mlp.experts
         assert type(ex) is kernel.layers.MoeExpertsLayout
-        assert ex.gate_up_proj_blocks.dtype == torch.uint8 and ex.down_proj_scales.dtype == torch.uint8
+        # the blocks as kernel words (the same bytes' size), the scales as stored
+        assert ex.gate_up_proj_blocks.dtype == torch.uint32 and ex.down_proj_blocks.dtype == torch.uint32
+        assert ex.gate_up_proj_scales.dtype == torch.uint8 and ex.down_proj_scales.dtype == torch.uint8
         assert not hasattr(ex, "gate_up_proj") and not hasattr(ex, "down_proj")
     assert not any(p.is_floating_point() and p.dim() == 3 for p in ours.parameters()), "a full-size float expert copy"
 
@@ -73,6 +75,44 @@ def test_mxfp4_checkpoint_loads_into_our_layers(kernel, device, checkpoint):
         as_close_as_transformers_bf16(got, ref, ids, expected)
     else:
         assert rel_err(got, expected) <= 1e-4
+
+
+def test_mxfp4_state_dict_and_save_pretrained_give_the_checkpoint_bytes(kernel, device, checkpoint, tmp_path):
+    """The loaded experts hold kernel words, yet state_dict(), save_pretrained() and load_state_dict() speak the
+    checkpoint's bytes: saved and reloaded, the model holds the same words and computes the same logits."""
+    from safetensors.torch import load_file
+
+    model, path = checkpoint
+    stored = load_file(str(path / "model.safetensors"))
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    ours = kernel.from_pretrained(path, device=device, dtype=dtype)
+    keys = [k for k in stored if k.endswith(("_blocks", "_scales"))]
+    assert len(keys) == 4 * model.config.num_hidden_layers
+    sd = ours.state_dict()
+    for k in keys:
+        assert sd[k].dtype == torch.uint8 and torch.equal(sd[k].cpu(), stored[k]), k
+    words = {k: v.clone() for k, v in ours.named_parameters() if v.dtype == torch.uint32}
+    assert len(words) == 2 * model.config.num_hidden_layers
+    for k, v in words.items():
+        assert torch.equal(v.cpu(), kernel.mxfp4_kernel_words(stored[k])), k
+
+    ours.save_pretrained(tmp_path / "saved")
+    saved = load_file(str(tmp_path / "saved" / "model.safetensors"))
+    for k in keys:
+        assert torch.equal(saved[k], stored[k]), k
+    again = kernel.from_pretrained(tmp_path / "saved", device=device, dtype=dtype)
+    for k, v in again.named_parameters():
+        if v.dtype == torch.uint32:
+            assert torch.equal(v, words[k]), k
+
+    ex = again.model.layers[0].mlp.experts  # load_state_dict with the checkpoint's bytes into kernel words
+    ex.gate_up_proj_blocks.data.zero_()
+    prefix = "model.layers.0.mlp.experts."
+    ex.load_state_dict({k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)})
+    assert torch.equal(ex.gate_up_proj_blocks, words[prefix + "gate_up_proj_blocks"])
+    ids = torch.randint(1, model.config.vocab_size, (2, 12), device=device)
+    with torch.inference_mode():
+        assert torch.equal(again(ids).logits, ours(ids).logits)
 
 
 def test_mxfp4_greedy_matches_dequantized_model(kernel, device, checkpoint):

@@ -1,6 +1,8 @@
 """moe_experts_mxfp4 / moe_mxfp4 (MXFP4 checkpoint weights) against the float64 reference on the exactly
 dequantized weights; edge scale bytes (0 / 1 subnormals, 127, 254, 0xFF), awkward shapes and routings, NaN / Inf
-activations, poisoned outputs, bad input; torch.compile fullgraph; CUDA graphs and no host sync (GPU)."""
+activations, poisoned outputs, bad input; torch.compile fullgraph; CUDA graphs and no host sync (GPU). Tests marked
+FORMS run the ops on both forms of the blocks: the checkpoint's uint8 bytes and their uint32 kernel words
+(quant.mxfp4_kernel_words); the reference always dequantizes the checkpoint's bytes."""
 
 from __future__ import annotations
 
@@ -40,10 +42,16 @@ def _route(T, E, k, device, skew=None):
 
 
 _ARGS = ("gate_up_blocks", "gate_up_scales", "gate_up_bias", "down_blocks", "down_scales", "down_bias")
+FORMS = pytest.mark.parametrize("words", [False, True], ids=["checkpoint", "kernel_words"])
 
 
-def _experts(kernel, x, ids, w, p):
-    return kernel.moe_experts_mxfp4(x, ids, w, *[p[n] for n in _ARGS], ALPHA, LIMIT)
+def _args(kernel, p, words=False):
+    """The six weight arguments; words: the blocks as kernel words."""
+    return [kernel.mxfp4_kernel_words(p[n]) if words and n.endswith("_blocks") else p[n] for n in _ARGS]
+
+
+def _experts(kernel, x, ids, w, p, words=False):
+    return kernel.moe_experts_mxfp4(x, ids, w, *_args(kernel, p, words), ALPHA, LIMIT)
 
 
 def _ref(kernel, x, ids, w, p):
@@ -56,7 +64,8 @@ def _ref(kernel, x, ids, w, p):
 @pytest.mark.kernels_ci
 @pytest.mark.parametrize("T", [0, 1, 3, 64, 300])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
-def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype):
+@FORMS
+def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype, words):
     if device == "cuda" and dtype != torch.bfloat16 and T > 64:
         pytest.skip("fp32 / fp16 at 20b shapes: covered at T <= 64")
     s = _shape_for(device)
@@ -64,7 +73,7 @@ def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype):
     x = torch.randn(T, s["H"], device=device).to(dtype)
     w, ids = _route(T, s["E"], s["k"], device)
     poison_allocator(device, T * s["k"] * max(s["H"], s["I"]) * 4)
-    out = _experts(kernel, x, ids, w, p)
+    out = _experts(kernel, x, ids, w, p, words)
     assert out.shape == x.shape and out.dtype == dtype
     assert rel_err(out, _ref(kernel, x, ids, w, p)) <= TOL[dtype]
 
@@ -80,24 +89,28 @@ def test_moe_experts_mxfp4_prefill_dequantizes_once(kernel):
     blocks = torch.randint(0, 256, (4, 192, 5, 16), dtype=torch.uint8, device="cuda")
     scales = torch.randint(0, 256, (4, 192, 5), dtype=torch.uint8, device="cuda")
     scales[0, 0] = torch.tensor([0, 1, 254, 255, 127])
-    got = gg.dequantize_mxfp4_experts(gg.mxfp4_words(blocks), scales, torch.bfloat16)
     want = kernel.dequantize_mxfp4(blocks.cpu(), scales.cpu(), torch.bfloat16)  # ldexp on the CPU is exact
-    assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
+    for words in (gg.mxfp4_words(blocks), kernel.mxfp4_kernel_words(blocks)):
+        got = gg.dequantize_mxfp4_experts(words, scales, torch.bfloat16)
+        assert torch.equal(got.cpu().view(torch.int16), want.view(torch.int16))
     s = BIG
     p = _packed(kernel, s, "cuda")
     T = mx.DEQUANT_MIN_ROWS // s["k"] + 5
     x = torch.randn(T, s["H"], device="cuda").to(torch.bfloat16)
     w, ids = _route(T, s["E"], s["k"], "cuda")
-    assert rel_err(_experts(kernel, x, ids, w, p), _ref(kernel, x, ids, w, p)) <= TOL[torch.bfloat16]
+    expected = _ref(kernel, x, ids, w, p)
+    assert rel_err(_experts(kernel, x, ids, w, p), expected) <= TOL[torch.bfloat16]
+    assert rel_err(_experts(kernel, x, ids, w, p, words=True), expected) <= TOL[torch.bfloat16]
 
 
 @pytest.mark.parametrize("T", [1, 37, 600])
 @pytest.mark.parametrize("bias", [True, False])
-def test_moe_experts_mxfp4_odd_shapes(kernel, device, T, bias):
+@FORMS
+def test_moe_experts_mxfp4_odd_shapes(kernel, device, T, bias, words):
     p = _packed(kernel, ODD, device, bias=bias)
     x = torch.randn(T, ODD["H"], device=device).to(torch.bfloat16)
     w, ids = _route(T, ODD["E"], ODD["k"], device)
-    assert rel_err(_experts(kernel, x, ids, w, p), _ref(kernel, x, ids, w, p)) <= 1e-2
+    assert rel_err(_experts(kernel, x, ids, w, p, words), _ref(kernel, x, ids, w, p)) <= 1e-2
 
 
 def test_moe_experts_mxfp4_matches_bf16_op_on_dequantized_weights(kernel, device):
@@ -113,19 +126,21 @@ def test_moe_experts_mxfp4_matches_bf16_op_on_dequantized_weights(kernel, device
 
 
 @pytest.mark.parametrize("T", [1, 300])
-def test_moe_experts_mxfp4_all_tokens_on_one_expert(kernel, device, T):
+@FORMS
+def test_moe_experts_mxfp4_all_tokens_on_one_expert(kernel, device, T, words):
     s = _shape_for(device) if T <= 300 else SMALL
     p = _packed(kernel, s, device)
     x = torch.randn(T, s["H"], device=device).to(torch.bfloat16)
     w, ids = _route(T, s["E"], s["k"], device, skew=3)
     assert (ids[:, 0] == 3).all()
-    assert rel_err(_experts(kernel, x, ids, w, p), _ref(kernel, x, ids, w, p)) <= 1e-2
+    assert rel_err(_experts(kernel, x, ids, w, p, words), _ref(kernel, x, ids, w, p)) <= 1e-2
     same = torch.full_like(ids, 3)  # every slot on the same expert
-    assert rel_err(_experts(kernel, x, same, w, p), _ref(kernel, x, same, w, p)) <= 1e-2
+    assert rel_err(_experts(kernel, x, same, w, p, words), _ref(kernel, x, same, w, p)) <= 1e-2
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_moe_experts_mxfp4_subnormal_weights_are_kept(kernel, device, dtype):
+@FORMS
+def test_moe_experts_mxfp4_subnormal_weights_are_kept(kernel, device, dtype, words):
     """Every gate_up scale byte 0 or 1: weights 2^-128 .. 6 * 2^-126, subnormal in fp32 / bf16. With activations
     of ~2^100 the products are ~2^-25: a flush to zero anywhere (dequantization, tensor cores, CPU matmul)
     would lose all of them."""
@@ -136,11 +151,12 @@ def test_moe_experts_mxfp4_subnormal_weights_are_kept(kernel, device, dtype):
     w, ids = _route(9, s["E"], s["k"], device)
     expected = _ref(kernel, x, ids, w, p)
     assert expected.abs().max() > 1e-8
-    assert rel_err(_experts(kernel, x, ids, w, p), expected) <= TOL[dtype]
+    assert rel_err(_experts(kernel, x, ids, w, p, words), expected) <= TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype):
+@FORMS
+def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words):
     """Scale bytes 0, 1, 127, 254 and 0xFF on 30% of the gate_up blocks (0xFF: 2^128, as transformers' ldexp: a
     zero nibble stays 0, 0.5 gives 2^127, larger ones +-inf), 0 / 1 / 127 on the down blocks. Under 254 / 0xFF
     the nibbles are 0 or +-0.5 and the activations tiny (2^-100), so no finite sum overflows float32 (where the
@@ -166,7 +182,7 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype):
     ids[:8, 0] = 0  # some tokens on expert 0
     ids[:8, 1:] = torch.where(ids[:8, 1:] == 0, 1, ids[:8, 1:])
     ids[:8, 2] = torch.where(ids[:8, 1] == 2, 3, 2)
-    out = _experts(kernel, x, ids, w, p)
+    out = _experts(kernel, x, ids, w, p, words)
     expected = _ref(kernel, x, ids, w, p)
     assert torch.isfinite(expected).any()
     assert torch.equal(out.isnan().cpu(), expected.isnan().cpu())
@@ -174,14 +190,15 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype):
     assert rel_err(out, expected) <= TOL[dtype]
 
 
-def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device):
+@FORMS
+def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device, words):
     s = ODD
     p = _packed(kernel, s, device)
     x = (torch.randn(50, s["H"]) * 30).to(torch.bfloat16).to(device)  # far past the SwiGLU limit: clamps
     x[7, 3] = float("nan")
     x[9, 5] = float("inf")
     w, ids = _route(50, s["E"], s["k"], device)
-    out = _experts(kernel, x, ids, w, p)
+    out = _experts(kernel, x, ids, w, p, words)
     expected = _ref(kernel, x, ids, w, p)
     assert torch.isnan(out[7]).all()
     assert torch.equal(out.isnan().cpu(), expected.isnan().cpu())
@@ -192,14 +209,15 @@ def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device):
 
 @pytest.mark.parametrize("T", [1, 64, 700])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_moe_mxfp4_fused_vs_float64(kernel, device, T, dtype):
+@FORMS
+def test_moe_mxfp4_fused_vs_float64(kernel, device, T, dtype, words):
     s = _shape_for(device) if T <= 64 else (SMALL if device == "cpu" else BIG)
     p = _packed(kernel, s, device)
     x = torch.randn(T, s["H"], device=device).to(dtype)
     rw = (torch.randn(s["E"], s["H"], device=device) * s["H"] ** -0.5).to(dtype)
     rb = (torch.randn(s["E"], device=device) * 0.1).to(dtype)
     with record_ops() as names:
-        out, w, ids = kernel.moe_mxfp4(x, rw, rb, s["k"], *[p[n] for n in _ARGS], ALPHA, LIMIT)
+        out, w, ids = kernel.moe_mxfp4(x, rw, rb, s["k"], *_args(kernel, p, words), ALPHA, LIMIT)
     assert dispatched(names, kernel, "moe_route") and dispatched(names, kernel, "moe_experts_mxfp4")
     assert w.dtype == torch.float32 and ids.dtype == torch.int32 and out.dtype == dtype
     logits = torch.nn.functional.linear(x, rw, rb)
@@ -246,6 +264,15 @@ def test_moe_mxfp4_bad_input(kernel, device):
         call(down_blocks=p["down_blocks"][:, :, :-1])  # I mismatch
     with pytest.raises(ValueError, match="down_scales"):
         call(down_scales=p["down_scales"][..., :-1])
+    gw, dw = kernel.mxfp4_kernel_words(p["gate_up_blocks"]), kernel.mxfp4_kernel_words(p["down_blocks"])
+    with pytest.raises(TypeError, match="gate_up_blocks"):
+        call(gate_up_blocks=gw.view(torch.int32))  # words must be the uint32 kernel words
+    with pytest.raises(ValueError, match="gate_up_blocks"):
+        call(gate_up_blocks=gw[:, :, :-4])  # H mismatch
+    with pytest.raises(ValueError, match="down_blocks"):
+        call(down_blocks=dw[:, :, :-1])  # not whole MX blocks
+    with pytest.raises(ValueError, match="down_scales"):
+        call(down_blocks=dw, down_scales=p["down_scales"][:, :-1])
     with pytest.raises(ValueError, match="gate_up_blocks"):
         call(gate_up_blocks=p["gate_up_blocks"][:, :-2], gate_up_scales=p["gate_up_scales"][:, :-2])  # I not /32
     with pytest.raises(ValueError, match="gate_up_bias"):
@@ -302,19 +329,20 @@ def test_moe_mxfp4_torch_compile_fullgraph(kernel, device):
 # --- GPU only: CUDA graphs, no host sync -------------------------------------------------------------------
 
 
-def _big(kernel, T):
+def _big(kernel, T, words=False):
     s = BIG
     p = _packed(kernel, s, "cuda")
     x = torch.randn(T, s["H"], device="cuda").to(torch.bfloat16)
     rw = (torch.randn(s["E"], s["H"], device="cuda") * 0.02).to(torch.bfloat16)
     rb = (torch.randn(s["E"], device="cuda") * 0.02).to(torch.bfloat16)
-    return x, (rw, rb, s["k"], *[p[n] for n in _ARGS], ALPHA, LIMIT)
+    return x, (rw, rb, s["k"], *_args(kernel, p, words), ALPHA, LIMIT)
 
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 4, 256, 2048])
-def test_moe_mxfp4_no_host_sync(kernel, T):
-    x, args = _big(kernel, T)
+@FORMS
+def test_moe_mxfp4_no_host_sync(kernel, T, words):
+    x, args = _big(kernel, T, words)
     kernel.moe_mxfp4(x, *args)  # warm-up: Triton compile and autotune synchronise, once
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
@@ -326,8 +354,9 @@ def test_moe_mxfp4_no_host_sync(kernel, T):
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 64, 1024])
-def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T):
-    x, args = _big(kernel, T)
+@FORMS
+def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T, words):
+    x, args = _big(kernel, T, words)
     static_x = x.clone()
     for _ in range(2):
         kernel.moe_mxfp4(static_x, *args)
@@ -345,10 +374,11 @@ def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T):
 
 
 @pytest.mark.gpu
-def test_moe_mxfp4_fast_path_matches_traced_path(kernel):
+@FORMS
+def test_moe_mxfp4_fast_path_matches_traced_path(kernel, words):
     """Eager calls take the fast path (moe_prepare + cached launches); the op's CUDA implementation (traced
     path) runs the same kernels: bit-identical."""
-    x, args = _big(kernel, 300)
+    x, args = _big(kernel, 300, words)
     rw, rb, k, *packed, a, lim = args
     out, w, ids = kernel.moe_mxfp4(x, *args)
     traced = kernel._ops.ops.moe_experts_mxfp4(x, ids, w, *packed, a, lim)
@@ -358,7 +388,8 @@ def test_moe_mxfp4_fast_path_matches_traced_path(kernel):
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", ["big", "odd"])
 @pytest.mark.parametrize("T,skew", [(1, None), (4, None), (9, 3), (16, 3), (64, None)])
-def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew):
+@FORMS
+def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew, words):
     """The CUDA decode GEMMs (16-row blocks, weights as the MMA's A operand) on their own: GEMM 1's SwiGLU rows and
     GEMM 2's weighted rows against float64 on the exactly dequantized weights; 9 and 16 rows on one expert take the
     second MMA column block; padding rows of act are never written (poisoned NaN stays), every y row is."""
@@ -371,13 +402,13 @@ def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew):
     if skew is not None:
         ids[:, 1:] = torch.where(ids[:, 1:] == skew, (skew + 1) % E, ids[:, 1:])
     sorted_pos, block_expert = ops.moe_dispatch(ids, E, 16)
-    words = lambda b: b.view(torch.int32).view(b.shape[0], b.shape[1], -1)  # noqa: E731
+    as_words = kernel.mxfp4_kernel_words if words else lambda b: b.view(torch.int32).view(b.shape[0], b.shape[1], -1)
     act = torch.full((block_expert.numel() * 16, I), float("nan"), dtype=torch.bfloat16, device="cuda")
     wf = w.float().reshape(-1).contiguous()
-    ops.moe_gemm_decode(x, None, words(p["gate_up_blocks"]), p["gate_up_scales"], p["gate_up_bias"], sorted_pos,
+    ops.moe_gemm_decode(x, None, as_words(p["gate_up_blocks"]), p["gate_up_scales"], p["gate_up_bias"], sorted_pos,
                         block_expert, wf, k, ALPHA, LIMIT, True, act)
     y = torch.full((T * k, H), float("nan"), dtype=torch.bfloat16, device="cuda")
-    ops.moe_gemm_decode(act, None, words(p["down_blocks"]), p["down_scales"], p["down_bias"], sorted_pos,
+    ops.moe_gemm_decode(act, None, as_words(p["down_blocks"]), p["down_scales"], p["down_bias"], sorted_pos,
                         block_expert, wf, 1, 0.0, 0.0, False, y)
     w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32).double()
     w2 = kernel.dequantize_mxfp4(p["down_blocks"], p["down_scales"], torch.float32).double()

@@ -1,5 +1,6 @@
 """The MXFP4 checkpoint format (quant/mxfp4.py): dequantize bit for bit as transformers, OCP quantize and its
-round trip on dequantized checkpoints, the checkpoint state dict and writer (examples/tiny_checkpoint.py)."""
+round trip on dequantized checkpoints, the kernel words (and the layout's state dict around them), the checkpoint
+state dict and writer (examples/tiny_checkpoint.py)."""
 
 from __future__ import annotations
 
@@ -106,6 +107,69 @@ def test_quantize_bad_input(kernel):
         kernel.dequantize_mxfp4(torch.zeros(1, 2, 1, 16, dtype=torch.uint8), torch.zeros(1, 2, 1))
     with pytest.raises(ValueError, match="scales must be"):
         kernel.dequantize_mxfp4(torch.zeros(1, 2, 1, 16, dtype=torch.uint8), torch.zeros(1, 2, 2, dtype=torch.uint8))
+
+
+def _rotr(w, c):
+    return ((w >> c) | (w << (32 - c))) & 0xFFFFFFFF
+
+
+@pytest.mark.kernels_ci
+def test_kernel_words_round_trip_and_pairs(kernel, device):
+    """mxfp4_kernel_words / mxfp4_checkpoint_blocks invert each other; every byte value in every position of a
+    word gives, for each pair P of values (2P, 2P + 1), the bf16x2 bits the kernels take from one rotate and one
+    mask: magnitude code on bits 6..8, sign on 15 (values 2P in the low half); dequantize_mxfp4 reads either form
+    to the same bits."""
+    b = torch.randint(0, 256, (3, 16, 5, 16), dtype=torch.uint8, device=device)
+    b[0].view(-1)[:1024] = torch.arange(256, device=device).repeat_interleave(4).to(torch.uint8)  # words v v v v
+    w = kernel.mxfp4_kernel_words(b)
+    assert w.dtype == torch.uint32 and w.shape == (3, 16, 20) and w.device == b.device
+    assert torch.equal(kernel.mxfp4_checkpoint_blocks(w), b)
+    kw = w.cpu().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    ck = b.cpu().view(torch.int32).view(3, 16, 20).to(torch.int64) & 0xFFFFFFFF
+    for p in range(4):
+        r = (kw & 0x80C080C0) | (_rotr(kw, 24) & 0x01000100) if p == 0 else _rotr(kw, (0, 2, 12, 6)[p]) & 0x81C081C0
+        for half in range(2):
+            nib = (ck >> (4 * (2 * p + half))) & 0xF
+            assert torch.equal((r >> (16 * half)) & 0xFFFF, ((nib & 7) << 6) | ((nib >> 3) << 15)), (p, half)
+    s = torch.randint(0, 256, (3, 16, 5), dtype=torch.uint8, device=device)
+    for dtype in (torch.bfloat16, torch.float32):
+        assert torch.equal(_bits(kernel.dequantize_mxfp4(w, s, dtype)), _bits(kernel.dequantize_mxfp4(b, s, dtype)))
+
+
+def test_kernel_words_bad_input(kernel):
+    with pytest.raises(TypeError, match="blocks must be a uint8"):
+        kernel.mxfp4_kernel_words(torch.zeros(1, 2, 1, 16, dtype=torch.int8))
+    with pytest.raises(ValueError, match=r"\(\.\.\., N, K/32, 16\)"):
+        kernel.mxfp4_kernel_words(torch.zeros(1, 2, 1, 8, dtype=torch.uint8))
+    with pytest.raises(TypeError, match="words must be a uint32"):
+        kernel.mxfp4_checkpoint_blocks(torch.zeros(1, 2, 4, dtype=torch.int32))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        kernel.mxfp4_checkpoint_blocks(torch.zeros(1, 2, 3, dtype=torch.uint32))
+
+
+def test_layout_kernel_words_keep_the_checkpoint_state_dict(kernel):
+    """MoeExpertsLayout.use_kernel_words converts in place (uint32, same bytes' size), once; state_dict gives the
+    checkpoint's bytes; load_state_dict takes them (or kernel words) into a converted layout."""
+    from tiny_gpt_oss import tiny_config
+
+    config = tiny_config()
+    config.gpt_oss_kernels_experts = "mxfp4"
+    layout = kernel.layers.MoeExpertsLayout(config)
+    sd = {k: (torch.randint(0, 256, v.shape, dtype=torch.uint8) if v.dtype == torch.uint8 else torch.randn(v.shape))
+          for k, v in layout.state_dict().items()}
+    layout.load_state_dict(sd)
+    layout.use_kernel_words()
+    layout.use_kernel_words()  # a no-op the second time
+    assert layout.gate_up_proj_blocks.dtype == torch.uint32 and not layout.gate_up_proj_blocks.requires_grad
+    assert torch.equal(layout.down_proj_blocks, kernel.mxfp4_kernel_words(sd["down_proj_blocks"]))
+    out = layout.state_dict()
+    assert out.keys() == sd.keys() and all(torch.equal(out[k], sd[k]) for k in sd)
+    fresh = kernel.layers.MoeExpertsLayout(config)
+    fresh.use_kernel_words()
+    fresh.load_state_dict(sd)
+    assert torch.equal(fresh.gate_up_proj_blocks, layout.gate_up_proj_blocks)
+    fresh.load_state_dict({**sd, "gate_up_proj_blocks": layout.gate_up_proj_blocks.clone()})
+    assert torch.equal(fresh.gate_up_proj_blocks, layout.gate_up_proj_blocks)
 
 
 def test_quantize_experts_state_dict_names(kernel):

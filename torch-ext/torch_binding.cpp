@@ -38,7 +38,8 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
 #if defined(CPU_KERNEL)
   ops.impl("moe_experts", BACKEND, &moe_experts);  // CUDA: Triton, registered in moe/experts.py
 #endif
-  // The experts with the checkpoint's MXFP4 weights (blocks (E, N, K/32, 16), scales (E, N, K/32) uint8).
+  // The experts with MXFP4 weights (blocks (E, N, K/32, 16) uint8 or kernel words (E, N, K/8) uint32, scales
+  // (E, N, K/32) uint8).
   ops.def(
       "moe_experts_mxfp4(Tensor hidden, Tensor topk_ids, Tensor topk_weights, Tensor gate_up_blocks, "
       "Tensor gate_up_scales, Tensor? gate_up_bias, Tensor down_blocks, Tensor down_scales, Tensor? down_bias, "

@@ -13,7 +13,7 @@
 //                the ids on the host, so ids outside [0, E) raise here), unless skip_foreign: then
 //                such a slot (expert parallelism: another rank's expert, transformers' sentinel id
 //                E_local) is computed by no expert and contributes zero, as on CUDA.
-//   moe_experts_mxfp4  the same with the checkpoint's MXFP4 blocks/scales, each hit expert dequantized
+//   moe_experts_mxfp4  the same with MXFP4 blocks (the checkpoint's, or kernel words)/scales, each hit expert dequantized
 //                (exactly, to float) just before its two matmuls: no copy of all experts.
 //   moe_experts_fp8  the same with FP8 (e4m3) weights (E, N, K) and per-channel or 128x128 block scales, FP8 emulated:
 //                the tokens and the SwiGLU activations (rounded to the input dtype) quantized per row to e4m3
@@ -28,6 +28,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <limits>
 #include <vector>
 
@@ -152,13 +153,26 @@ at::Tensor experts_grouped(const char* op, const at::Tensor& hidden, const at::T
 // every scale byte (2^-128 is a float subnormal, 2^127 normal) or overflows to inf, as torch.ldexp does.
 constexpr float kTwoE2m1[16] = {0.f, 1.f, 2.f, 3.f, 4.f, 6.f, 8.f, 12.f, -0.f, -1.f, -2.f, -3.f, -4.f, -6.f, -8.f, -12.f};
 
+// Kernel words (quant/mxfp4.py, KERNEL_WORD_BITS): bit kKernelWordBits[p][b] of a word holds bit b of value p.
+constexpr int kKernelWordBits[8][4] = {{6, 7, 0, 15},    {22, 23, 16, 31}, {8, 9, 10, 17},  {24, 25, 26, 1},
+                                       {18, 19, 20, 27}, {2, 3, 4, 11},    {12, 13, 14, 21}, {28, 29, 30, 5}};
+
+// A kernel word -> the checkpoint's word (value p in nibble p).
+uint32_t checkpoint_word(uint32_t w) {
+  uint32_t out = 0;
+  for (int p = 0; p < 8; ++p)
+    for (int b = 0; b < 4; ++b) out |= ((w >> kKernelWordBits[p][b]) & 1u) << (4 * p + b);
+  return out;
+}
+
 // Expert e of an MXFP4 projection -> its (N, K) weights as float, each value RN_dtype(e2m1 * 2^(s - 127)) (the
-// values quant/mxfp4.dequantize_mxfp4 gives for `dtype`; only float16 rounds). blocks (E, N, K/32, 16), scales
-// (E, N, K/32), both contiguous uint8.
+// values quant/mxfp4.dequantize_mxfp4 gives for `dtype`; only float16 rounds). blocks: the checkpoint's (E, N,
+// K/32, 16) uint8, or kernel words (E, N, K/8) uint32; scales (E, N, K/32) uint8; both contiguous.
 at::Tensor dequant_expert(const at::Tensor& blocks, const at::Tensor& scales, int64_t e, at::ScalarType dtype) {
-  const int64_t n = blocks.size(1), g = blocks.size(2), kk = g * 32;
+  const bool words = blocks.scalar_type() == at::kUInt32;
+  const int64_t n = blocks.size(1), g = scales.size(2), kk = g * 32;
   auto out = at::empty({n, kk}, blocks.options().dtype(at::kFloat));
-  const uint8_t* bp = blocks.data_ptr<uint8_t>() + e * n * g * 16;
+  const uint8_t* bp = static_cast<const uint8_t*>(blocks.data_ptr()) + e * n * g * 16;
   const uint8_t* sp = scales.data_ptr<uint8_t>() + e * n * g;
   float* op = out.data_ptr<float>();
   const bool half = dtype == at::kHalf;
@@ -167,6 +181,15 @@ at::Tensor dequant_expert(const at::Tensor& blocks, const at::Tensor& scales, in
       for (int64_t b = 0; b < g; ++b) {
         const float f = std::ldexp(1.0f, static_cast<int>(sp[r * g + b]) - 128);
         const uint8_t* q = bp + (r * g + b) * 16;
+        uint32_t ck[4];  // the block's 16 bytes in the checkpoint's order
+        if (words) {
+          for (int j = 0; j < 4; ++j) {
+            uint32_t w;
+            std::memcpy(&w, q + 4 * j, 4);
+            ck[j] = checkpoint_word(w);
+          }
+          q = reinterpret_cast<const uint8_t*>(ck);  // little-endian, as the checkpoint's bytes
+        }
         float* o = op + r * kk + b * 32;
         for (int j = 0; j < 16; ++j) {
           float lo = kTwoE2m1[q[j] & 0x0F] * f, hi = kTwoE2m1[q[j] >> 4] * f;
@@ -181,6 +204,15 @@ at::Tensor dequant_expert(const at::Tensor& blocks, const at::Tensor& scales, in
     }
   });
   return out;
+}
+
+// blocks (E, N, K/32, 16) uint8 or kernel words (E, N, K/8) uint32, against scales (E, N, K/32).
+bool packed_ok(const at::Tensor& blocks, const at::Tensor& scales) {
+  const auto s = scales.sizes();
+  if (blocks.scalar_type() == at::kByte)
+    return blocks.dim() == 4 && blocks.size(3) == 16 && blocks.sizes().slice(0, 3) == s;
+  return blocks.scalar_type() == at::kUInt32 && blocks.dim() == 3 && blocks.size(0) == s[0] &&
+         blocks.size(1) == s[1] && blocks.size(2) == s[2] * 4;
 }
 
 }  // namespace
@@ -210,17 +242,16 @@ at::Tensor moe_experts_mxfp4(const at::Tensor& hidden, const at::Tensor& topk_id
   TORCH_CHECK(hidden.dim() == 2 && topk_ids.dim() == 2 && topk_weights.sizes() == topk_ids.sizes(),
               "moe_experts_mxfp4: hidden (T, H), topk_ids and topk_weights (T, k)");
   const int64_t h = hidden.size(1);
-  TORCH_CHECK(gate_up_blocks.scalar_type() == at::kByte && gate_up_scales.scalar_type() == at::kByte &&
-                  down_blocks.scalar_type() == at::kByte && down_scales.scalar_type() == at::kByte,
-              "moe_experts_mxfp4: blocks and scales must be uint8");
-  TORCH_CHECK(gate_up_blocks.dim() == 4 && gate_up_blocks.size(3) == 16 && gate_up_blocks.size(2) * 32 == h &&
-                  gate_up_scales.sizes() == gate_up_blocks.sizes().slice(0, 3),
-              "moe_experts_mxfp4: gate_up blocks (E, 2I, H/32, 16), scales (E, 2I, H/32)");
-  const int64_t e_num = gate_up_blocks.size(0), i2 = gate_up_blocks.size(1);
-  TORCH_CHECK(i2 % 2 == 0 && down_blocks.dim() == 4 && down_blocks.size(0) == e_num && down_blocks.size(1) == h &&
-                  down_blocks.size(2) * 32 == i2 / 2 && down_blocks.size(3) == 16 &&
-                  down_scales.sizes() == down_blocks.sizes().slice(0, 3),
-              "moe_experts_mxfp4: down blocks (E, H, I/32, 16), scales (E, H, I/32)");
+  TORCH_CHECK(gate_up_scales.scalar_type() == at::kByte && down_scales.scalar_type() == at::kByte,
+              "moe_experts_mxfp4: scales must be uint8");
+  TORCH_CHECK(gate_up_scales.dim() == 3 && gate_up_scales.size(2) * 32 == h &&
+                  packed_ok(gate_up_blocks, gate_up_scales),
+              "moe_experts_mxfp4: gate_up blocks (E, 2I, H/32, 16) uint8 or (E, 2I, H/8) uint32 words, scales "
+              "(E, 2I, H/32)");
+  const int64_t e_num = gate_up_scales.size(0), i2 = gate_up_scales.size(1);
+  TORCH_CHECK(i2 % 2 == 0 && down_scales.dim() == 3 && down_scales.size(0) == e_num && down_scales.size(1) == h &&
+                  down_scales.size(2) * 32 == i2 / 2 && packed_ok(down_blocks, down_scales),
+              "moe_experts_mxfp4: down blocks (E, H, I/32, 16) uint8 or (E, H, I/8) uint32 words, scales (E, H, I/32)");
   const auto dtype = hidden.scalar_type();
   const auto b1 = gate_up_blocks.contiguous(), s1 = gate_up_scales.contiguous();
   const auto b2 = down_blocks.contiguous(), s2 = down_scales.contiguous();

@@ -9,7 +9,8 @@ parameter classes), ``reference`` the plain-torch math every test compares again
 from . import layers, quant, reference
 from .moe import moe, moe_experts, moe_experts_mxfp4, moe_mxfp4, moe_route
 from .moe import finalize_slice, moe_experts_fp8, moe_fp8  # fp8
-from .quant import dequantize_mxfp4, quantize_experts_mxfp4, quantize_mxfp4  # mxfp4
+from .quant import dequantize_mxfp4, mxfp4_checkpoint_blocks, mxfp4_kernel_words, quantize_experts_mxfp4  # mxfp4
+from .quant import quantize_mxfp4  # mxfp4
 from .quant import convert_checkpoint
 from .quant import dequantize_fp8, pad_quant_fp8, quantize_experts_fp8, quantize_fp8, rms_norm_quant_fp8  # fp8
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
@@ -34,6 +35,8 @@ __all__ = [
     "moe_experts_mxfp4",  # mxfp4
     "moe_mxfp4",  # mxfp4
     "dequantize_mxfp4",  # mxfp4
+    "mxfp4_checkpoint_blocks",  # mxfp4
+    "mxfp4_kernel_words",  # mxfp4
     "quantize_mxfp4",  # mxfp4
     "quantize_experts_mxfp4",  # mxfp4
     "quant",  # mxfp4

@@ -29,6 +29,7 @@ from .moe.block import expert_format, experts_forward, moe_block
 from .moe.fp8 import padded_width
 from .norm import rms_norm
 from .quant.fp8_act import rms_norm_quant_fp8
+from .quant.mxfp4 import mxfp4_checkpoint_blocks, mxfp4_kernel_words
 
 
 
@@ -227,7 +228,10 @@ class MoeExpertsLayout(nn.Module):
     """GptOssExperts' parameters in the format the checkpoint stores (``__init__(config)``).
 
     bf16: ``gate_up_proj`` (E, H, 2I), ``down_proj`` (E, I, H). MXFP4: ``*_blocks`` uint8 (E, N, K/32, 16)
-    and ``*_scales`` uint8 (E, N, K/32), exactly as openai/gpt-oss stores them (no re-layout, no bf16 copy).
+    and ``*_scales`` uint8 (E, N, K/32), exactly as openai/gpt-oss stores them (no bf16 copy); after
+    ``use_kernel_words()`` (``integrations.from_pretrained`` calls it once the checkpoint is loaded) the blocks hold
+    their kernel words, uint32 (E, N, K/8) (``quant.mxfp4_kernel_words``: the same values and bytes, faster at
+    decode), while ``state_dict()`` still gives, and ``load_state_dict()`` still takes, the checkpoint's bytes.
     FP8 (``quant.fp8``): ``*_fp8`` float8_e4m3fn (E, N, K) and ``*_scale`` float32, (E, N) per channel or
     (E, ceil(N/128), ceil(K/128)) per block (``fp8_granularity_of``). Biases ``gate_up_proj_bias`` (E, 2I),
     ``down_proj_bias`` (E, H) in every format.
@@ -258,6 +262,34 @@ class MoeExpertsLayout(nn.Module):
         else:
             self.gate_up_proj = nn.Parameter(torch.empty(e, h, 2 * i))
             self.down_proj = nn.Parameter(torch.empty(e, i, h))
+
+    _MXFP4_BLOCKS = ("gate_up_proj_blocks", "down_proj_blocks")
+
+    @torch.no_grad()
+    def use_kernel_words(self) -> None:
+        """MXFP4 blocks -> kernel words, one projection at a time on the blocks' device (no-op if they already are,
+        or for other formats). Not under expert parallelism: transformers' hooks swap those parameters by shard."""
+        for name in self._MXFP4_BLOCKS:
+            blocks = getattr(self, name, None)
+            if isinstance(blocks, torch.Tensor) and blocks.dtype == torch.uint8:
+                setattr(self, name, nn.Parameter(mxfp4_kernel_words(blocks), requires_grad=False))
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        for name in self._MXFP4_BLOCKS:
+            t = destination.get(prefix + name)
+            if isinstance(t, torch.Tensor) and t.dtype == torch.uint32:
+                destination[prefix + name] = mxfp4_checkpoint_blocks(t.detach())
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in self._MXFP4_BLOCKS:
+            own, given = getattr(self, name, None), state_dict.get(prefix + name)
+            if (isinstance(own, torch.Tensor) and own.dtype == torch.uint32 and isinstance(given, torch.Tensor)
+                    and given.dtype == torch.uint8):
+                state_dict[prefix + name] = mxfp4_kernel_words(given)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
 
     def _fp8_params(self, e: int, h: int, i: int, granularity: str) -> None:
         f8, f32 = dict(dtype=torch.float8_e4m3fn), dict(dtype=torch.float32)

@@ -289,7 +289,9 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
 
     MXFP4 checkpoints (``quantization_config.quant_method == "mxfp4"``, as openai/gpt-oss ships) load
     without transformers' MXFP4 quantizer (which would replace the MoE block and fetch another Hub kernel):
-    the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``). FP8-experts
+    the experts keep their blocks and scales (``model.config.gpt_oss_kernels_experts == "mxfp4"``), the blocks as
+    kernel words once loaded (``layers.MoeExpertsLayout.use_kernel_words``; ``save_pretrained`` writes the
+    checkpoint's bytes; distributed loads keep the checkpoint's words). FP8-experts
     checkpoints (``quant_method == "fp8"``, written by ``examples/tiny_checkpoint.write_fp8_checkpoint`` from
     ``quant.fp8.quantize_experts_fp8``) load the same way into our FP8 layout.
     """
@@ -347,6 +349,10 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
     for module, hook in hooks.items():
         module.forward = hook
     check_kernelized(model, names)
+    if not distributed:  # (distributed: transformers' hooks swap the experts' parameters by shard, keep its bytes)
+        for module in model.modules():
+            if isinstance(module, layers.MoeExpertsLayout):
+                module.use_kernel_words()  # MXFP4 experts: the decode GEMM's layout, in place (no-op otherwise)
     return model
 
 

@@ -63,9 +63,30 @@ def _e2m1(w, SH: tl.constexpr):
 
 
 @triton.jit
+def _move(w, SRC: tl.constexpr, DST: tl.constexpr):
+    # w shifted so that bit SRC lands on bit DST (callers mask; a right shift's sign copies stay above the mask)
+    if DST >= SRC:
+        return w << (DST - SRC)
+    else:
+        return w >> (SRC - DST)
+
+
+@triton.jit
+def _e2m1_kw(w, M: tl.constexpr, E1: tl.constexpr, S: tl.constexpr):
+    # _e2m1 for a value of kernel words (quant.mxfp4.KERNEL_WORD_BITS): magnitude bits M, M + 1 and E1 (M + 2 for
+    # values 2-7), sign bit S.
+    if E1 == M + 2:
+        m = _move(w, M, 22) & 0x01C00000
+    else:
+        m = (_move(w, M, 22) & 0x00C00000) | (_move(w, E1, 24) & 0x01000000)
+    return (m | (_move(w, S, 31) & -2147483648)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
 def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # (BLOCK_N, BLOCK_K / 8) int32 words of the checkpoint's blocks (8 e2m1 values each, k order: nibble i of
-    # a word is k = 8j + i, low nibble first) and (BLOCK_N, BLOCK_K / 32) e8m0 scale bytes -> the
+    # (BLOCK_N, BLOCK_K / 8) words (8 e2m1 values each, k = 8j .. 8j + 7): int32, the checkpoint's blocks (nibble i
+    # of a word is k = 8j + i, low nibble first), or uint32 kernel words; (BLOCK_N, BLOCK_K / 32) e8m0 scale bytes ->
+    # the
     # (BLOCK_K, BLOCK_N) tile in DTYPE, each value RN_DTYPE(e2m1 * 2^(s - 127)) computed exactly:
     # (v * 2^-126) * 2^127 = 2v (exact, normal) times 2^(s - 128) (representable for every byte: 2^-128 is
     # a float32 subnormal, 2^127 normal), one rounding (to inf past the range: scale byte 255 gives 0, 2^127
@@ -73,10 +94,16 @@ def _mxfp4_tile(q_ptrs, s_ptrs, q_mask, s_mask, DTYPE: tl.constexpr, BLOCK_N: tl
     q = tl.load(q_ptrs, mask=q_mask, other=0)
     s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
     sf = tl.where(s >= 2, (s - 1) << 23, 0x00200000 << s).to(tl.float32, bitcast=True)  # 2^(s - 128)
-    # tl.join appends its new dimension last, so the outermost join gives the lowest bit of the nibble index:
-    # (BLOCK_N, BLOCK_K / 8, x2, x1, x0) holds nibble 4 x2 + 2 x1 + x0, i.e. k order after the reshape.
-    v = tl.join(tl.join(tl.join(_e2m1(q, 0), _e2m1(q, 16)), tl.join(_e2m1(q, 8), _e2m1(q, 24))),
-                tl.join(tl.join(_e2m1(q, 4), _e2m1(q, 20)), tl.join(_e2m1(q, 12), _e2m1(q, 28))))
+    if q.dtype == tl.uint32:  # kernel words (quant.mxfp4.KERNEL_WORD_BITS)
+        q = q.to(tl.int32, bitcast=True)
+        v0, v1, v2, v3 = _e2m1_kw(q, 6, 0, 15), _e2m1_kw(q, 22, 16, 31), _e2m1_kw(q, 8, 10, 17), _e2m1_kw(q, 24, 26, 1)
+        v4, v5, v6, v7 = _e2m1_kw(q, 18, 20, 27), _e2m1_kw(q, 2, 4, 11), _e2m1_kw(q, 12, 14, 21), _e2m1_kw(q, 28, 30, 5)
+    else:  # the checkpoint's words: value p in nibble p
+        v0, v1, v2, v3 = _e2m1(q, 0), _e2m1(q, 4), _e2m1(q, 8), _e2m1(q, 12)
+        v4, v5, v6, v7 = _e2m1(q, 16), _e2m1(q, 20), _e2m1(q, 24), _e2m1(q, 28)
+    # tl.join appends its new dimension last, so the outermost join gives the lowest bit of the value index:
+    # (BLOCK_N, BLOCK_K / 8, x2, x1, x0) holds value 4 x2 + 2 x1 + x0, i.e. k order after the reshape.
+    v = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
     v = tl.reshape(v, (BLOCK_N, BLOCK_K))
     sf = tl.reshape(tl.broadcast_to(sf[:, :, None], (BLOCK_N, BLOCK_K // 32, 32)), (BLOCK_N, BLOCK_K))
     w = (v * 1.7014118346046923e38) * sf  # 2v * 2^(s - 128)
@@ -129,16 +156,55 @@ mov.b32 {$3, $7}, r;
 """)
 
 
+# _E2M1X8_BF16_ASM for kernel words (quant.mxfp4.KERNEL_WORD_BITS): the register of values 2P, 2P + 1 is one rotate
+# and one mask (P = 0: two masks, a rotate and an OR), then the same two fma; $i is value i.
+_E2M1X8_BF16_KW_ASM = tl.constexpr("""
+{
+.reg .b32 t, r, c, z;
+mov.b32 c, 0x7F007F00;
+mov.b32 z, 0x80008000;
+and.b32 r, $8, 0x80C080C0;
+shf.r.wrap.b32 t, $8, $8, 24;
+and.b32 t, t, 0x01000100;
+or.b32 r, r, t;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$0, $1}, r;
+shf.r.wrap.b32 r, $8, $8, 2;
+and.b32 r, r, 0x81C081C0;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$2, $3}, r;
+shf.r.wrap.b32 r, $8, $8, 12;
+and.b32 r, r, 0x81C081C0;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$4, $5}, r;
+shf.r.wrap.b32 r, $8, $8, 6;
+and.b32 r, r, 0x81C081C0;
+fma.rn.bf16x2 r, r, c, z;
+fma.rn.bf16x2 r, r, $9, z;
+mov.b32 {$6, $7}, r;
+}
+""")
+
+
 @triton.jit
 def _mxfp4_tile_asm(q_ptrs, s_ptrs, q_mask, s_mask, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    # _mxfp4_tile for bf16 activations, the dequantization in packed bf16x2 PTX (_E2M1X8_BF16_ASM).
+    # _mxfp4_tile for bf16 activations, the dequantization in packed bf16x2 PTX (_E2M1X8_BF16_ASM, or
+    # _E2M1X8_BF16_KW_ASM for uint32 kernel words).
     q = tl.load(q_ptrs, mask=q_mask, other=0)
     s = tl.load(s_ptrs, mask=s_mask, other=0).to(tl.int32)
     f = tl.where(s >= 2, (s - 1) << 7, 0x20 << s)  # bf16 bits of 2^(s - 128) (2^-128, 2^-127: subnormals)
     f = f | (f << 16)
     f = tl.reshape(tl.broadcast_to(f[:, :, None], (BLOCK_N, BLOCK_K // 32, 4)), (BLOCK_N, BLOCK_K // 8))
-    o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
-        _E2M1X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q, f], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    if q.dtype == tl.uint32:
+        o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
+            _E2M1X8_BF16_KW_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q.to(tl.int32, bitcast=True), f],
+            dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
+    else:
+        o0, o1, o2, o3, o4, o5, o6, o7 = tl.inline_asm_elementwise(
+            _E2M1X8_BF16_ASM, "=h,=h,=h,=h,=h,=h,=h,=h,r,r", [q, f], dtype=(tl.bfloat16,) * 8, is_pure=True, pack=1)
     v = tl.join(tl.join(tl.join(o0, o4), tl.join(o2, o6)), tl.join(tl.join(o1, o5), tl.join(o3, o7)))
     # (BLOCK_N, BLOCK_K / 8, 2, 2, 2) -> (BLOCK_K / 8, 2, 2, 2, BLOCK_N) -> (BLOCK_K, BLOCK_N)
     return tl.reshape(tl.permute(v, (1, 2, 3, 4, 0)), (BLOCK_K, BLOCK_N))
@@ -189,7 +255,7 @@ def _moe_tile(
     if not A_TMA:
         a_ptrs = a_ptr + a_rows[:, None] * stride_am + offs_k[None, :] * stride_ak
     if W_FORMAT == "mxfp4" or W_FORMAT == "mxfp4_asm":
-        # MXFP4 ("mxfp4", "mxfp4_asm"): w_ptr: the blocks as int32 words (E, N, K / 8), K contiguous;
+        # MXFP4 ("mxfp4", "mxfp4_asm"): w_ptr: the words (E, N, K / 8) (mxfp4_words), K contiguous;
         # ws_ptr: the scales (E, N, K / 32)
         offs_q = tl.arange(0, BLOCK_K // 8)
         offs_g = tl.arange(0, BLOCK_K // 32)
@@ -662,7 +728,7 @@ def _w_format(a: torch.Tensor, w: torch.Tensor, ws) -> str:
 
 def _w_strides(w, ws):
     """(stride_we, stride_wk, stride_wn, stride_se, stride_sn): w (E, K, N) for bf16; for MXFP4, w is the
-    blocks as int32 words (E, N, K / 8) and ws the scales (E, N, K / 32), both K-contiguous; for FP8, w is
+    words (E, N, K / 8) (mxfp4_words) and ws the scales (E, N, K / 32), both K-contiguous; for FP8, w is
     (E, N, K) e4m3 and ws (E, N) or (E, N / 128, K / 128), the last K-contiguous."""
     if ws is None:
         return w.stride(0), w.stride(1), w.stride(2), 0, 0
@@ -783,7 +849,7 @@ def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
     GOK_DECODE_GEMM=0 keeps the Triton kernel."""
     if ws is None or block_m != 16 or not a.is_cuda or out.dtype != torch.bfloat16 or out.stride(1) != 1:
         return False
-    if w.dtype == torch.int32:  # MXFP4 words
+    if w.dtype in (torch.int32, torch.uint32):  # MXFP4 words (checkpoint order / kernel words)
         fmt_ok = a.dtype == torch.bfloat16 and w.shape[2] % 4 == 0
     else:
         fmt_ok = a.dtype == FP8 and w.shape[2] % 16 == 0 and _sm90(a.device.index)
@@ -805,7 +871,7 @@ def _decode_enabled(env: str, interpret: str) -> bool:
 
 def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n, k, nb, top_k, alpha, limit, block_m,
             m_bucket, ws=None, a_s=None):
-    # ws: None (w is the (E, K, N) weights), the MXFP4 scales (E, N, K / 32) (w: the blocks as int32 words) or the
+    # ws: None (w is the (E, K, N) weights), the MXFP4 scales (E, N, K / 32) (w: the words, mxfp4_words) or the
     # FP8 weight scales (w: (E, N, K) e4m3; then a is e4m3 and a_s its per-row scales)
     if _decode_ok(a, w, ws, bias, out, block_m):
         ops.moe_gemm_decode(a, a_s, w, ws, bias, sorted_pos, block_expert, topk_w, top_k, alpha, limit, first, out)
@@ -903,9 +969,12 @@ def _nk(w, scales):
 
 
 def mxfp4_words(blocks: torch.Tensor) -> torch.Tensor:
-    """The checkpoint's (E, N, K/32, 16) uint8 blocks as (E, N, K/8) int32 words: a view of the same bytes
-    (a copy only if they are not contiguous or not 4-byte aligned). Word j of a row holds k = 8j..8j+7,
-    nibble i (bits 4i..4i+3) = k 8j + i: little-endian bytes, low nibble first."""
+    """MXFP4 weights as the kernels read them, (E, N, K/8) words: the checkpoint's (E, N, K/32, 16) uint8 blocks as
+    int32 words (a view of the same bytes, a copy only if they are not contiguous or not 4-byte aligned; word j of a
+    row holds k = 8j..8j+7, nibble i (bits 4i..4i+3) = k 8j + i: little-endian bytes, low nibble first), or uint32
+    kernel words (quant.mxfp4_kernel_words) as they are. The dtype tells the kernels which."""
+    if blocks.dtype == torch.uint32:
+        return blocks.contiguous()
     e, n, g, _ = blocks.shape
     if not blocks.is_contiguous() or blocks.storage_offset() % 4:
         blocks = blocks.clone(memory_format=torch.contiguous_format)

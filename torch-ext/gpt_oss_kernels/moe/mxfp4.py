@@ -1,9 +1,11 @@
-"""MXFP4 experts: the checkpoint's blocks and scales (quant/mxfp4.py) straight into the MoE block.
+"""MXFP4 experts: the checkpoint's blocks (or their kernel words) and scales (quant/mxfp4.py) straight into the
+MoE block.
 
 ``moe_experts_mxfp4`` is one op of the C++ schema (torch-ext/torch_binding.cpp): in the CPU variant a C++
 implementation (kernel_src/moe/moe_cpu.cpp: each hit expert dequantized exactly, then two matmuls); in the
 CUDA variant ``_moe_experts_mxfp4_cuda`` below (the bf16 op's dispatch and finalize, the same Triton grouped
-GEMM with ``W_FORMAT="mxfp4"``: weight tiles dequantized in registers), registered on that schema with
+GEMM with ``W_FORMAT="mxfp4"``: weight tiles dequantized in registers; 16-row blocks: the CUDA decode GEMM,
+kernel_src/moe/decode_gemm_cuda.cu), registered on that schema with
 ``torch.library.impl``, with a fake implementation for torch.compile. No host sync anywhere.
 
 Weights are those of ``dequantize_mxfp4(blocks, scales, hidden.dtype)``: each RN(e2m1 * 2^(s - 127)) in the
@@ -23,12 +25,21 @@ from .routing import check_top_k
 
 
 def _check_packed(name, blocks, scales_name, scales, e, n, k):
-    """blocks (E, N, K/32, 16) and scales (E, N, K/32), uint8; None entries of (e, n, k) are free."""
-    _checks.tensor(name, blocks, dtypes=(torch.uint8,), ndim=4)
+    """blocks: the checkpoint's (E, N, K/32, 16) uint8, or kernel words (E, N, K/8) uint32
+    (quant.mxfp4_kernel_words); scales (E, N, K/32) uint8; None entries of (e, n, k) are free."""
+    _checks.tensor(name, blocks, dtypes=(torch.uint8, torch.uint32))
     _checks.tensor(scales_name, scales, dtypes=(torch.uint8,), ndim=3)
     g = None if k is None else k // 32
-    _checks.shape(name, blocks, (e, n, g, 16))
-    _checks.shape(scales_name, scales, tuple(blocks.shape[:3]))
+    if blocks.dtype == torch.uint8:
+        _checks.shape(name, blocks, (e, n, g, 16))
+        groups = blocks.shape[2]
+    else:
+        _checks.shape(name, blocks, (e, n, None if g is None else 4 * g))
+        if blocks.shape[2] % 4:
+            raise ValueError(f"{name}: kernel words must be (E, N, K/8) with K a multiple of 32, got shape "
+                             f"{tuple(blocks.shape)}")
+        groups = blocks.shape[2] // 4
+    _checks.shape(scales_name, scales, (blocks.shape[0], blocks.shape[1], groups))
 
 
 def _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, down_blocks, down_scales, down_bias,
@@ -41,8 +52,8 @@ def _check_experts_mxfp4(hidden, gate_up_blocks, gate_up_scales, gate_up_bias, d
     _check_packed("gate_up_blocks", gate_up_blocks, "gate_up_scales", gate_up_scales, None, None, h)
     e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
     if i2 % 64 or i2 == 0:
-        raise ValueError(f"gate_up_blocks must be (E, 2I, H/32, 16) with I a positive multiple of 32 (gate/up "
-                         f"interleaved), got shape {tuple(gate_up_blocks.shape)}")
+        raise ValueError(f"gate_up_blocks must be (E, 2I, H/32, 16) (or kernel words (E, 2I, H/8)) with I a positive "
+                         f"multiple of 32 (gate/up interleaved), got shape {tuple(gate_up_blocks.shape)}")
     _check_packed("down_blocks", down_blocks, "down_scales", down_scales, e, h, i2 // 2)
     _checks.optional("gate_up_bias", gate_up_bias, (e, i2))
     _checks.optional("down_bias", down_bias, (e, h))
@@ -67,13 +78,15 @@ def moe_experts_mxfp4(
     *,
     skip_foreign: bool = False,
 ) -> torch.Tensor:
-    """``moe_experts`` with the checkpoint's MXFP4 expert weights (openai/gpt-oss layout, no re-layout).
+    """``moe_experts`` with MXFP4 expert weights (openai/gpt-oss's format).
 
     ``hidden`` (T, H) bf16/fp16/fp32; ``topk_ids`` (T, k) int32/int64; ``topk_weights`` (T, k) float;
     ``gate_up_blocks`` uint8 (E, 2I, H/32, 16), ``gate_up_scales`` uint8 (E, 2I, H/32) (rows gate/up
     interleaved); ``gate_up_bias`` (E, 2I) or None; ``down_blocks`` uint8 (E, H, I/32, 16), ``down_scales``
-    uint8 (E, H, I/32); ``down_bias`` (E, H) or None. Equals ``moe_experts`` on the weights
-    ``dequantize_mxfp4(blocks, scales, hidden.dtype)``; returns (T, H) in hidden's dtype.
+    uint8 (E, H, I/32); ``down_bias`` (E, H) or None. Either blocks may instead be their kernel words
+    (``quant.mxfp4_kernel_words``: uint32 (E, N, K/8), the same values; faster at decode on CUDA). Equals
+    ``moe_experts`` on the weights ``dequantize_mxfp4(blocks, scales, hidden.dtype)``; returns (T, H) in hidden's
+    dtype.
     Ids outside [0, E): as ``moe_experts`` (CPU: error; CUDA: that token's row is NaN; ``skip_foreign=True``:
     another expert-parallel rank's experts, contributing zero).
     """

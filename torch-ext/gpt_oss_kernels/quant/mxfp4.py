@@ -8,8 +8,18 @@ Per projection (``gate_up_proj``: N = 2I output rows, K = H; ``down_proj``: N = 
 * ``*_scales`` uint8 ``(E, N, K/32)``: one e8m0 exponent byte s per block, scale = 2^(s - 127).
 * gate/up rows interleaved as in the bf16 model (row 2i: gate i, row 2i+1: up i); biases bf16 ``(E, N)``.
 
-So row n of an expert is K/2 contiguous bytes plus K/32 contiguous scale bytes: the kernels read this
-layout as it is (no re-layout at load).
+So row n of an expert is K/2 contiguous bytes plus K/32 contiguous scale bytes. The kernels read it in either
+of two forms, told apart by dtype:
+
+* the checkpoint's uint8 blocks as they are (``(E, N, K/32, 16)``);
+* **kernel words** (``mxfp4_kernel_words``): uint32 ``(E, N, K/8)``, word j of a row holding the same 8 values
+  k = 8j .. 8j + 7 with their bits permuted inside the word (``KERNEL_WORD_BITS``) so that the bf16x2 pair of
+  values (2P, 2P + 1) is one rotate and one mask (``rotr(w, c) & 0x81C081C0``, c = 2, 12, 6 for P = 1, 2, 3; P = 0:
+  ``(w & 0x80C080C0) | (rotr(w, 24) & 0x01000100)``): magnitude bits on bf16 bits 6..8 and the sign on 15 of each
+  half, i.e. v * 2^-126. The same bytes' size, so the layout class converts in place at load
+  (``MoeExpertsLayout.use_kernel_words``) and its state dict gives the checkpoint's bytes back
+  (``mxfp4_checkpoint_blocks``). Decode GEMM on the H100 (2026-12-06): one-step span 185 -> 121 sm_90a
+  instructions, block T = 1 44.6-46.9 -> 42.5-42.7 us, T = 64 277.7 -> 248.9 us (docs/decisions-moe.md).
 
 Value of weight (k, n) of expert e: ``e2m1(nibble) * 2^(s - 127)``, as transformers' dequantization
 computes it (``_convert_moe_packed_tensors``: a look-up in ``dtype``, then ``torch.ldexp``, i.e. a float32
@@ -53,14 +63,72 @@ def _check_packed(blocks: torch.Tensor, scales: torch.Tensor) -> None:
         raise ValueError(f"scales must be on blocks' device ({blocks.device}), got {scales.device}")
 
 
+# Kernel words: bit KERNEL_WORD_BITS[p][b] of a word holds bit b of value p (k = 8j + p; bits 0-2 the magnitude code,
+# 3 the sign), which the checkpoint stores at bit 4p + b of the little-endian word.
+KERNEL_WORD_BITS = ((6, 7, 0, 15), (22, 23, 16, 31), (8, 9, 10, 17), (24, 25, 26, 1), (18, 19, 20, 27),
+                    (2, 3, 4, 11), (12, 13, 14, 21), (28, 29, 30, 5))
+
+
+def _byte_tables(device, inverse: bool) -> torch.Tensor:
+    """(4, 256) int64: the bits that byte j of a word, with value v, contributes to the other form's word."""
+    table = [[0] * 256 for _ in range(4)]
+    for p, dest in enumerate(KERNEL_WORD_BITS):
+        for b, d in enumerate(dest):
+            src, dst = (d, 4 * p + b) if inverse else (4 * p + b, d)
+            for v in range(256):
+                if v >> (src % 8) & 1:
+                    table[src // 8][v] |= 1 << dst
+    return torch.tensor(table, dtype=torch.int64, device=device)
+
+
+def _permute_words(u8: torch.Tensor, inverse: bool, chunk: int = 1 << 22) -> torch.Tensor:
+    """Contiguous bytes (a multiple of 4) -> the other form's bytes, word by word (a byte look-up per byte)."""
+    table = _byte_tables(u8.device, inverse).view(-1)
+    src = u8.reshape(-1, 4)
+    out = torch.empty(src.shape[0], dtype=torch.int32, device=u8.device)
+    offs = torch.arange(4, device=u8.device) * 256
+    for r0 in range(0, src.shape[0], chunk):
+        w = table[src[r0:r0 + chunk].to(torch.int64) + offs].sum(1)  # disjoint bits: the sum is the OR
+        out[r0:r0 + chunk] = torch.where(w >= 1 << 31, w - (1 << 32), w).to(torch.int32)
+    return out.view(torch.uint8)
+
+
+def mxfp4_kernel_words(blocks: torch.Tensor) -> torch.Tensor:
+    """The checkpoint's uint8 blocks ``(..., N, K/32, 16)`` -> kernel words, uint32 ``(..., N, K/8)`` (the module
+    docstring; the same bytes' size). Every op that takes MXFP4 blocks also takes these; exact both ways
+    (``mxfp4_checkpoint_blocks``). Works on any device (fastest where the blocks are)."""
+    if not isinstance(blocks, torch.Tensor) or blocks.dtype != torch.uint8:
+        raise TypeError(f"blocks must be a uint8 torch.Tensor, got "
+                        f"{getattr(blocks, 'dtype', type(blocks).__name__)}")
+    if blocks.dim() < 3 or blocks.shape[-1] != BLOCK // 2:
+        raise ValueError(f"blocks must be (..., N, K/32, 16), got shape {tuple(blocks.shape)}")
+    *prefix, n, g, _ = blocks.shape
+    return _permute_words(blocks.contiguous(), inverse=False).view(torch.uint32).view(*prefix, n, g * 4)
+
+
+def mxfp4_checkpoint_blocks(words: torch.Tensor) -> torch.Tensor:
+    """Kernel words, uint32 ``(..., N, K/8)`` -> the checkpoint's uint8 blocks ``(..., N, K/32, 16)``."""
+    if not isinstance(words, torch.Tensor) or words.dtype != torch.uint32:
+        raise TypeError(f"words must be a uint32 torch.Tensor (mxfp4_kernel_words), got "
+                        f"{getattr(words, 'dtype', type(words).__name__)}")
+    if words.dim() < 2 or words.shape[-1] % 4:
+        raise ValueError(f"words must be (..., N, K/8) with K a multiple of 32, got shape {tuple(words.shape)}")
+    *prefix, n, kw = words.shape
+    u8 = words.contiguous().view(torch.uint8)
+    return _permute_words(u8, inverse=True).view(*prefix, n, kw // 4, 16)
+
+
 def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype = torch.bfloat16,
                      rows_per_chunk: int = 1 << 20) -> torch.Tensor:
-    """The checkpoint's ``(E, N, K/32, 16)`` blocks and ``(E, N, K/32)`` scales -> ``(E, K, N)`` weights in
-    ``dtype``: GptOssExperts' layout, ``(E, H, 2I)`` for gate_up and ``(E, I, H)`` for down.
+    """The checkpoint's ``(E, N, K/32, 16)`` blocks (or their kernel words, ``mxfp4_kernel_words``) and
+    ``(E, N, K/32)`` scales -> ``(E, K, N)`` weights in ``dtype``: GptOssExperts' layout, ``(E, H, 2I)`` for gate_up
+    and ``(E, I, H)`` for down.
 
     Bit for bit what transformers' ``_convert_moe_packed_tensors`` returns (same look-up table in ``dtype``,
     same ``torch.ldexp``), without its int32 index copies of the whole tensor. Works on any device.
     """
+    if isinstance(blocks, torch.Tensor) and blocks.dtype == torch.uint32:
+        blocks = mxfp4_checkpoint_blocks(blocks)
     _check_packed(blocks, scales)
     if dtype not in _FLOATS:
         raise TypeError(f"dtype must be a float dtype, got {dtype}")
