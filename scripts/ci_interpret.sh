@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Third CI leg: the Triton kernels under TRITON_INTERPRET=1 on the CPU against float64 (the attention variants,
-# the MoE grouped GEMM's MXFP4 and FP8 branches, finalize_slice): scripts/*_interpret_check.py. Triton 3.6 (the GPU
+# the MoE grouped GEMM's MXFP4 and FP8 branches, finalize_slice): scripts/*_interpret_check.py, and the MXFP4 PTX
+# emulation (scripts/mxfp4_asm_emulation_check.py). Triton 3.6 (the GPU
 # machine's) and numpy < 2.3 (its interpreter needs it) go into a folder of their own, put first on PYTHONPATH for
 # these runs only, so nothing installed in the environment changes. About 3 minutes.
 #
@@ -22,4 +23,9 @@ for check in attn moe_mxfp4 fp8; do
   echo "interpret leg: ${check}_interpret_check.py rc=$rc"
   [ $rc -eq 0 ] || status=1
 done
+# the packed PTX dequantization of "mxfp4_asm" (both word forms) emulated bit for bit (no interpreter: PTX)
+PYTHONPATH="$SITE" "$py" scripts/mxfp4_asm_emulation_check.py | tail -1
+rc=${PIPESTATUS[0]}
+echo "interpret leg: mxfp4_asm_emulation_check.py rc=$rc"
+[ $rc -eq 0 ] || status=1
 exit $status
