@@ -61,6 +61,21 @@ def test_greedy_identical_to_generate(kernel, models_cpu, which, steps):
     assert again.tolist() == expected.tolist()
 
 
+def test_runner_writes_the_cache_inside_rotary(kernel, models_cpu):
+    """With every layer of ours, the runner's steps rotate q / k and write k / v into its cache in one op
+    (rotary_kv_cache) instead of rotary_pos_emb and two index_copy per layer."""
+    from conftest import dispatched, record_ops
+
+    model = models_cpu[1]
+    prompt = torch.randint(1, VOCAB, (2, 5))
+    runner = kernel.DecodeRunner(model, steps_per_launch=2)
+    with record_ops() as names:
+        runner.generate(prompt, max_new_tokens=3, min_new_tokens=3, do_sample=False)
+    assert dispatched(names, kernel, "rotary_kv_cache") and not dispatched(names, kernel, "rotary_pos_emb")
+    # the token bookkeeping only (one per new token); the cache writes would add 2 per layer and forward
+    assert sum(n.startswith("aten.index_copy") for n in names) <= 3
+
+
 def _eos_finishing_rows_at(seqs: list[list[int]], steps: list[int]):
     """EOS ids that make row r of these greedy sequences finish at new token steps[r] (1-based), or None."""
     eos = [seq[s - 1] for seq, s in zip(seqs, steps)]

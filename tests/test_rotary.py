@@ -97,3 +97,81 @@ def test_rotary_compile_fullgraph(kernel, device):
     a, b = f(q, k, cos, sin)
     c, d = kernel.rotary_pos_emb(q, k, cos, sin)
     assert torch.equal(a, c) and torch.equal(b, d)
+
+
+def _rotary_kv_cache():
+    import sys
+
+    return next(m for n, m in sys.modules.items() if n.endswith(".attention.rotary")).rotary_kv_cache
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("unsqueeze_dim", [1, 2])
+@pytest.mark.parametrize("s", [1, 7])
+def test_rotary_kv_cache(kernel, ref, device, dtype, unsqueeze_dim, s):
+    """rotary_kv_cache (the DecodeRunner's cache write folded into rotary): the rotated q returned, the rotated k and
+    v written into poisoned (B, L, Hkv, D) caches at the given positions and nowhere else."""
+    fn = _rotary_kv_cache()
+    b, hq, hkv, d, length = 2, 8, 2, 64, 40
+    q = torch.randn(b, s, hq, d, device=device, dtype=dtype)
+    k = torch.randn(b, s, hkv, d, device=device, dtype=dtype)
+    v = torch.randn(b, s, hkv, d, device=device, dtype=dtype)
+    if unsqueeze_dim == 1:
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    cos = torch.randn(1, s, d // 2, device=device, dtype=dtype)
+    sin = torch.randn(1, s, d // 2, device=device, dtype=dtype)
+    k_cache = torch.full((b, length, hkv, d), float("nan"), device=device, dtype=dtype)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    index = torch.arange(30, 30 + s, device=device)
+    qe = fn(q, k, v, cos, sin, k_cache, v_cache, index, unsqueeze_dim)
+    rq, rk = ref.rotary_pos_emb(q.double(), k.double(), cos.double(), sin.double(), unsqueeze_dim=unsqueeze_dim)
+    assert qe.shape == q.shape and qe.dtype == dtype and rel_err(qe, rq) < TOL[dtype]
+    bshd = (lambda t: t.transpose(1, 2)) if unsqueeze_dim == 1 else (lambda t: t)
+    assert rel_err(k_cache[:, 30:30 + s], bshd(rk)) < TOL[dtype]
+    assert torch.equal(v_cache[:, 30:30 + s], bshd(v))
+    rest = torch.ones(length, dtype=torch.bool)
+    rest[30:30 + s] = False
+    assert k_cache[:, rest].isnan().all() and v_cache[:, rest].isnan().all()
+    same_q, _ = kernel.rotary_pos_emb(q, k, cos, sin, unsqueeze_dim=unsqueeze_dim)
+    assert torch.equal(qe, same_q)  # one arithmetic
+
+
+def test_rotary_kv_cache_bad_input(kernel, device):
+    fn = _rotary_kv_cache()
+    q = torch.randn(1, 4, 3, 64, device=device)
+    k = torch.randn(1, 2, 3, 64, device=device)
+    cos = torch.randn(1, 3, 32, device=device)
+    cache = torch.zeros(1, 10, 2, 64, device=device)
+    index = torch.arange(3, device=device)
+    good = (q, k, k.clone(), cos, cos, cache, cache.clone(), index)
+    with pytest.raises(ValueError, match="v"):
+        fn(*good[:2], k[:, :1], *good[3:])
+    with pytest.raises(TypeError, match="v"):
+        fn(*good[:2], k.double(), *good[3:])
+    with pytest.raises(ValueError, match="k_cache"):
+        fn(*good[:5], torch.zeros(1, 10, 3, 64, device=device), *good[6:])
+    with pytest.raises(ValueError, match="v_cache"):
+        fn(*good[:6], torch.zeros(1, 11, 2, 64, device=device), index)
+    with pytest.raises(TypeError, match="k_cache"):
+        fn(*good[:5], cache.half(), *good[6:])
+    with pytest.raises(TypeError, match="index"):
+        fn(*good[:7], index.int())
+    with pytest.raises(ValueError, match="index"):
+        fn(*good[:7], index[:2])
+    with pytest.raises(ValueError, match="k_cache"):
+        fn(*good[:5], torch.zeros(1, 10, 64, 2, device=device).transpose(2, 3), *good[6:])
+
+
+@pytest.mark.gpu
+def test_rotary_kv_cache_skips_positions_outside_the_cache(kernel):
+    """On CUDA positions outside [0, L) are not written (no host sync to check them); the others are."""
+    fn = _rotary_kv_cache()
+    q = torch.randn(1, 4, 3, 64, device="cuda", dtype=torch.bfloat16)
+    k = torch.randn(1, 2, 3, 64, device="cuda", dtype=torch.bfloat16)
+    cos = torch.randn(1, 3, 32, device="cuda", dtype=torch.bfloat16)
+    k_cache = torch.full((1, 10, 2, 64), float("nan"), device="cuda", dtype=torch.bfloat16)
+    v_cache = torch.full_like(k_cache, float("nan"))
+    fn(q, k, k, cos, cos, k_cache, v_cache, torch.tensor([-1, 4, 10], device="cuda"))
+    assert not k_cache[:, 4].isnan().any() and not v_cache[:, 4].isnan().any()
+    assert k_cache[:, [0, 1, 2, 3, 5, 6, 7, 8, 9]].isnan().all()
+    assert torch.equal(v_cache[0, 4], k[0, :, 1])

@@ -85,6 +85,10 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
   // --- attention ---
   ops.def("rotary_pos_emb(Tensor q, Tensor k, Tensor cos, Tensor sin, int unsqueeze_dim) -> (Tensor, Tensor)");
   ops.impl("rotary_pos_emb", BACKEND, &rotary_pos_emb);
+  ops.def(
+      "rotary_kv_cache(Tensor q, Tensor k, Tensor v, Tensor cos, Tensor sin, Tensor(a!) k_cache, Tensor(b!) v_cache, "
+      "Tensor index, int unsqueeze_dim) -> Tensor");
+  ops.impl("rotary_kv_cache", BACKEND, &rotary_kv_cache);
 #if defined(CUDA_KERNEL)
   // CUDA only, called from attn_fwd's CUDA implementation (attention/_triton_attn.py) on sm_90+:
   // Sq = 1 decode of large batches or narrow windows, and the causal sliding-window prefill.

@@ -66,6 +66,11 @@ at::Tensor dequantize_rows_fp8_cpu(const at::Tensor& q, const at::Tensor& scale,
 // GPT-OSS rotary on q and k, one launch (kernel_src/attention/rotary_cuda.cu, rotary_cpu.cpp).
 std::tuple<at::Tensor, at::Tensor> rotary_pos_emb(const at::Tensor& q, const at::Tensor& k, const at::Tensor& cos,
                                                   const at::Tensor& sin, int64_t unsqueeze_dim);
+// The same on q, with the rotated k and v written into (B, L, Hkv, D) caches at positions index (S,) instead of
+// returned (one launch in place of rotary + two index_copy); returns the rotated q.
+at::Tensor rotary_kv_cache(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& cos,
+                           const at::Tensor& sin, at::Tensor& k_cache, at::Tensor& v_cache, const at::Tensor& index,
+                           int64_t unsqueeze_dim);
 
 // The public attention op (attn_fwd) is a Python custom op (Triton on CUDA, torch on CPU); these
 // CUDA-only helpers are two of its paths on sm_90+: the Sq = 1 decode for large batches or narrow

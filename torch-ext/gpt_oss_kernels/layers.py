@@ -134,7 +134,8 @@ _O_PROJ_KERNEL_ROWS = 8
 class Attention(nn.Module):
     """GptOssAttention's forward with q, k and v projected by one ``multi_linear`` (one kernel launch at decode
     sizes, where cuBLAS runs three split-K GEMVs) and o_proj by another, and this package's rotary. The cache
-    update and the attention call are transformers' (its attention interface for ``config._attn_implementation``;
+    update and the attention call are transformers' (with the DecodeRunner's cache, ``rotary_update``: rotary and
+    the cache write in one launch; its attention interface for ``config._attn_implementation``;
     ``cache=`` as transformers 5.25 passes it, ``past_key_values=`` as 5.22-5.24 do). Projections that are not
     plain ``nn.Linear`` modules (tensor-parallel hooks, quantized linears) are called as modules."""
 
@@ -159,11 +160,15 @@ class Attention(nn.Module):
             q, k, v = (p(hidden_states) for p in projections)
         q, k, v = (t.view(hidden_shape).transpose(1, 2) for t in (q, k, v))
         cos, sin = position_embeddings
-        q, k = _rotary_pos_emb(q, k, cos, sin)
-        if cache is not None:
-            k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
-        elif past_key_values is not None:
-            k, v = past_key_values.update(k, v, self.layer_idx)
+        held = cache if cache is not None else past_key_values
+        if hasattr(held, "rotary_update"):  # the DecodeRunner's cache: rotary and the cache write in one launch
+            q, k, v = held.rotary_update(q, k, v, cos, sin, self.layer_idx)
+        else:
+            q, k = _rotary_pos_emb(q, k, cos, sin)
+            if cache is not None:
+                k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+            elif past_key_values is not None:
+                k, v = past_key_values.update(k, v, self.layer_idx)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
         out, weights = attention(self, q, k, v, attention_mask, dropout=0.0 if not self.training else
                                  self.attention_dropout, scaling=self.scaling, sliding_window=self.sliding_window,

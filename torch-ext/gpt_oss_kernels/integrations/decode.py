@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..attention import flash_attn_with_kvcache
+from ..attention.rotary import rotary_kv_cache, rotary_pos_emb
 
 _ATTENTION_NAME = "gpt_oss_kernels_decode_runner"
 
@@ -69,17 +70,31 @@ class _RunnerCache:
         self.keys: dict[int, torch.Tensor] = {}
         self.values: dict[int, torch.Tensor] = {}
 
-    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
-        k = key_states.transpose(1, 2)  # (B, S, Hkv, D)
-        v = value_states.transpose(1, 2)
+    def _buffers(self, layer_idx, k, v):
+        """The layer's (B, L, Hkv, D) key and value buffers; ``k`` / ``v`` (B, S, Hkv, D) this step's."""
         if layer_idx not in self.keys:
             b, _, h, d = k.shape
             shape = (b, self.state.max_cache_len, h)
             self.keys[layer_idx] = torch.zeros(*shape, d, dtype=k.dtype, device=k.device)
             self.values[layer_idx] = torch.zeros(*shape, v.shape[-1], dtype=v.dtype, device=v.device)
-        self.keys[layer_idx].index_copy_(1, self.state.write_index, k)
-        self.values[layer_idx].index_copy_(1, self.state.write_index, v)
         return self.keys[layer_idx], self.values[layer_idx]
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        k = key_states.transpose(1, 2)  # (B, S, Hkv, D)
+        v = value_states.transpose(1, 2)
+        keys, values = self._buffers(layer_idx, k, v)
+        keys.index_copy_(1, self.state.write_index, k)
+        values.index_copy_(1, self.state.write_index, v)
+        return keys, values
+
+    def rotary_update(self, q, k, v, cos, sin, layer_idx):
+        """``layers.Attention``'s rotary and cache write in one launch (``rotary_kv_cache``): q, k, v (B, H, S, D)
+        before rotary -> (rotated q, the layer's key and value buffers, holding this step's rotated k and v)."""
+        keys, values = self._buffers(layer_idx, k.transpose(1, 2), v.transpose(1, 2))
+        if k.dtype != q.dtype or v.dtype != q.dtype or keys.dtype != q.dtype:
+            q, k = rotary_pos_emb(q, k, cos, sin)
+            return (q, *self.update(k, v, layer_idx))
+        return rotary_kv_cache(q, k, v, cos, sin, keys, values, self.state.write_index), keys, values
 
     def get_seq_length(self, layer_idx: int = 0):
         return self.state.pos
