@@ -125,6 +125,39 @@ def decode_routes(kernel, model, batch: int, args, device) -> dict:
         print(f"  batch {batch} DecodeRunner N={n}: {res[f'runner_{n}']}", flush=True)
         del runner
         gc.collect()
+    if args.ab:
+        res.update(ab_routes(kernel, model, prompt, batch, max(args.steps), args, device))
+    return res
+
+
+def ab_routes(kernel, model, prompt, batch, n, args, device) -> dict:
+    """The DecodeRunner (N = n) with one change of the night of 2026-12-06 undone at a time, in this process: the
+    rotary + KV-write fusion off (``_RunnerCache.fuse_rotary``), and the MXFP4 experts back on the checkpoint's bytes
+    (``MoeExpertsLayout.use_kernel_words(False)``; MXFP4 only). Each is restored after its run."""
+    from importlib import import_module
+
+    decode = import_module(kernel.__name__ + ".integrations.decode")
+    experts = [m for m in model.modules() if isinstance(m, kernel.layers.MoeExpertsLayout)]
+    variants = {"unfused_rotary": (lambda on: setattr(decode._RunnerCache, "fuse_rotary", not on))}
+    if args.mxfp4:
+        variants["checkpoint_bytes"] = lambda on: [m.use_kernel_words(not on) for m in experts]
+    rkw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
+    res = {}
+    for name, switch in variants.items():
+        switch(True)
+        try:
+            runner = kernel.DecodeRunner(model, steps_per_launch=n)
+            runner.generate(prompt, **rkw)
+            s, _ = timed(lambda: runner.generate(prompt, **rkw), args.reps, device)
+            res[f"runner_{n}_{name}"] = dict(tok_s=round(batch * args.new_tokens / s, 1),
+                                             launches_per_token=runner.last_stats["launches_per_token"])
+        except Exception as e:  # noqa: BLE001
+            res[f"runner_{n}_{name}"] = dict(error=f"{type(e).__name__}: {e}"[:500])
+        finally:
+            switch(False)
+        print(f"  batch {batch} DecodeRunner N={n}, {name}: {res[f'runner_{n}_{name}']}", flush=True)
+        del runner
+        gc.collect()
     return res
 
 
@@ -283,6 +316,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch-projections", action="store_true",
                         help="attention projections through torch's linear (the A/B of multi_linear)")
     parser.add_argument("--cb-requests", type=int, default=64)
+    parser.add_argument("--ab", action="store_true",
+                        help="also the runner with the rotary fusion off / MXFP4 on the checkpoint's bytes (ab_routes)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = load_kernel()

@@ -170,6 +170,9 @@ def test_layout_kernel_words_keep_the_checkpoint_state_dict(kernel):
     assert torch.equal(fresh.gate_up_proj_blocks, layout.gate_up_proj_blocks)
     fresh.load_state_dict({**sd, "gate_up_proj_blocks": layout.gate_up_proj_blocks.clone()})
     assert torch.equal(fresh.gate_up_proj_blocks, layout.gate_up_proj_blocks)
+    layout.use_kernel_words(False)  # back to the checkpoint's bytes
+    assert layout.gate_up_proj_blocks.dtype == torch.uint8
+    assert torch.equal(layout.gate_up_proj_blocks, sd["gate_up_proj_blocks"])
 
 
 def test_quantize_experts_state_dict_names(kernel):

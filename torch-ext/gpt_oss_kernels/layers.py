@@ -271,13 +271,18 @@ class MoeExpertsLayout(nn.Module):
     _MXFP4_BLOCKS = ("gate_up_proj_blocks", "down_proj_blocks")
 
     @torch.no_grad()
-    def use_kernel_words(self) -> None:
-        """MXFP4 blocks -> kernel words, one projection at a time on the blocks' device (no-op if they already are,
-        or for other formats). Not under expert parallelism: transformers' hooks swap those parameters by shard."""
+    def use_kernel_words(self, enabled: bool = True) -> None:
+        """MXFP4 blocks -> kernel words (``enabled=False``: back to the checkpoint's bytes), one projection at a
+        time on the blocks' device; a no-op where they already are, or for other formats. Not under expert
+        parallelism: transformers' hooks swap those parameters by shard."""
         for name in self._MXFP4_BLOCKS:
             blocks = getattr(self, name, None)
-            if isinstance(blocks, torch.Tensor) and blocks.dtype == torch.uint8:
+            if not isinstance(blocks, torch.Tensor):
+                continue
+            if enabled and blocks.dtype == torch.uint8:
                 setattr(self, name, nn.Parameter(mxfp4_kernel_words(blocks), requires_grad=False))
+            elif not enabled and blocks.dtype == torch.uint32:
+                setattr(self, name, nn.Parameter(mxfp4_checkpoint_blocks(blocks), requires_grad=False))
 
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)

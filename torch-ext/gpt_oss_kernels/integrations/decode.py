@@ -64,6 +64,7 @@ class _RunnerCache:
     runner's state (``write_index``: device tensor), so one step is the same kernels at every position."""
 
     is_compileable = True
+    fuse_rotary = True  # rotary_update in one launch (False: rotary_pos_emb, then update: the A/B of the fusion)
 
     def __init__(self, state: "_State") -> None:
         self.state = state
@@ -91,7 +92,7 @@ class _RunnerCache:
         """``layers.Attention``'s rotary and cache write in one launch (``rotary_kv_cache``): q, k, v (B, H, S, D)
         before rotary -> (rotated q, the layer's key and value buffers, holding this step's rotated k and v)."""
         keys, values = self._buffers(layer_idx, k.transpose(1, 2), v.transpose(1, 2))
-        if k.dtype != q.dtype or v.dtype != q.dtype or keys.dtype != q.dtype:
+        if not self.fuse_rotary or k.dtype != q.dtype or v.dtype != q.dtype or keys.dtype != q.dtype:
             q, k = rotary_pos_emb(q, k, cos, sin)
             return (q, *self.update(k, v, layer_idx))
         return rotary_kv_cache(q, k, v, cos, sin, keys, values, self.state.write_index), keys, values
