@@ -31,4 +31,4 @@ rows = harness_moe.mxfp4_rows(kernel, ceilings, quick=False)
 print(f"block rows in {time.perf_counter() - t0:.0f} s", flush=True)
 del rows
 torch.cuda.empty_cache()
-e2e_decode.main(["--mxfp4", "--no-cb", "--no-static", "--steps", "32", "--reps", "3", "--ab", "--out", str(out)])
+e2e_decode.main(["--mxfp4", "--no-cb", "--no-static", "--steps", "32", "--reps", "2", "--ab", "--out", str(out)])
