@@ -305,7 +305,8 @@ def test_moe_mxfp4_bad_input(kernel, device):
             call(topk_ids=bad)
 
 
-def test_moe_mxfp4_torch_compile_fullgraph(kernel, device):
+@FORMS
+def test_moe_mxfp4_torch_compile_fullgraph(kernel, device, words):
     """The traced path (moe_route + moe_experts_mxfp4 through their fakes): fullgraph, dynamic T, same result
     as eager. On the CPU through aot_eager (no C++ compiler needed)."""
     torch._dynamo.reset()
@@ -313,8 +314,10 @@ def test_moe_mxfp4_torch_compile_fullgraph(kernel, device):
     p = _packed(kernel, s, device)
     rw = (torch.randn(s["E"], s["H"], device=device) * s["H"] ** -0.5).to(torch.bfloat16)
 
+    args = _args(kernel, p, words)
+
     def f(hidden):
-        return kernel.moe_mxfp4(hidden, rw, None, s["k"], *[p[n] for n in _ARGS], ALPHA, LIMIT)
+        return kernel.moe_mxfp4(hidden, rw, None, s["k"], *args, ALPHA, LIMIT)
 
     compiled = torch.compile(f, fullgraph=True, backend="inductor" if device == "cuda" else "aot_eager")
     for T in (5, 77):
