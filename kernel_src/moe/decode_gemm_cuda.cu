@@ -136,26 +136,16 @@ __device__ __forceinline__ uint32_t scale_factor(uint32_t s) {
 
 // MXFP4: one span (128 k) of this lane: weights (w0: row g, w1: row g + 8; zeros outside K or N), scale bytes,
 // x of columns g and g + 8 at the same 32 k (zeros for padding rows / outside K).
-// MMA 2q + H of a span: nibble pairs (2H, 2H + 4) and (2H + 1, 2H + 5) of word q of rows g (w0) and g + 8 (w1);
-// x words lo / hi hold x 8q+2H, 8q+2H+1 and 8q+2H+4, 8q+2H+5 (x8: columns 8-15, when two).
-template <int H, bool TWO_STEP>
+// MMA 2q + H of a span takes a[0] / a[2] from row g's word q (a[1] / a[3]: row g + 8) and B (b0, b1; b80, b81 for
+// columns 8-15, when two) the x values at the same k:
+//   checkpoint's words: pairs (2H, 2H + 4) and (2H + 1, 2H + 5); B from the x words holding x 8q+2H, 8q+2H+1 and
+//     8q+2H+4, 8q+2H+5 by two PRMTs;
+//   kernel words: pairs 2H and 2H + 1, i.e. k = 8q + 4H .. 8q + 4H + 3; B the x words at those k as they lie.
+template <int H, bool TWO_STEP, bool KW>
 __device__ __forceinline__ void mma_half(float (&acc)[2][4], uint32_t w0, uint32_t w1, uint32_t f0, uint32_t f1,
-                                         uint32_t lo, uint32_t hi, uint32_t lo8, uint32_t hi8, bool two) {
-  const uint32_t a[4] = {dequant_pair<2 * H, TWO_STEP, false>(w0, f0), dequant_pair<2 * H, TWO_STEP, false>(w1, f1),
-                         dequant_pair<2 * H + 1, TWO_STEP, false>(w0, f0),
-                         dequant_pair<2 * H + 1, TWO_STEP, false>(w1, f1)};
-  gok::mma16816<__nv_bfloat16>(acc[0], a, prmt(lo, hi, 0x5410), prmt(lo, hi, 0x7632));
-  if (two) gok::mma16816<__nv_bfloat16>(acc[1], a, prmt(lo8, hi8, 0x5410), prmt(lo8, hi8, 0x7632));
-}
-
-// Kernel words: MMA 2q + H takes pairs 2H (a[0]: row g, a[1]: row g + 8) and 2H + 1 (a[2], a[3]) of word q, i.e.
-// k = 8q + 4H .. 8q + 4H + 3, and B the x words at those k as they lie in memory (b0, b1).
-template <int H, bool TWO_STEP>
-__device__ __forceinline__ void mma_half_kw(float (&acc)[2][4], uint32_t w0, uint32_t w1, uint32_t f0, uint32_t f1,
-                                            uint32_t b0, uint32_t b1, uint32_t b80, uint32_t b81, bool two) {
-  const uint32_t a[4] = {dequant_pair<2 * H, TWO_STEP, true>(w0, f0), dequant_pair<2 * H, TWO_STEP, true>(w1, f1),
-                         dequant_pair<2 * H + 1, TWO_STEP, true>(w0, f0),
-                         dequant_pair<2 * H + 1, TWO_STEP, true>(w1, f1)};
+                                         uint32_t b0, uint32_t b1, uint32_t b80, uint32_t b81, bool two) {
+  const uint32_t a[4] = {dequant_pair<2 * H, TWO_STEP, KW>(w0, f0), dequant_pair<2 * H, TWO_STEP, KW>(w1, f1),
+                         dequant_pair<2 * H + 1, TWO_STEP, KW>(w0, f0), dequant_pair<2 * H + 1, TWO_STEP, KW>(w1, f1)};
   gok::mma16816<__nv_bfloat16>(acc[0], a, b0, b1);
   if (two) gok::mma16816<__nv_bfloat16>(acc[1], a, b80, b81);
 }
@@ -166,17 +156,17 @@ __device__ __forceinline__ void span_mxfp4(float (&acc)[2][4], const uint4& w0, 
   const uint32_t f0 = scale_factor<TWO_STEP>(s0), f1 = scale_factor<TWO_STEP>(s1);
   const uint32_t q0[4] = {w0.x, w0.y, w0.z, w0.w};
   const uint32_t q1[4] = {w1.x, w1.y, w1.z, w1.w};
-  if constexpr (KW) {
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      mma_half_kw<0, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].x, x[q].y, x8[q].x, x8[q].y, two);
-      mma_half_kw<1, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].z, x[q].w, x8[q].z, x8[q].w, two);
-    }
-  } else {
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      mma_half<0, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].x, x[q].z, x8[q].x, x8[q].z, two);
-      mma_half<1, TWO_STEP>(acc, q0[q], q1[q], f0, f1, x[q].y, x[q].w, x8[q].y, x8[q].w, two);
+  for (int q = 0; q < 4; ++q) {
+    if constexpr (KW) {
+      mma_half<0, TWO_STEP, true>(acc, q0[q], q1[q], f0, f1, x[q].x, x[q].y, x8[q].x, x8[q].y, two);
+      mma_half<1, TWO_STEP, true>(acc, q0[q], q1[q], f0, f1, x[q].z, x[q].w, x8[q].z, x8[q].w, two);
+    } else {
+      const uint4 &v = x[q], &v8 = x8[q];
+      mma_half<0, TWO_STEP, false>(acc, q0[q], q1[q], f0, f1, prmt(v.x, v.z, 0x5410), prmt(v.x, v.z, 0x7632),
+                                   two ? prmt(v8.x, v8.z, 0x5410) : 0u, two ? prmt(v8.x, v8.z, 0x7632) : 0u, two);
+      mma_half<1, TWO_STEP, false>(acc, q0[q], q1[q], f0, f1, prmt(v.y, v.w, 0x5410), prmt(v.y, v.w, 0x7632),
+                                   two ? prmt(v8.y, v8.w, 0x5410) : 0u, two ? prmt(v8.y, v8.w, 0x7632) : 0u, two);
     }
   }
 }
