@@ -432,6 +432,22 @@ def test_moe_fp8_no_host_sync_and_cuda_graph(kernel, T, granularity):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("T", [1, 4, 300])
+@pytest.mark.parametrize("granularity", ["channel", "block"])
+def test_moe_fp8_fast_path_matches_traced_path(kernel, T, granularity):
+    """Eager calls take the fast path (moe_prepare: router, route and dispatch in one call); the op's CUDA
+    implementation (traced path) runs the same expert kernels on the same routes: bit-identical, with and without
+    the pre-quantized hidden."""
+    x, args = _big_block(kernel, T, granularity)
+    rw, rb, k, *w8, a, lim = args
+    out, w, ids = kernel.moe_fp8(x, *args)
+    assert torch.equal(out, kernel._ops.ops.moe_experts_fp8(x, ids, w, *w8, a, lim))
+    q, sc = kernel.pad_quant_fp8(x, x.shape[1] + 16)
+    out_q, w_q, ids_q = kernel.moe_fp8(x, *args, hidden_fp8=(q, sc))
+    assert torch.equal(ids_q, ids) and torch.equal(out_q, out)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("T", [1, 300])
 def test_norm_moe_fp8_fused_matches_unfused(kernel, T):
     """NormMoeMLP with FP8 experts: rms_norm_quant_fp8 in front (fused) against rms_norm + the experts op's own

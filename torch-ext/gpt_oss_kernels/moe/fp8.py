@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from ..quant.fp8 import BLOCK, FP8_DTYPE
-from .experts import _ID_DTYPES, _check_router, _check_routes
+from .experts import _ID_DTYPES, _PREPARE, _check_router, _check_routes, _fast_path_ok
 from .routing import check_top_k
 
 # Row length of the e4m3 activation buffers: rows start 16-byte aligned (TMA and vector loads).
@@ -102,6 +102,14 @@ def moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scal
     ``hidden_fp8``: ``(q (T, h_pad), scale (T,))`` of ``hidden`` already quantized (``rms_norm_quant_fp8`` of the
     fused norm), so the block does not quantize it again (CUDA; the CPU op quantizes hidden itself, to the same
     values). Returns ``(out (T, H), topk_weights fp32 (T, k), topk_ids int32 (T, k))``."""
+    out, weights, ids, _ = _moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale,
+                                    gate_up_bias, down_fp8, down_scale, down_bias, alpha, limit, hidden_fp8)
+    return out, weights, ids
+
+
+def _moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
+             down_scale, down_bias, alpha, limit, hidden_fp8):
+    """``moe_fp8``'s body; also returns the router scores in hidden's dtype."""
     alpha, limit = _check_experts_fp8(hidden, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8, down_scale,
                                       down_bias, alpha, limit)
     e = gate_up_fp8.shape[0]
@@ -119,6 +127,9 @@ def moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scal
         _checks.tensor("hidden_fp8[1]", hidden_fp8[1], dtypes=(torch.float32,), ndim=1)
         _checks.shape("hidden_fp8[1]", hidden_fp8[1], (hidden.shape[0],))
         _checks.same_device("hidden", hidden, hidden_fp8_q=hidden_fp8[0], hidden_fp8_scale=hidden_fp8[1])
+    if _fast_path_ok(hidden):
+        return _moe_fp8_fast(hidden, hidden_fp8, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale,
+                             gate_up_bias, down_fp8, down_scale, down_bias, alpha, limit)
     logits = F.linear(hidden, router_weight.to(hidden.dtype),
                       None if router_bias is None else router_bias.to(hidden.dtype))
     weights, ids = ops.moe_route(logits, top_k)
@@ -128,15 +139,15 @@ def moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scal
     else:
         out = ops.moe_experts_fp8(hidden, ids, weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
                                   down_scale, down_bias, alpha, limit)
-    return out, weights, ids
+    return out, weights, ids, weights.to(hidden.dtype)
 
 
 def moe_with_scores_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
                         down_fp8, down_scale, down_bias, alpha=1.702, limit=7.0, *, hidden_fp8=None):
     """``moe_fp8`` for the MoE layer: ``(out, router scores (T, k) in hidden's dtype)``."""
-    out, weights, _ = moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
-                              down_fp8, down_scale, down_bias, alpha, limit, hidden_fp8=hidden_fp8)
-    return out, weights.to(hidden.dtype)
+    out, _, _, scores = _moe_fp8(hidden, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale,
+                                 gate_up_bias, down_fp8, down_scale, down_bias, alpha, limit, hidden_fp8)
+    return out, scores
 
 
 def finalize_slice(y: torch.Tensor, topk_ids: torch.Tensor, topk_weights: torch.Tensor | None, h: int,
@@ -184,6 +195,29 @@ def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_
         quant_act=lambda act: ops.pad_quant_fp8(act, padded_width(i2 // 2)))
     # moe_dispatch routes an id outside [0, E) nowhere (its y row is never written): flagged or skipped here.
     return fp8_triton.finalize_slice(y, ids, None, e, h, skip_foreign)
+
+
+def _moe_fp8_fast(hidden, hidden_fp8, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
+                  down_fp8, down_scale, down_bias, alpha, limit):
+    """The eager fast path of the block (as moe/experts.py's _moe_fast): router GEMM, route and dispatch in one
+    ``moe_prepare`` call (one launch at decode sizes, where the traced path takes four), then the same kernels as
+    ``_experts_fp8_cuda``. Returns ``(out, weights fp32, ids int32, scores in hidden's dtype)``."""
+    from ..quant import fp8_triton
+    from . import grouped_gemm
+
+    t, h = hidden.shape
+    e, i2 = gate_up_fp8.shape[0], gate_up_fp8.shape[1]
+    m = t * top_k
+    block_m = grouped_gemm.block_m_for(m, e)
+    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
+                                                              i2 // 2)
+    if m == 0:
+        return hidden.new_zeros(hidden.shape), w, ids, w_lo
+    xq, xs = hidden_fp8 if hidden_fp8 is not None else ops.pad_quant_fp8(hidden, padded_width(h))
+    grouped_gemm.expert_gemms(xq, (gate_up_fp8, gate_up_scale), gate_up_bias, (down_fp8, down_scale), down_bias, act,
+                              y, w, sorted_pos, block_expert, top_k, alpha, limit, block_m, m, a_scales=xs,
+                              quant_act=lambda a: ops.pad_quant_fp8(a, padded_width(i2 // 2)))
+    return fp8_triton.finalize_slice(y, ids, None, e, h, False), w, ids, w_lo
 
 
 def _moe_experts_fp8_cuda(hidden, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,
