@@ -244,13 +244,16 @@ __device__ __forceinline__ void k_loop(float (&acc)[2][4], const DecodeParams& p
   }
 }
 
-// Registers per thread capped so that 20 warps fit an SM (65536 / (20 * 32) = 102): the two copies of k_loop
-// would take 139.
-constexpr int kWarpsPerSm = 20;
+// CTAs of 4 warps per SM, through the register cap of __launch_bounds__: 6 (80 registers, a few bytes of spills)
+// for the kernel words and FP8 with channel scales: at T = 1 GEMM 2's 720 CTAs then fit one wave of 792 (H100,
+// 2026-12-06 23:40 UTC, same call: whole block T = 1 / 4 / 16 / 64 -9.5 / -2.7 / -4.1 / -1.2% for MXFP4, -6.3 / 0 / 0 / -2.1%
+// for FP8; 7 and 8 CTAs spill more and lose; docs/results/2026-12-06-decode-gemm-variants.md). 5 (96 registers)
+// for the forms not measured that way (the checkpoint's bytes, FP8 block scales).
+template <Fmt F> constexpr int kCtasPerSm = F == Fmt::kMxfp4Words || F == Fmt::kFp8Channel ? 6 : 5;
 
 // WK warps per CTA split K.
 template <Fmt F, bool FIRST, int WK, int D>
-__global__ void __launch_bounds__(32 * WK, kWarpsPerSm / WK) decode_gemm_kernel(const DecodeParams p) {
+__global__ void __launch_bounds__(32 * WK, kCtasPerSm<F> * 4 / WK) decode_gemm_kernel(const DecodeParams p) {
   constexpr bool kFp8 = kIsFp8<F>;
   gok::pdl_wait_and_release();
   const int blk_row = blockIdx.x;
@@ -342,7 +345,8 @@ void launch(const DecodeParams& p, int nb, cudaStream_t stream) {
 // 4 warps over K, 3 spans per round: the fastest measured (H100, 2026-12-05: T = 1 block 47.9 us against 52.3-55.2
 // for (4, 6), (8, 3), (2, 6); 2026-12-06: the CTA's tile staged in shared memory by cp.async (56.1 us) or by the
 // bulk-copy engine (49.6 against 45.0), 1 or 2 warps per CTA (the whole grid in one wave at T = 1), and GEMM 2
-// prefetching its tile into L2 before its PDL wait, none faster; docs/moe.md "Decode GEMM").
+// prefetching its tile into L2 before its PDL wait, none faster; H200, 2026-12-06 23:30 UTC: kernel words (4, 2),
+// (4, 4), (8, 2) 1-43% slower at T = 1-64, FP8 (4, 6), (8, 3), (8, 6), (16, 3) 4-80% slower; docs/moe.md).
 template <Fmt F>
 void launch_fmt(const DecodeParams& p, int nb, bool first, cudaStream_t stream) {
   if (first)
