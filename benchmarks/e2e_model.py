@@ -23,7 +23,8 @@ the GPU in code (no download). First with transformers' defaults (eager attentio
   (`Mxfp4GptOssMLP`, OpenAI's triton_kernels through the Hub kernel gpt-oss-triton-kernels, resolved to the
   carried copy in `.anchors/` by LOCAL_KERNELS; `use_kernels=False`, since transformers' default Hub layers
   cannot load offline) and by our `from_pretrained` (MXFP4 experts as stored); each with its weights' and
-  peak GPU memory (load + runs), and ours with the static cache too;
+  peak GPU memory (load + runs), ours also through `DecodeRunner` (N = 32, batch 1 and 16: the README's decode
+  route) and with the static cache;
 - `--fp8 channel|block`: instead, the experts quantized to FP8 (e4m3, per-channel or 128x128 block scales) and
   written as a checkpoint, loaded by our `from_pretrained`, measured with the fused norm + quant and unfused, beside
   ours with bf16 experts (issue 16: fused against unfused end to end; $OUT/e2e_model_fp8_<granularity>.json).
@@ -235,6 +236,29 @@ def ours_from(model, *, fused: bool = True, attention: bool = True):
                                          dtype=torch.bfloat16, fused=fused, attention=attention)
 
 
+def runner_tok_s(model, reps: int, new_tokens: int, b: int, gen, steps: int = 32) -> dict:
+    """The README's decode route (``DecodeRunner``, ``steps`` decode steps per CUDA-graph launch): greedy, 128-token
+    prompt, new tokens per second at batch ``b`` (median of ``reps`` after the first call, which captures)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from harness import load_kernel
+
+    runner = load_kernel().DecodeRunner(model, steps_per_launch=steps)
+    prompt = torch.randint(1, model.config.vocab_size, (b, 128), device="cuda", generator=gen)
+
+    def run():
+        return runner.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
+
+    with torch.inference_mode():
+        start = time.perf_counter()
+        run()
+        torch.cuda.synchronize()
+        first = time.perf_counter() - start
+        s = timed(run, reps)
+    print(f"  DecodeRunner (N = {steps}) batch {b}: {b * new_tokens / s:.1f} new tok/s (first call {first:.1f} s)",
+          flush=True)
+    return {f"runner_b{b}_tok_s": round(b * new_tokens / s, 1), f"runner_b{b}_first_call_s": round(first, 1)}
+
+
 def mxfp4_run(args) -> None:
     """Transformers' MXFP4 path against ours on one MXFP4 checkpoint (module docstring, `--mxfp4`)."""
     import gc
@@ -281,6 +305,10 @@ def mxfp4_run(args) -> None:
         with torch.inference_mode():
             logits[name] = m(check).logits[0].float()
         r = measure(m, args.reps, args.new_tokens)
+        if name == "ours":
+            gen = torch.Generator(device="cuda").manual_seed(3)
+            for b in (1, 16):
+                r.update(runner_tok_s(m, args.reps, args.new_tokens, b, gen))
         if name == "ours" and args.static:
             r.update(static_generate(m, args.reps, args.new_tokens))
         r.update(load_s=round(load_s, 1), weights_gb=round(weights_gb, 2),
@@ -293,6 +321,10 @@ def mxfp4_run(args) -> None:
     rows = [dict(what=k, transformers_mxfp4=res["transformers_mxfp4"][k], ours=res["ours"][k],
                  speedup=round(res["ours"][k] / res["transformers_mxfp4"][k], 2))
             for k in res["transformers_mxfp4"] if k.endswith("tok_s")]
+    # The README's decode route (DecodeRunner) against transformers' MXFP4 generate at the same batch size.
+    rows += [dict(what=f"runner_b{b}_tok_s vs generate_b{b}_tok_s", transformers_mxfp4=res["transformers_mxfp4"][g],
+                  ours=res["ours"][k], speedup=round(res["ours"][k] / res["transformers_mxfp4"][g], 2))
+             for b in (1, 16) for k, g in [(f"runner_b{b}_tok_s", f"generate_b{b}_tok_s")] if k in res["ours"]]
     res["rows"] = rows
     (OUT / "e2e_model_mxfp4.json").write_text(json.dumps(res, indent=1))
     print("\n| what | transformers MXFP4 | ours MXFP4 | speedup |\n|---|---|---|---|")

@@ -169,6 +169,9 @@ def e2e_what(what: str):
     m = re.fullmatch(r"generate_b(\d+)_tok_s", what)
     if m:
         return "generate", int(m.group(1))
+    m = re.fullmatch(r"runner_b(\d+)_tok_s vs generate_b\d+_tok_s", what)
+    if m:
+        return "runner", int(m.group(1))
     return what, None
 
 
@@ -178,13 +181,15 @@ def e2e_label(what: str) -> str:
         return f"prefill, {n}-token prompt"
     if kind == "generate":
         return f"generate, batch {n}"
+    if kind == "runner":
+        return f"batch {n}: ours `DecodeRunner` (N = 32) against the other's `generate`"
     return what
 
 
 def e2e_ordered(rows: list) -> list:
     def key(r):
         kind, n = e2e_what(r["what"])
-        return ({"prefill": 0, "generate": 1}.get(kind, 2), -(n or 0))
+        return ({"prefill": 0, "generate": 1, "runner": 2}.get(kind, 3), -(n or 0))
     return sorted(rows, key=key)
 
 

@@ -4,7 +4,7 @@
 #
 #   scripts/gpu_run.sh [--pair 5.25|5.22] [--both-pairs] [--sanitize] [--only "rmsnorm moe"]
 #                      [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick] [--dry-run] [--pack]
-#                      [--probe probes/x.py]
+#                      [--probe probes/x.py] [--racecheck "tests/test_x.py::test_y ..."]
 #
 # --pair: which wheel set goes on PYTHONPATH (default 5.25): 5.25 = transformers 5.25.0 +
 #   kernels 0.19.1 + huggingface-hub 2.4.0 (.whl/525/), 5.22 = transformers 5.22.2 + kernels
@@ -14,6 +14,9 @@
 #   (tests/test_integration_*.py, test_moe_integration.py, test_attention_transformers.py) with
 #   `-m gpu`, logged to tests-522.log. The benchmarks (unless --no-bench) run under 5.25.
 # --dry-run: print what would run, run nothing.
+# --sanitize: the tests (--tests: files or node ids) under compute-sanitizer memcheck, one process per entry.
+# --racecheck: these tests (files or node ids, one process) under compute-sanitizer racecheck (shared-memory
+#   hazards; slow: name a few), after the tests; summary in $OUT/sanitize_summary.txt.
 # FP8 experts (issue 16): --tests tests/test_fp8.py --only fp8 (benchmarks/harness_fp8.py: bf16 block, FP8 block,
 #   FP8 unfused / fused norm + block at T = 1, 64, 4096, 16384; rms_norm_quant_fp8 / finalize_slice against a copy).
 #
@@ -34,13 +37,14 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
-SANITIZE=0; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
+SANITIZE=0; RACE=""; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
 quick_args=(); probes=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --pair) PAIR="${2:-}"; shift ;;
     --both-pairs) BOTH=1 ;;
     --sanitize) SANITIZE=1 ;;
+    --racecheck) RACE="${2:-}"; shift ;;
     --only) ONLY="${2:-}"; shift ;;
     --tests) TESTS="${2:-}"; shift ;;
     --no-bench) BENCH=0 ;;
@@ -89,12 +93,19 @@ gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under c
     # One process per test file (given with --tests, else every tests/test_*.py), so each file starts
     # with the device memory free (one process for the whole suite ran out of memory after ~190 tests,
     # 2026-12-04); $OUT/sanitize_summary.txt gets each file's pytest result and memcheck error count.
-    local files=("$@") rc=0 f
-    [ ${#files[@]} -gt 0 ] || files=(tests/test_*.py)
+    # Node ids of one file (tests/test_x.py::test_y[...]) share that file's process.
+    local entries=("$@") rc=0 f e files=()
+    [ ${#entries[@]} -gt 0 ] || entries=(tests/test_*.py)
+    for e in "${entries[@]}"; do
+      f=${e%%::*}
+      [[ " ${files[*]} " == *" $f "* ]] || files+=("$f")
+    done
     : > "$OUT/$log"
     for f in "${files[@]}"; do
+      local ids=()
+      for e in "${entries[@]}"; do [ "${e%%::*}" = "$f" ] && ids+=("$e"); done
       run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool memcheck --target-processes all \
-        python3 -m pytest -m gpu -q -k "not cuda_graph" "$f" -p no:cacheprovider > "$OUT/sanitize_one.log" 2>&1 || rc=1
+        python3 -m pytest -m gpu -q -k "not cuda_graph" "${ids[@]}" -p no:cacheprovider > "$OUT/sanitize_one.log" 2>&1 || rc=1
       cat "$OUT/sanitize_one.log" >> "$OUT/$log"
       echo "$f: $(grep -E '(passed|failed|error|no tests ran)' "$OUT/sanitize_one.log" | tail -1) |" \
         "$(grep -E 'ERROR SUMMARY' "$OUT/sanitize_one.log" | tail -1)" | tee -a "$OUT/sanitize_summary.txt"
@@ -132,6 +143,15 @@ if [ "$RUN_TESTS" = 0 ]; then
   echo "skipped"
 else
   gpu_tests tests.log "${test_args[@]}" || status=1
+fi
+
+if [ -n "$RACE" ]; then
+  read -ra race_args <<< "$RACE"
+  echo "== racecheck (${RACE})"
+  run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck --target-processes all \
+    python3 -m pytest -m gpu -q -k "not cuda_graph" "${race_args[@]}" -p no:cacheprovider > "$OUT/racecheck.log" 2>&1 || status=1
+  echo "racecheck: $(grep -E '(passed|failed|error|no tests ran)' "$OUT/racecheck.log" | tail -1) |" \
+    "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)" | tee -a "$OUT/sanitize_summary.txt"
 fi
 
 harness_only=(); decode_runs=()
