@@ -131,9 +131,10 @@ def decode_routes(kernel, model, batch: int, args, device) -> dict:
 
 
 def ab_routes(kernel, model, prompt, batch, n, args, device) -> dict:
-    """The DecodeRunner (N = n) with one change of the night of 2026-12-06 undone at a time, in this process: the
-    rotary + KV-write fusion off (``_RunnerCache.fuse_rotary``), and the MXFP4 experts back on the checkpoint's bytes
-    (``MoeExpertsLayout.use_kernel_words(False)``; MXFP4 only). Each is restored after its run."""
+    """The DecodeRunner (N = n) with one change undone at a time, in this process: the rotary + KV-write fusion off
+    (``_RunnerCache.fuse_rotary``), the MXFP4 experts back on the checkpoint's bytes (``use_kernel_words(False)``;
+    MXFP4 only), and each ``--ab-env`` variable set (a kernel switch read at launch). Each is restored after its
+    run; ``--ab-only`` picks among them."""
     from importlib import import_module
 
     decode = import_module(kernel.__name__ + ".integrations.decode")
@@ -141,6 +142,12 @@ def ab_routes(kernel, model, prompt, batch, n, args, device) -> dict:
     variants = {"unfused_rotary": (lambda on: setattr(decode._RunnerCache, "fuse_rotary", not on))}
     if args.mxfp4:
         variants["checkpoint_bytes"] = lambda on: [m.use_kernel_words(not on) for m in experts]
+    for kv in args.ab_env:
+        name, _, value = kv.partition("=")
+        variants[f"env_{kv}"] = (lambda on, name=name, value=value:
+                                 os.environ.__setitem__(name, value) if on else os.environ.pop(name, None))
+    if args.ab_only is not None:
+        variants = {k: v for k, v in variants.items() if k in args.ab_only}
     rkw = dict(max_new_tokens=args.new_tokens, min_new_tokens=args.new_tokens, do_sample=False)
     res = {}
     for name, switch in variants.items():
@@ -318,6 +325,10 @@ def main(argv=None) -> dict:
     parser.add_argument("--cb-requests", type=int, default=64)
     parser.add_argument("--ab", action="store_true",
                         help="also the runner with the rotary fusion off / MXFP4 on the checkpoint's bytes (ab_routes)")
+    parser.add_argument("--ab-env", nargs="*", default=[], metavar="NAME=VALUE",
+                        help="with --ab: also the runner with this environment variable set (a kernel switch)")
+    parser.add_argument("--ab-only", nargs="*", default=None,
+                        help="with --ab: only these variants (unfused_rotary, checkpoint_bytes, env_NAME=VALUE)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = load_kernel()

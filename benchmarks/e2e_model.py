@@ -236,13 +236,10 @@ def ours_from(model, *, fused: bool = True, attention: bool = True):
                                          dtype=torch.bfloat16, fused=fused, attention=attention)
 
 
-def runner_tok_s(model, reps: int, new_tokens: int, b: int, gen, steps: int = 32) -> dict:
+def runner_tok_s(kernel, model, reps: int, new_tokens: int, b: int, gen, steps: int = 32) -> dict:
     """The README's decode route (``DecodeRunner``, ``steps`` decode steps per CUDA-graph launch): greedy, 128-token
     prompt, new tokens per second at batch ``b`` (median of ``reps`` after the first call, which captures)."""
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from harness import load_kernel
-
-    runner = load_kernel().DecodeRunner(model, steps_per_launch=steps)
+    runner = kernel.DecodeRunner(model, steps_per_launch=steps)
     prompt = torch.randint(1, model.config.vocab_size, (b, 128), device="cuda", generator=gen)
 
     def run():
@@ -293,7 +290,8 @@ def mxfp4_run(args) -> None:
             sys.path.insert(0, str(ROOT / "benchmarks"))
             from harness import load_kernel
 
-            m = load_kernel().from_pretrained(path, device="cuda", dtype=torch.bfloat16)
+            kernel = load_kernel()
+            m = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
         else:
             m = transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cuda", dtype=torch.bfloat16,
                                                                   use_kernels=False)
@@ -308,7 +306,7 @@ def mxfp4_run(args) -> None:
         if name == "ours":
             gen = torch.Generator(device="cuda").manual_seed(3)
             for b in (1, 16):
-                r.update(runner_tok_s(m, args.reps, args.new_tokens, b, gen))
+                r.update(runner_tok_s(kernel, m, args.reps, args.new_tokens, b, gen))
         if name == "ours" and args.static:
             r.update(static_generate(m, args.reps, args.new_tokens))
         r.update(load_s=round(load_s, 1), weights_gb=round(weights_gb, 2),

@@ -138,3 +138,20 @@ def test_parse_case():
     assert parse("T=4096") == ("", "T", 4096)
     assert parse("prefill S=8192 sliding 128") == ("prefill sliding 128", "S", 8192)
     assert parse("decode B=1 cache=8192") == ("decode B=1 cache=8192", None, None)
+
+
+def test_mxfp4_runner_rows(tmp_path, run_files):
+    """e2e_model --mxfp4 adds ours through DecodeRunner against transformers' MXFP4 generate: labelled, after the
+    generate rows, with its ratio."""
+    results, _, _, md = run_files
+    mx = tmp_path / "e2e_model_mxfp4.json"
+    rows = [{"what": "prefill_4096_tok_s", "transformers_mxfp4": 7000.0, "ours": 48000.0, "speedup": 6.86},
+            {"what": "runner_b16_tok_s vs generate_b16_tok_s", "transformers_mxfp4": 277.0, "ours": 2760.8,
+             "speedup": 9.97},
+            {"what": "generate_b1_tok_s", "transformers_mxfp4": 16.8, "ours": 68.4, "speedup": 4.07}]
+    mx.write_text(json.dumps(dict(E2E, rows=rows)))
+    _report().main(["--results", str(results), "--e2e", str(mx), "--md", str(md), "--readme", "", "--no-plots"])
+    text = md.read_text()
+    runner = "| batch 16: ours `DecodeRunner` (N = 32) against the other's `generate` | 277.0 | 2,760.8 | 9.97x |"
+    assert runner in text
+    assert text.index("| generate, batch 1 |") < text.index(runner)
