@@ -185,21 +185,30 @@ def _fast_path_ok(hidden: torch.Tensor) -> bool:
             and torch._C._len_torch_dispatch_stack() == 0)
 
 
-def _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
-              alpha, limit):
+def fast_block(hidden, router_weight, router_bias, top_k, num_experts, i, a, gate_up, gate_up_bias, down, down_bias,
+               alpha, limit, finalize, **gemm_kw):
+    """The eager fast path of every expert format: ``moe_prepare`` (router GEMM, route, dispatch and the act / y
+    buffers; one cluster launch at decode sizes), the two grouped GEMMs on ``a`` (the rows GEMM 1 reads: hidden, or
+    its e4m3 copy with ``gemm_kw`` = the FP8 arguments of ``grouped_gemm.expert_gemms``), then ``finalize(y, ids)``.
+    Returns ``(out (T, H), weights fp32 (T, k), ids int32 (T, k), scores in hidden's dtype)``."""
     from . import grouped_gemm
 
-    t = hidden.shape[0]
-    e, _, i2 = gate_up_proj.shape
-    m = t * top_k
-    block_m = grouped_gemm.block_m_for(m, e)
-    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
-                                                              i2 // 2)
+    m = hidden.shape[0] * top_k
+    block_m = grouped_gemm.block_m_for(m, num_experts)
+    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m, i)
     if m == 0:
         return hidden.new_zeros(hidden.shape), w, ids, w_lo
-    grouped_gemm.expert_gemms(hidden, (gate_up_proj, None), gate_up_proj_bias, (down_proj, None), down_proj_bias, act,
-                              y, w, sorted_pos, block_expert, top_k, alpha, limit, block_m, m)
-    return _FINALIZE(y, ids, e), w, ids, w_lo
+    grouped_gemm.expert_gemms(a, gate_up, gate_up_bias, down, down_bias, act, y, w, sorted_pos, block_expert, top_k,
+                              alpha, limit, block_m, m, **gemm_kw)
+    return finalize(y, ids), w, ids, w_lo
+
+
+def _moe_fast(hidden, router_weight, router_bias, top_k, gate_up_proj, gate_up_proj_bias, down_proj, down_proj_bias,
+              alpha, limit):
+    e, _, i2 = gate_up_proj.shape
+    return fast_block(hidden, router_weight, router_bias, top_k, e, i2 // 2, hidden, (gate_up_proj, None),
+                      gate_up_proj_bias, (down_proj, None), down_proj_bias, alpha, limit,
+                      lambda y, ids: _FINALIZE(y, ids, e))
 
 
 _FINALIZE = ops.moe_finalize if _PREPARE is not None else None

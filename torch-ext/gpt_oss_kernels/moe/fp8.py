@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
 from ..quant.fp8 import BLOCK, FP8_DTYPE
-from .experts import _ID_DTYPES, _PREPARE, _check_router, _check_routes, _fast_path_ok
+from .experts import _ID_DTYPES, _check_router, _check_routes, _fast_path_ok, fast_block
 from .routing import check_top_k
 
 # Row length of the e4m3 activation buffers: rows start 16-byte aligned (TMA and vector loads).
@@ -199,25 +199,17 @@ def _experts_fp8_cuda(hidden, xq, xs, topk_ids, topk_weights, gate_up_fp8, gate_
 
 def _moe_fp8_fast(hidden, hidden_fp8, router_weight, router_bias, top_k, gate_up_fp8, gate_up_scale, gate_up_bias,
                   down_fp8, down_scale, down_bias, alpha, limit):
-    """The eager fast path of the block (as moe/experts.py's _moe_fast): router GEMM, route and dispatch in one
-    ``moe_prepare`` call (one launch at decode sizes, where the traced path takes four), then the same kernels as
-    ``_experts_fp8_cuda``. Returns ``(out, weights fp32, ids int32, scores in hidden's dtype)``."""
+    """``experts.fast_block`` (router GEMM, route and dispatch in one ``moe_prepare`` call, where the traced path
+    takes four launches at decode sizes) with the kernels of ``_experts_fp8_cuda``."""
     from ..quant import fp8_triton
-    from . import grouped_gemm
 
-    t, h = hidden.shape
+    h = hidden.shape[1]
     e, i2 = gate_up_fp8.shape[0], gate_up_fp8.shape[1]
-    m = t * top_k
-    block_m = grouped_gemm.block_m_for(m, e)
-    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
-                                                              i2 // 2)
-    if m == 0:
-        return hidden.new_zeros(hidden.shape), w, ids, w_lo
     xq, xs = hidden_fp8 if hidden_fp8 is not None else ops.pad_quant_fp8(hidden, padded_width(h))
-    grouped_gemm.expert_gemms(xq, (gate_up_fp8, gate_up_scale), gate_up_bias, (down_fp8, down_scale), down_bias, act,
-                              y, w, sorted_pos, block_expert, top_k, alpha, limit, block_m, m, a_scales=xs,
-                              quant_act=lambda a: ops.pad_quant_fp8(a, padded_width(i2 // 2)))
-    return fp8_triton.finalize_slice(y, ids, None, e, h, False), w, ids, w_lo
+    return fast_block(hidden, router_weight, router_bias, top_k, e, i2 // 2, xq, (gate_up_fp8, gate_up_scale),
+                      gate_up_bias, (down_fp8, down_scale), down_bias, alpha, limit,
+                      lambda y, ids: fp8_triton.finalize_slice(y, ids, None, e, h, False), a_scales=xs,
+                      quant_act=lambda act: ops.pad_quant_fp8(act, padded_width(i2 // 2)))
 
 
 def _moe_experts_fp8_cuda(hidden, topk_ids, topk_weights, gate_up_fp8, gate_up_scale, gate_up_bias, down_fp8,

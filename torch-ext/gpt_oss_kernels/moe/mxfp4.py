@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from .. import _checks
 from .._ops import add_op_namespace_prefix, ops
-from .experts import _FINALIZE, _PREPARE, _check_router, _check_routes, _fast_path_ok
+from .experts import _FINALIZE, _check_router, _check_routes, _fast_path_ok, fast_block
 from .routing import check_top_k
 
 
@@ -183,20 +183,11 @@ def _gemm_weights(blocks, scales, dtype, m):
 
 def _moe_mxfp4_fast(hidden, router_weight, router_bias, top_k, gate_up_blocks, gate_up_scales, gate_up_bias,
                     down_blocks, down_scales, down_bias, alpha, limit):
-    from . import grouped_gemm
-
-    t = hidden.shape[0]
     e, i2 = gate_up_blocks.shape[0], gate_up_blocks.shape[1]
-    m = t * top_k
-    block_m = grouped_gemm.block_m_for(m, e)
-    w, w_lo, ids, sorted_pos, block_expert, act, y = _PREPARE(hidden, router_weight, router_bias, top_k, block_m,
-                                                              i2 // 2)
-    if m == 0:
-        return hidden.new_zeros(hidden.shape), w, ids, w_lo
-    gate_up, down = _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, hidden.dtype, m)
-    grouped_gemm.expert_gemms(hidden, gate_up, gate_up_bias, down, down_bias, act, y, w, sorted_pos, block_expert,
-                              top_k, alpha, limit, block_m, m)
-    return _FINALIZE(y, ids, e), w, ids, w_lo
+    gate_up, down = _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, hidden.dtype,
+                                  hidden.shape[0] * top_k)
+    return fast_block(hidden, router_weight, router_bias, top_k, e, i2 // 2, hidden, gate_up, gate_up_bias, down,
+                      down_bias, alpha, limit, lambda y, ids: _FINALIZE(y, ids, e))
 
 
 def _lazy_weights(gate_up_blocks, gate_up_scales, down_blocks, down_scales, dtype, m):
