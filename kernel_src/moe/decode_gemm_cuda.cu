@@ -246,9 +246,9 @@ __device__ __forceinline__ void k_loop(float (&acc)[2][4], const DecodeParams& p
 
 // CTAs of 4 warps per SM, through the register cap of __launch_bounds__: 6 (80 registers, a few bytes of spills)
 // for the kernel words and FP8 with channel scales: at T = 1 GEMM 2's 720 CTAs then fit one wave of 792 (H100,
-// 2026-12-06 23:40 UTC, same call: whole block T = 1 / 4 / 16 / 64 -9.5 / -2.7 / -4.1 / -1.2% for MXFP4, -6.3 / 0 / 0 / -2.1%
-// for FP8; 7 and 8 CTAs spill more and lose; docs/results/2026-12-06-decode-gemm-variants.md). 5 (96 registers)
-// for the forms not measured that way (the checkpoint's bytes, FP8 block scales).
+// 2026-12-06 23:40 UTC, same call: whole block at T = 1 / 4 / 16 / 64 -9.5 / -2.7 / -4.1 / -1.2% for MXFP4,
+// -6.3 / 0 / 0 / -2.1% for FP8; 7 and 8 CTAs spill more and lose; docs/results/2026-12-06-decode-gemm-variants.md).
+// 5 (96 registers) for the forms not measured that way (the checkpoint's bytes, FP8 block scales).
 template <Fmt F> constexpr int kCtasPerSm = F == Fmt::kMxfp4Words || F == Fmt::kFp8Channel ? 6 : 5;
 
 // WK warps per CTA split K.
