@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Third CI leg: the Triton kernels under TRITON_INTERPRET=1 on the CPU against float64 (the attention variants,
-# the MoE grouped GEMM's MXFP4 and FP8 branches, finalize_slice): scripts/*_interpret_check.py, and the MXFP4 PTX
-# emulation (scripts/mxfp4_asm_emulation_check.py). Triton 3.6 (the GPU
-# machine's) and numpy < 2.3 (its interpreter needs it) go into a folder of their own, put first on PYTHONPATH for
+# the MoE grouped GEMM's MXFP4 and FP8 branches, finalize_slice): scripts/*_interpret_check.py, the MXFP4 PTX
+# emulation (scripts/mxfp4_asm_emulation_check.py) and the CUDA prefill GEMM's A fragments
+# (scripts/mxfp4_prefill_fragment_check.py). Triton 3.6 (the GPU machine's) and numpy < 2.3 (its interpreter needs it) go into a folder of their own, put first on PYTHONPATH for
 # these runs only, so nothing installed in the environment changes. About 3 minutes.
 #
 #   scripts/ci_interpret.sh [SITE]     SITE defaults to /tmp/gpt-oss-kernels-interpret (reused if present)
@@ -27,5 +27,10 @@ done
 PYTHONPATH="$SITE" "$py" scripts/mxfp4_asm_emulation_check.py | tail -1
 rc=${PIPESTATUS[0]}
 echo "interpret leg: mxfp4_asm_emulation_check.py rc=$rc"
+[ $rc -eq 0 ] || status=1
+# the CUDA prefill GEMM's A fragments from kernel words, emulated lane by lane (no GPU)
+"$py" scripts/mxfp4_prefill_fragment_check.py | tail -1
+rc=${PIPESTATUS[0]}
+echo "interpret leg: mxfp4_prefill_fragment_check.py rc=$rc"
 [ $rc -eq 0 ] || status=1
 exit $status

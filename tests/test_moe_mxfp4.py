@@ -80,12 +80,13 @@ def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype, words):
 
 @pytest.mark.gpu
 def test_moe_experts_mxfp4_prefill_dequantizes_once(kernel):
-    """From DEQUANT_MIN_ROWS routed rows on, the experts are dequantized in one pass (bit for bit
-    dequantize_mxfp4, edge scale bytes included) and the bf16 GEMMs run: the same results as the reference."""
-    import sys
+    """From DEQUANT_MIN_ROWS routed rows on, the checkpoint's bytes are dequantized in one pass (bit for bit
+    dequantize_mxfp4, edge scale bytes included) and the bf16 GEMMs run (kernel words with GOK_PREFILL_GEMM=1: the
+    CUDA prefill GEMM instead): the same results as the reference."""
+    import importlib
 
-    mx = sys.modules[kernel.__name__ + ".moe.mxfp4"]
-    gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
+    mx = importlib.import_module(kernel.__name__ + ".moe.mxfp4")
+    gg = importlib.import_module(kernel.__name__ + ".moe.grouped_gemm")
     blocks = torch.randint(0, 256, (4, 192, 5, 16), dtype=torch.uint8, device="cuda")
     scales = torch.randint(0, 256, (4, 192, 5), dtype=torch.uint8, device="cuda")
     scales[0, 0] = torch.tensor([0, 1, 254, 255, 127])
@@ -154,14 +155,16 @@ def test_moe_experts_mxfp4_subnormal_weights_are_kept(kernel, device, dtype, wor
     assert rel_err(_experts(kernel, x, ids, w, p, words), expected) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("T", [40, 600])  # 600: 128-row blocks (the CUDA prefill GEMM with kernel words)
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @FORMS
-def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words):
+def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words, T, monkeypatch):
     """Scale bytes 0, 1, 127, 254 and 0xFF on 30% of the gate_up blocks (0xFF: 2^128, as transformers' ldexp: a
     zero nibble stays 0, 0.5 gives 2^127, larger ones +-inf), 0 / 1 / 127 on the down blocks. Under 254 / 0xFF
     the nibbles are 0 or +-0.5 and the activations tiny (2^-100), so no finite sum overflows float32 (where the
     float32 kernels and the float64 reference would part); on two rows of expert 0, a few +-1 nibbles under 0xFF
     (+-inf weights) make NaN / +-inf, which must land exactly where the reference has them."""
+    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")  # the opt-in CUDA prefill GEMM where it applies (T = 600, CUDA)
     s = ODD
     p = _packed(kernel, s, device, bias=False)
     for name, edges in (("gate_up", [0, 1, 127, 254, 255]), ("down", [0, 1, 127])):
@@ -177,8 +180,8 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words):
             ones = torch.where(torch.rand(blocks.shape, device=device) < 0.05, (blocks & 0x88) | 0x22, blocks & 0x99)
             blocks = torch.where(large & rows, ones, blocks)
         p[name + "_blocks"], p[name + "_scales"] = blocks.contiguous(), scales.contiguous()
-    x = (torch.randn(40, s["H"], device=device) * 2.0**-100).to(dtype)
-    w, ids = _route(40, s["E"], s["k"], device)
+    x = (torch.randn(T, s["H"], device=device) * 2.0**-100).to(dtype)
+    w, ids = _route(T, s["E"], s["k"], device)
     ids[:8, 0] = 0  # some tokens on expert 0
     ids[:8, 1:] = torch.where(ids[:8, 1:] == 0, 1, ids[:8, 1:])
     ids[:8, 2] = torch.where(ids[:8, 1] == 2, 3, 2)
@@ -190,19 +193,21 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words):
     assert rel_err(out, expected) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("T", [50, 600])  # 600: 128-row blocks (the CUDA prefill GEMM with kernel words)
 @FORMS
-def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device, words):
+def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device, words, T, monkeypatch):
+    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")  # the opt-in CUDA prefill GEMM where it applies (T = 600, CUDA)
     s = ODD
     p = _packed(kernel, s, device)
-    x = (torch.randn(50, s["H"]) * 30).to(torch.bfloat16).to(device)  # far past the SwiGLU limit: clamps
+    x = (torch.randn(T, s["H"]) * 30).to(torch.bfloat16).to(device)  # far past the SwiGLU limit: clamps
     x[7, 3] = float("nan")
     x[9, 5] = float("inf")
-    w, ids = _route(50, s["E"], s["k"], device)
+    w, ids = _route(T, s["E"], s["k"], device)
     out = _experts(kernel, x, ids, w, p, words)
     expected = _ref(kernel, x, ids, w, p)
     assert torch.isnan(out[7]).all()
     assert torch.equal(out.isnan().cpu(), expected.isnan().cpu())
-    keep = torch.tensor([i for i in range(50) if i not in (7, 9)], device=device)
+    keep = torch.tensor([i for i in range(T) if i not in (7, 9)], device=device)
     assert torch.isfinite(out[keep]).all()
     assert rel_err(out[keep], expected[keep]) <= 1e-2
 
@@ -341,10 +346,19 @@ def _big(kernel, T, words=False):
     return x, (rw, rb, s["k"], *_args(kernel, p, words), ALPHA, LIMIT)
 
 
+def _prefill_case(monkeypatch, prefill, T, words):
+    """GOK_PREFILL_GEMM for a test; the CUDA prefill GEMM only exists for kernel words from 64-row blocks (T > 384)."""
+    if prefill == "1" and (T <= 384 or not words):
+        pytest.skip("the CUDA prefill GEMM does not apply here")
+    monkeypatch.setenv("GOK_PREFILL_GEMM", prefill)
+
+
 @pytest.mark.gpu
+@pytest.mark.parametrize("prefill", ["0", "1"], ids=["default", "prefill_gemm"])
 @pytest.mark.parametrize("T", [1, 4, 256, 2048])
 @FORMS
-def test_moe_mxfp4_no_host_sync(kernel, T, words):
+def test_moe_mxfp4_no_host_sync(kernel, T, words, prefill, monkeypatch):
+    _prefill_case(monkeypatch, prefill, T, words)
     x, args = _big(kernel, T, words)
     kernel.moe_mxfp4(x, *args)  # warm-up: Triton compile and autotune synchronise, once
     torch.cuda.synchronize()
@@ -356,9 +370,11 @@ def test_moe_mxfp4_no_host_sync(kernel, T, words):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("prefill", ["0", "1"], ids=["default", "prefill_gemm"])
 @pytest.mark.parametrize("T", [1, 64, 1024])
 @FORMS
-def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T, words):
+def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T, words, prefill, monkeypatch):
+    _prefill_case(monkeypatch, prefill, T, words)
     x, args = _big(kernel, T, words)
     static_x = x.clone()
     for _ in range(2):
@@ -426,3 +442,64 @@ def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew, words):
     y_ref = (torch.einsum("ri,rih->rh", act[real].double(), w2[e]) + p["down_bias"].double()[e]) * wf[slot, None]
     assert not y.isnan().any()
     assert rel_err(y[slot], y_ref) <= 1e-2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["big", "odd"])
+@pytest.mark.parametrize("block_m", [64, 128])
+@pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
+    """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
+    on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
+    slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
+    dequantization above 128)."""
+    s = BIG if shape == "big" else ODD
+    H, I, E, k = s["H"], s["I"], s["E"], s["k"]
+    ops = kernel._ops.ops
+    p = _packed(kernel, s, "cuda", bias=bias)
+    for name in ("gate_up_scales", "down_scales"):
+        edge = torch.tensor([0, 1, 127, 200], dtype=torch.uint8, device="cuda")
+        sc = p[name]
+        pick = edge[torch.randint(0, 4, sc.shape, device="cuda")]
+        p[name] = torch.where(torch.rand(sc.shape, device="cuda") < 0.3, pick, sc).contiguous()
+    x = (torch.randn(T, H, device="cuda") * 0.25).to(torch.bfloat16)
+    w, ids = _route(T, E, k, "cuda", skew=skew)
+    sorted_pos, block_expert = ops.moe_dispatch(ids, E, block_m)
+    act = torch.full((block_expert.numel() * block_m, I), float("nan"), dtype=torch.bfloat16, device="cuda")
+    wf = w.float().reshape(-1).contiguous()
+    ops.moe_gemm_prefill_mxfp4(x, kernel.mxfp4_kernel_words(p["gate_up_blocks"]), p["gate_up_scales"],
+                               p["gate_up_bias"], sorted_pos, block_expert, wf, k, ALPHA, LIMIT, True, act)
+    y = torch.full((T * k, H), float("nan"), dtype=torch.bfloat16, device="cuda")
+    ops.moe_gemm_prefill_mxfp4(act, kernel.mxfp4_kernel_words(p["down_blocks"]), p["down_scales"], p["down_bias"],
+                               sorted_pos, block_expert, wf, 1, 0.0, 0.0, False, y)
+    w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32).double()
+    w2 = kernel.dequantize_mxfp4(p["down_blocks"], p["down_scales"], torch.float32).double()
+    real = (sorted_pos >= 0).nonzero().flatten()
+    slot = sorted_pos[real].long()
+    e = ids.reshape(-1)[slot].long()
+    b1 = p["gate_up_bias"].double()[e] if bias else 0.0
+    b2 = p["down_bias"].double()[e] if bias else 0.0
+    act_ref = kernel.reference.moe_swiglu(torch.einsum("rk,rkn->rn", x[slot // k].double(), w1[e]) + b1, ALPHA, LIMIT)
+    assert rel_err(act[real], act_ref) <= 1e-2
+    assert act[(sorted_pos < 0).nonzero().flatten()].isnan().all()  # padding rows untouched
+    y_ref = (torch.einsum("ri,rih->rh", act[real].double(), w2[e]) + b2) * wf[slot, None]
+    assert not y.isnan().any()
+    assert rel_err(y[slot], y_ref) <= 1e-2
+
+
+@pytest.mark.gpu
+def test_moe_gemm_prefill_mxfp4_is_used_and_matches_the_dequantizing_path(kernel, monkeypatch):
+    """At T = 1024 (128-row blocks) with GOK_PREFILL_GEMM=1 the block with kernel words runs the CUDA prefill GEMM,
+    not the one-pass dequantization; without it (the default for now) the older path runs: the same results up to
+    the order of fp32 sums."""
+    x, args = _big(kernel, 1024, words=True)
+    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")
+    with record_ops() as seen:
+        out, _, _ = kernel.moe_mxfp4(x, *args)
+    assert dispatched(seen, kernel, "moe_gemm_prefill_mxfp4")
+    monkeypatch.delenv("GOK_PREFILL_GEMM")
+    with record_ops() as seen:
+        old, _, _ = kernel.moe_mxfp4(x, *args)
+    assert not dispatched(seen, kernel, "moe_gemm_prefill_mxfp4")
+    assert rel_err(out, old.double()) <= 1e-2

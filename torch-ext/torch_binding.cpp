@@ -71,6 +71,11 @@ TORCH_LIBRARY_EXPAND(TORCH_EXTENSION_NAME, ops) {
       "moe_gemm_decode(Tensor a, Tensor? a_scale, Tensor w, Tensor w_scale, Tensor? bias, Tensor sorted_pos, "
       "Tensor block_expert, Tensor topk_w, int top_k, float alpha, float limit, bool first, Tensor(a!) out) -> ()");
   ops.impl("moe_gemm_decode", BACKEND, &moe_gemm_decode);
+  // The MXFP4 grouped GEMMs at prefill sizes (64- / 128-row blocks, kernel words, sm_90a), writing into out.
+  ops.def(
+      "moe_gemm_prefill_mxfp4(Tensor a, Tensor w, Tensor w_scale, Tensor? bias, Tensor sorted_pos, "
+      "Tensor block_expert, Tensor topk_w, int top_k, float alpha, float limit, bool first, Tensor(a!) out) -> ()");
+  ops.impl("moe_gemm_prefill_mxfp4", BACKEND, &moe_gemm_prefill_mxfp4);
 #endif
   // --- end moe ---
 

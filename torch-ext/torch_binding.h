@@ -29,6 +29,12 @@ void moe_gemm_decode(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
                      const at::Tensor& w_scale, const std::optional<at::Tensor>& bias, const at::Tensor& sorted_pos,
                      const at::Tensor& block_expert, const at::Tensor& topk_w, int64_t top_k, double alpha,
                      double limit, bool first, at::Tensor& out);
+// The MXFP4 grouped GEMMs at prefill sizes (64- / 128-row blocks; kernel words, bf16 a; sm_90a wgmma): GEMM 1
+// (gathered rows of a -> SwiGLU act) or GEMM 2 (act -> weighted y rows).
+void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& sorted_pos,
+                            const at::Tensor& block_expert, const at::Tensor& topk_w, int64_t top_k, double alpha,
+                            double limit, bool first, at::Tensor& out);
 #endif
 #if defined(CPU_KERNEL)
 at::Tensor moe_experts(const at::Tensor& hidden, const at::Tensor& topk_ids, const at::Tensor& topk_weights,

@@ -41,6 +41,7 @@
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
+#include "moe/mxfp4.cuh"
 #include "torch-ext/torch_binding.h"
 
 namespace {
@@ -85,12 +86,6 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
   return r;
 }
 
-__device__ __forceinline__ uint32_t fma_bf16x2(uint32_t a, uint32_t b) {  // a * b + (-0): RN, -0 kept
-  uint32_t r;
-  asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
-  return r;
-}
-
 // d += a (16x32, row) * b (32x8, col), e4m3 inputs, fp32 accumulate (sm_89+).
 __device__ __forceinline__ void mma16832_e4m3(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 890
@@ -104,34 +99,9 @@ __device__ __forceinline__ void mma16832_e4m3(float (&d)[4], const uint32_t (&a)
 #endif
 }
 
-// Pair P of word w (nibbles P and P + 4) as bf16x2 bits of v * 2^-126.
-template <int P>
-__device__ __forceinline__ uint32_t e2m1_pair(uint32_t w) {
-  const uint32_t m = (P <= 1 ? (w << (6 - 4 * P)) : (w >> (4 * P - 6))) & 0x01C001C0u;
-  const uint32_t sg = (w << (12 - 4 * P)) & 0x80008000u;
-  return m | sg;
-}
-
-__device__ __forceinline__ uint32_t rotr(uint32_t w, int c) { return __funnelshift_r(w, w, c); }
-
-// Pair P of a kernel word (values 2P, 2P + 1; quant.mxfp4.KERNEL_WORD_BITS) as bf16x2 bits of v * 2^-126.
-template <int P>
-__device__ __forceinline__ uint32_t e2m1_pair_kw(uint32_t w) {
-  if constexpr (P == 0) return (w & 0x80C080C0u) | (rotr(w, 24) & 0x01000100u);
-  else return rotr(w, P == 1 ? 2 : P == 2 ? 12 : 6) & 0x81C081C0u;
-}
-
 template <int P, bool TWO_STEP, bool KW>
 __device__ __forceinline__ uint32_t dequant_pair(uint32_t w, uint32_t f) {
-  const uint32_t r = KW ? e2m1_pair_kw<P>(w) : e2m1_pair<P>(w);
-  return TWO_STEP ? fma_bf16x2(fma_bf16x2(r, 0x7F007F00u), f) : fma_bf16x2(r, f);
-}
-
-// bf16x2 bits of the factor for scale byte s: 2^(s - 1) (one step, s <= 128) or 2^(s - 128) (two steps).
-template <bool TWO_STEP>
-__device__ __forceinline__ uint32_t scale_factor(uint32_t s) {
-  const uint32_t b = TWO_STEP ? (s > 1 ? (s - 1) << 7 : 0x20u << s) : (s + 126) << 7;
-  return b | (b << 16);
+  return gok::scale_pair<TWO_STEP>(KW ? gok::e2m1_pair_kw<P>(w) : gok::e2m1_pair<P>(w), f);
 }
 
 // MXFP4: one span (128 k) of this lane: weights (w0: row g, w1: row g + 8; zeros outside K or N), scale bytes,
@@ -153,7 +123,7 @@ __device__ __forceinline__ void mma_half(float (&acc)[2][4], uint32_t w0, uint32
 template <bool TWO_STEP, bool KW>
 __device__ __forceinline__ void span_mxfp4(float (&acc)[2][4], const uint4& w0, const uint4& w1, uint32_t s0,
                                            uint32_t s1, const uint4 (&x)[4], const uint4 (&x8)[4], bool two) {
-  const uint32_t f0 = scale_factor<TWO_STEP>(s0), f1 = scale_factor<TWO_STEP>(s1);
+  const uint32_t f0 = gok::scale_factor<TWO_STEP>(s0), f1 = gok::scale_factor<TWO_STEP>(s1);
   const uint32_t q0[4] = {w0.x, w0.y, w0.z, w0.w};
   const uint32_t q1[4] = {w1.x, w1.y, w1.z, w1.w};
 #pragma unroll

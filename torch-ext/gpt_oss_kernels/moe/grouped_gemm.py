@@ -859,6 +859,38 @@ def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
             and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous())))
 
 
+# The CUDA prefill GEMM of MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu): wgmma with the weights
+# dequantized in registers, for 64- and 128-row blocks on sm_90 (Hopper). Opt-in for now, GOK_PREFILL_GEMM=1: its first
+# version was measured on an H100 (docs/moe.md "Prefill GEMM"), the code as it stands has not run on a GPU yet (its GPU
+# tests and sanitizer runs are written, not run). Otherwise the Triton kernel (and, from DEQUANT_MIN_ROWS routed rows
+# on, moe/mxfp4.py's one-pass dequantization to bf16).
+PREFILL_BLOCK_M = (64, 128)
+
+
+def prefill_gemm_ok(words: torch.Tensor, dtype: torch.dtype, block_m: int) -> bool:
+    """Whether the CUDA prefill GEMM takes these MXFP4 words (E, N, K/8) with activations of ``dtype`` in blocks of
+    ``block_m`` rows (the shapes and the device; the per-call strides are _prefill_ok's)."""
+    return (block_m in PREFILL_BLOCK_M and words.dtype == torch.uint32 and dtype == torch.bfloat16 and words.is_cuda
+            and words.dim() == 3
+            and _prefill_enabled(words.device.index, os.environ.get("GOK_PREFILL_GEMM", "0"),
+                                 os.environ.get("TRITON_INTERPRET", "0")))
+
+
+@functools.lru_cache(maxsize=None)
+def _prefill_enabled(index, env: str, interpret: str) -> bool:
+    return (env == "1" and interpret != "1" and hasattr(ops, "moe_gemm_prefill_mxfp4")
+            and torch.cuda.get_device_capability(index)[0] == 9)
+
+
+def _prefill_ok(a, w, ws, bias, out, block_m) -> bool:
+    if ws is None or not prefill_gemm_ok(w, a.dtype, block_m) or out.dtype != torch.bfloat16 or out.stride(1) != 1:
+        return False
+    return (w.is_contiguous() and ws.is_contiguous() and w.data_ptr() % 16 == 0 and a.stride(1) == 1
+            and (a.stride(0) * a.element_size()) % 16 == 0 and a.data_ptr() % 16 == 0
+            and a.shape[0] * a.stride(0) * a.element_size() < 1 << 32
+            and (bias is None or (bias.dtype == torch.bfloat16 and bias.is_contiguous())))
+
+
 @functools.lru_cache(maxsize=None)
 def _sm90(index) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9
@@ -873,6 +905,9 @@ def _launch(first, a, w, bias, out, sorted_pos, block_expert, groups, topk_w, n,
             m_bucket, ws=None, a_s=None):
     # ws: None (w is the (E, K, N) weights), the MXFP4 scales (E, N, K / 32) (w: the words, mxfp4_words) or the
     # FP8 weight scales (w: (E, N, K) e4m3; then a is e4m3 and a_s its per-row scales)
+    if _prefill_ok(a, w, ws, bias, out, block_m):
+        ops.moe_gemm_prefill_mxfp4(a, w, ws, bias, sorted_pos, block_expert, topk_w, top_k, alpha, limit, first, out)
+        return
     if _decode_ok(a, w, ws, bias, out, block_m):
         ops.moe_gemm_decode(a, a_s, w, ws, bias, sorted_pos, block_expert, topk_w, top_k, alpha, limit, first, out)
         return

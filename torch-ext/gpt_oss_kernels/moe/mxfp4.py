@@ -169,11 +169,14 @@ DEQUANT_MIN_ROWS = 4096
 
 def _gemm_weights(blocks, scales, dtype, m):
     """(weights, scales) for the grouped GEMMs: the MXFP4 words and their scales, or at m >= DEQUANT_MIN_ROWS the
-    dequantized (E, K, N) weights and None."""
+    dequantized (E, K, N) weights and None, unless the CUDA prefill GEMM takes the words (kernel words, bf16, sm_90,
+    GOK_PREFILL_GEMM=1: grouped_gemm.prefill_gemm_ok)."""
     from . import grouped_gemm
 
     words = grouped_gemm.mxfp4_words(blocks)
-    if m >= DEQUANT_MIN_ROWS and dtype in (torch.bfloat16, torch.float16):
+    block_m = grouped_gemm.block_m_for(m, words.shape[0])
+    if (m >= DEQUANT_MIN_ROWS and dtype in (torch.bfloat16, torch.float16)
+            and not grouped_gemm.prefill_gemm_ok(words, dtype, block_m)):
         return grouped_gemm.dequantize_mxfp4_experts(words, _scales(scales), dtype), None
     return words, _scales(scales)
 

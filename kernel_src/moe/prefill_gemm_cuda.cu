@@ -1,0 +1,334 @@
+// The expert GEMMs at prefill sizes (row blocks of 64 or 128 routed rows) for MXFP4 weights as kernel words with bf16
+// activations, on sm_90a: the weights are dequantized in registers straight into the A operand of wgmma (never
+// through shared memory as bf16), the block's activation rows are its B operand. The alternative it replaces, one
+// exact dequantization pass to bf16 and the bf16 GEMMs, writes and re-reads 1.6 GB at gpt-oss-20b shapes (~790 us
+// of the block at T = 4096 on the H100, 2026-12-06). Called by gpt_oss_kernels/moe/grouped_gemm.py.
+//
+// Layout. A CTA (two warpgroups) owns 128 weight rows n0 .. n0 + 127 of one row block's expert and all its BM token
+// rows: out^T (128 x BM) = W (128 x K) x a^T (K x BM), warpgroup j rows 64j .. 64j + 63 (m64nBMk16). Per pipeline
+// stage (64 k): the BM activation rows (128 bytes each, 128-byte swizzled: wgmma's K-major B) and the 128 weight
+// rows' 32 bytes (two MX blocks) go to shared memory by cp.async (zero-filled outside K, past N and for padding
+// rows); each thread reads its two rows' scale bytes from global memory one stage ahead. Prefetch distance: stages
+// - 2 (a stage's buffer is refilled once both warpgroups have waited for the wgmma that read it).
+//
+// A operand. Lane (g, c) of warp q holds tile rows g and g + 8 of its 16: we load weight rows 2g and 2g + 1 there
+// (as the decode GEMM), so each thread ends with the gate and up rows of one SwiGLU output (GEMM 1) or two
+// adjacent output columns (GEMM 2). wgmma wants, per k16 step, the values at k 2c, 2c + 1 (a0 / a1) and 2c + 8,
+// 2c + 9 (a2 / a3): that is pair c (values 2c, 2c + 1) of the step's two kernel words, so a lane always takes the
+// same pair of every word (gok::e2m1_pair_kw with per-lane constants) and the activations stay in k order. The
+// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact).
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+
+#include <cuda_bf16.h>
+
+#include <cstdint>
+
+#include "common/device.cuh"
+#include "common/mma.cuh"
+#include "moe/mxfp4.cuh"
+#include "torch-ext/torch_binding.h"
+
+namespace {
+
+constexpr int kThreads = 256;                // two warpgroups
+constexpr int kTileW = 128;                  // weight rows per CTA
+constexpr int kStepK = 64;                   // k per stage: one 128-byte row of bf16 activations
+constexpr int kWRowBytes = kStepK / 2;       // a weight row's bytes per stage (two MX blocks)
+constexpr int kWStageBytes = kTileW * kWRowBytes;
+
+// BM token rows per block, S pipeline stages (prefetch distance S - 2), two CTAs (four warpgroups) per SM: one
+// warpgroup's dequantization overlaps the others' wgmma. (A double-buffered A operand, which overlaps them inside a
+// warpgroup, needs ~150 registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07.)
+template <int BM, int S>
+struct Shape {
+  static constexpr int kBBytes = BM * 128;  // a multiple of 1024: every stage starts on a swizzle atom
+  static constexpr int kChunks = BM * 8 / kThreads;  // 16-byte activation chunks per thread and stage
+  static constexpr int kSmemBytes = S * (kBBytes + kWStageBytes) + BM * 4;
+  static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs per SM");
+};
+
+struct PrefillParams {
+  const __nv_bfloat16* a;  // GEMM 1: hidden rows (T, >= K); GEMM 2: act rows (nb * BM, >= K)
+  int64_t stride_a;        // elements
+  const uint32_t* w;       // kernel words (E, N, K / 8)
+  const uint8_t* s;        // e8m0 scale bytes (E, N, K / 32)
+  const __nv_bfloat16* bias;  // (E, N) or null
+  __nv_bfloat16* out;      // GEMM 1: act (nb * BM, N / 2); GEMM 2: y (T * k, >= N)
+  int64_t stride_out;
+  const int32_t* sorted_pos;
+  const int32_t* block_expert;
+  const float* topk_w;
+  int n, k, num_experts, top_k;
+  bool pair_stores;        // GEMM 2: out rows 4-byte aligned (bf16x2 stores of two adjacent columns)
+  float alpha, limit;
+};
+
+// d (64 x N, fp32: this thread's N / 2 values) += A (64 x 16, registers) * B (16 x N, shared, K-major).
+__device__ __forceinline__ void wgmma_rs(float (&d)[32], const uint32_t (&a)[4], uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#endif
+}
+__device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4], uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
+
+// The four k16 steps of a stage: a[4s .. 4s + 3] for step s. w*: the lane's weight rows (0: 2g, 1: 2g + 1), MX
+// block b of the stage in w*b; s0 / s1: the rows' two scale bytes (low byte: block 0).
+template <bool TWO_STEP>
+__device__ __forceinline__ void dequant_stage(uint32_t (&a)[16], const uint4& w0b0, const uint4& w0b1,
+                                              const uint4& w1b0, const uint4& w1b1, uint32_t s0, uint32_t s1,
+                                              const gok::KwPair& kp) {
+  const uint32_t f00 = gok::scale_factor<TWO_STEP>(s0 & 0xFFu), f01 = gok::scale_factor<TWO_STEP>(s0 >> 8);
+  const uint32_t f10 = gok::scale_factor<TWO_STEP>(s1 & 0xFFu), f11 = gok::scale_factor<TWO_STEP>(s1 >> 8);
+  const uint32_t r0[8] = {w0b0.x, w0b0.y, w0b0.z, w0b0.w, w0b1.x, w0b1.y, w0b1.z, w0b1.w};
+  const uint32_t r1[8] = {w1b0.x, w1b0.y, w1b0.z, w1b0.w, w1b1.x, w1b1.y, w1b1.z, w1b1.w};
+#pragma unroll
+  for (int s = 0; s < 4; ++s) {  // step s: words 2s (k 2c, 2c + 1) and 2s + 1 (k 2c + 8, 2c + 9)
+    const uint32_t fa = s < 2 ? f00 : f01, fb = s < 2 ? f10 : f11;
+    a[4 * s + 0] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * s], kp), fa);
+    a[4 * s + 1] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * s], kp), fb);
+    a[4 * s + 2] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * s + 1], kp), fa);
+    a[4 * s + 3] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * s + 1], kp), fb);
+  }
+}
+
+template <int BM, bool FIRST, int S>
+__global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const PrefillParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Sh = Shape<BM, S>;
+  // The dynamic shared memory starts on a 1024-byte boundary (as in attn_window_cuda.cu): every B stage does.
+  extern __shared__ __align__(1024) uint8_t smem[];
+  uint8_t* w_smem = smem + S * Sh::kBBytes;                                // S stages of 128 x 32 bytes
+  int32_t* pos_s = reinterpret_cast<int32_t*>(w_smem + S * kWStageBytes);  // the block's slots
+
+  gok::pdl_wait_and_release();
+  const int blk = blockIdx.y;
+  const int e = p.block_expert[blk];
+  if (e < 0 || e >= p.num_experts) return;  // uniform over the CTA
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int g = lane >> 2, c = lane & 3;
+  const int n0 = blockIdx.x * kTileW;
+  const int64_t row0 = static_cast<int64_t>(blk) * BM;
+  const int kb = p.k / 32;
+  const int nk = (p.k + kStepK - 1) / kStepK;
+
+  for (int i = tid; i < BM; i += kThreads) pos_s[i] = p.sorted_pos[row0 + i];
+  __syncthreads();
+
+  // This thread's cp.async work per stage: activation chunk tid % 8 of rows tid / 8 + 32 i (byte offsets from a,
+  // < 2^32: checked on the host), and MX block tid % 2 of weight row tid / 2.
+  const int c8 = tid & 7;
+  const char* a_bytes = reinterpret_cast<const char*>(p.a);
+  uint32_t a_off[Sh::kChunks];
+  uint32_t a_ok = 0;
+#pragma unroll
+  for (int i = 0; i < Sh::kChunks; ++i) {
+    const int r = (tid >> 3) + 32 * i;
+    const int pos = pos_s[r];
+    const int64_t arow = FIRST ? pos / p.top_k : row0 + r;
+    a_off[i] = pos >= 0 ? static_cast<uint32_t>(arow * p.stride_a * 2 + c8 * 16) : 0u;
+    a_ok |= (pos >= 0 ? 1u : 0u) << i;
+  }
+  const uint32_t b_dst = gok::smem_addr(smem) + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
+  const int wrow = tid >> 1, wblk = tid & 1;
+  const bool w_ok = n0 + wrow < p.n;
+  const char* w_src = reinterpret_cast<const char*>(
+      p.w + (static_cast<int64_t>(e) * p.n + (w_ok ? n0 + wrow : 0)) * (p.k / 8) + wblk * 4);
+  const uint32_t w_dst = gok::smem_addr(w_smem) + wrow * kWRowBytes + wblk * 16;
+
+  auto load_stage = [&](int kt) {
+    const int st = kt % S;
+    const bool k_in = kt * kStepK + c8 * 8 < p.k;
+#pragma unroll
+    for (int i = 0; i < Sh::kChunks; ++i) {
+      const bool ok = k_in && (a_ok >> i & 1u);
+      gok::cp_async16(b_dst + st * Sh::kBBytes + i * 32 * 128, a_bytes + a_off[i] + kt * 128, ok);
+    }
+    const bool ok = w_ok && 2 * kt + wblk < kb;
+    gok::cp_async16(w_dst + st * kWStageBytes, w_src + kt * 32, ok);
+  };
+
+  // The lane's weight rows wr, wr + 1 (tile rows g and g + 8 of its warp).
+  const int wr = 64 * (warp >> 2) + 16 * (warp & 3) + 2 * g;
+  // Its scale bytes, read from global memory one stage ahead (byte loads: K / 32 may be odd; 0 past K and N).
+  const bool ok0 = n0 + wr < p.n, ok1 = n0 + wr + 1 < p.n;
+  const uint8_t* sc = p.s + (static_cast<int64_t>(e) * p.n + (ok0 ? n0 + wr : 0)) * kb;  // row wr + 1 at + kb
+  auto load_scales = [&](int kt, uint32_t& s0, uint32_t& s1) {  // low byte: MX block 2kt, high byte: 2kt + 1
+    const uint8_t* q = sc + 2 * kt;
+    const bool in1 = 2 * kt + 1 < kb;  // (2kt < kb: kt < nk)
+    s0 = (ok0 ? uint32_t{__ldg(q)} : 0u) | (ok0 && in1 ? uint32_t{__ldg(q + 1)} << 8 : 0u);
+    s1 = (ok1 ? uint32_t{__ldg(q + kb)} : 0u) | (ok1 && in1 ? uint32_t{__ldg(q + kb + 1)} << 8 : 0u);
+  };
+  const uint8_t* w_lane = w_smem + wr * kWRowBytes;
+  const gok::KwPair kp = gok::kw_pair_consts(c);
+  float acc[BM / 2];
+#pragma unroll
+  for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
+
+  uint32_t a[16], s0, s1;
+  load_scales(0, s0, s1);
+#pragma unroll
+  for (int st = 0; st < S - 2; ++st) {
+    if (st < nk) load_stage(st);
+    gok::cp_async_commit();
+  }
+  for (int kt = 0; kt < nk; ++kt) {
+    gok::cp_async_wait<S - 3>();
+    gok::fence_proxy_async_smem();
+    // Stage kt is in; every wgmma of stage kt - 2 is done (each thread waited for it before dequantizing kt - 1).
+    __syncthreads();
+    if (kt + S - 2 < nk) load_stage(kt + S - 2);
+    gok::cp_async_commit();
+    const int st = kt % S;
+    const uint4* wt = reinterpret_cast<const uint4*>(w_lane + st * kWStageBytes);
+    const uint4 w0b0 = wt[0], w0b1 = wt[1], w1b0 = wt[2], w1b1 = wt[3];
+    const uint32_t t0 = s0, t1 = s1;
+    if (kt + 1 < nk) load_scales(kt + 1, s0, s1);
+    const bool big = (t0 & 0xFFu) > 128 || (t0 >> 8) > 128 || (t1 & 0xFFu) > 128 || (t1 >> 8) > 128;
+    gok::wgmma_wait<0>();  // the previous stage's wgmma no longer reads a
+    if (__any_sync(0xffffffffu, big))  // uniform over the warp; the wgmma below over the warpgroup
+      dequant_stage<true>(a, w0b0, w0b1, w1b0, w1b1, t0, t1, kp);
+    else
+      dequant_stage<false>(a, w0b0, w0b1, w1b0, w1b1, t0, t1, kp);
+    gok::wgmma_fence();
+    const uint64_t desc = gok::wgmma_desc_sw128(gok::smem_addr(smem + st * Sh::kBBytes));
+#pragma unroll
+    for (int s = 0; s < 4; ++s)
+      wgmma_rs(acc, *reinterpret_cast<const uint32_t(*)[4]>(a + 4 * s), desc + 2 * s);  // + 32 bytes per k16
+    gok::wgmma_commit();
+  }
+  gok::wgmma_wait<0>();
+
+  // Epilogue. acc[4j + cc]: weight row wr, token column 8j + 2c + cc; acc[4j + 2 + cc]: row wr + 1, same column.
+  const int r0 = n0 + wr, r1 = r0 + 1;
+  const int64_t eb = static_cast<int64_t>(e) * p.n;
+  const float b0 = p.bias != nullptr && r0 < p.n ? __bfloat162float(p.bias[eb + r0]) : 0.f;
+  const float b1 = p.bias != nullptr && r1 < p.n ? __bfloat162float(p.bias[eb + r1]) : 0.f;
+#pragma unroll
+  for (int j = 0; j < BM / 8; ++j) {
+#pragma unroll
+    for (int cc = 0; cc < 2; ++cc) {
+      const int t = 8 * j + 2 * c + cc;
+      const int pos = pos_s[t];
+      if (pos < 0) continue;
+      const float v0 = acc[4 * j + cc] + b0, v1 = acc[4 * j + 2 + cc] + b1;
+      if constexpr (FIRST) {
+        if (r1 >= p.n) continue;  // N = 2I is even: r0 < N implies r1 < N
+        float gate = v0, up = v1;
+        gate = isnan(gate) ? gate : fminf(gate, p.limit);
+        up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
+        p.out[(row0 + t) * p.stride_out + r0 / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
+      } else {
+        const float wt = p.topk_w[pos];
+        __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
+        if (p.pair_stores && r1 < p.n) {  // r0 is even: one 4-byte store
+          *reinterpret_cast<__nv_bfloat162*>(o + r0) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
+        } else {
+          if (r0 < p.n) o[r0] = __float2bfloat16_rn(v0 * wt);
+          if (r1 < p.n) o[r1] = __float2bfloat16_rn(v1 * wt);
+        }
+      }
+    }
+  }
+#endif
+}
+
+template <int BM, bool FIRST, int S>
+void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
+  constexpr int smem = Shape<BM, S>::kSmemBytes;
+  gok::allow_dynamic_smem(prefill_gemm_kernel<BM, FIRST, S>, smem, device);
+  const dim3 grid((p.n + kTileW - 1) / kTileW, nb, 1);
+  gok::launch_pdl(prefill_gemm_kernel<BM, FIRST, S>, grid, dim3(kThreads, 1, 1), smem, stream, p);
+}
+
+template <int BM, int S>
+void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStream_t stream) {
+  first ? launch<BM, true, S>(p, nb, device, stream) : launch<BM, false, S>(p, nb, device, stream);
+}
+
+}  // namespace
+
+void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::Tensor& w_scale,
+                            const std::optional<at::Tensor>& bias, const at::Tensor& sorted_pos,
+                            const at::Tensor& block_expert, const at::Tensor& topk_w, int64_t top_k, double alpha,
+                            double limit, bool first, at::Tensor& out) {
+  // Arguments were validated in Python (grouped_gemm.py); these checks are the ones memory safety needs.
+  TORCH_CHECK(w.scalar_type() == at::kUInt32 && w.dim() == 3 && w.is_contiguous() &&
+                  reinterpret_cast<uintptr_t>(w.data_ptr()) % 16 == 0,
+              "moe_gemm_prefill_mxfp4: w must be contiguous, 16-byte aligned kernel words (uint32 (E, N, K/8))");
+  const int64_t e = w.size(0), n = w.size(1), k = w.size(2) * 8;
+  TORCH_CHECK(k % 32 == 0, "moe_gemm_prefill_mxfp4: K must be a multiple of 32");
+  TORCH_CHECK(a.is_cuda() && a.dim() == 2 && a.stride(1) == 1 && a.size(1) >= k && a.scalar_type() == at::kBFloat16 &&
+                  (a.stride(0) * 2) % 16 == 0 && reinterpret_cast<uintptr_t>(a.data_ptr()) % 16 == 0,
+              "moe_gemm_prefill_mxfp4: a must be bf16 rows of >= K, 16-byte aligned");
+  TORCH_CHECK(w_scale.dim() == 3 && w_scale.scalar_type() == at::kByte && w_scale.is_contiguous() &&
+                  w_scale.size(0) == e && w_scale.size(1) == n && w_scale.size(2) * 32 == k,
+              "moe_gemm_prefill_mxfp4: scales must be contiguous uint8 (E, N, K/32)");
+  TORCH_CHECK(sorted_pos.scalar_type() == at::kInt && block_expert.scalar_type() == at::kInt &&
+                  sorted_pos.is_contiguous() && block_expert.is_contiguous(),
+              "moe_gemm_prefill_mxfp4: sorted_pos / block_expert must be contiguous int32");
+  const int64_t nb = block_expert.numel();
+  const int64_t bm = nb > 0 ? sorted_pos.numel() / nb : 0;
+  TORCH_CHECK(nb == 0 || ((bm == 64 || bm == 128) && sorted_pos.numel() == nb * bm),
+              "moe_gemm_prefill_mxfp4: blocks must be 64 or 128 rows");
+  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.stride(1) == 1,
+              "moe_gemm_prefill_mxfp4: out must be bf16 (rows, cols) with unit column stride");
+  if (first) {
+    TORCH_CHECK(n % 2 == 0 && out.size(0) >= sorted_pos.numel() && out.size(1) >= n / 2 && top_k >= 1,
+                "moe_gemm_prefill_mxfp4: GEMM 1 needs an even N, out (nb * BM, >= N / 2) and top_k >= 1");
+  } else {
+    TORCH_CHECK(out.size(1) >= n && topk_w.scalar_type() == at::kFloat && topk_w.is_contiguous() &&
+                    topk_w.numel() == out.size(0) && a.size(0) >= sorted_pos.numel(),
+                "moe_gemm_prefill_mxfp4: GEMM 2 needs a (nb * BM rows), out (T * k, >= N) and float32 topk_w (T * k)");
+  }
+  if (bias.has_value()) {
+    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() && bias->numel() == e * n,
+                "moe_gemm_prefill_mxfp4: bias must be contiguous bf16 (E, N)");
+  }
+  TORCH_CHECK(n < (int64_t{1} << 24), "moe_gemm_prefill_mxfp4: N out of range");
+  TORCH_CHECK(a.size(0) * a.stride(0) * 2 < (int64_t{1} << 32), "moe_gemm_prefill_mxfp4: a larger than 4 GB");
+  if (nb == 0 || n == 0 || k == 0) return;
+  TORCH_CHECK(nb < 65536, "moe_gemm_prefill_mxfp4: too many row blocks");
+  const c10::cuda::CUDAGuard guard(a.device());
+  TORCH_CHECK(gok::device_info(a.get_device()).first == 9, "moe_gemm_prefill_mxfp4: needs sm_90 (wgmma)");
+  PrefillParams p;
+  p.a = reinterpret_cast<const __nv_bfloat16*>(a.data_ptr());
+  p.stride_a = a.stride(0);
+  p.w = reinterpret_cast<const uint32_t*>(w.data_ptr());
+  p.s = w_scale.data_ptr<uint8_t>();
+  p.bias = bias.has_value() ? reinterpret_cast<const __nv_bfloat16*>(bias->data_ptr()) : nullptr;
+  p.out = reinterpret_cast<__nv_bfloat16*>(out.data_ptr());
+  p.stride_out = out.stride(0);
+  p.sorted_pos = sorted_pos.data_ptr<int32_t>();
+  p.block_expert = block_expert.data_ptr<int32_t>();
+  p.topk_w = first ? nullptr : topk_w.data_ptr<float>();
+  p.n = static_cast<int>(n);
+  p.k = static_cast<int>(k);
+  p.num_experts = static_cast<int>(e);
+  p.top_k = static_cast<int>(top_k);
+  p.pair_stores = out.stride(0) % 2 == 0 && reinterpret_cast<uintptr_t>(out.data_ptr()) % 4 == 0;
+  p.alpha = static_cast<float>(alpha);
+  p.limit = static_cast<float>(limit);
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
+  const int dev = a.get_device(), nbi = static_cast<int>(nb);
+  if (bm == 128)
+    launch_bm<128, 4>(p, nbi, first, dev, stream);
+  else
+    launch_bm<64, 6>(p, nbi, first, dev, stream);
+}
