@@ -75,7 +75,7 @@ def tile_from_lanes(words: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
             for s in range(4):  # k16 step; MX block s // 2, words 2s, 2s + 1 of the stage's 8
                 blk = s // 2
                 f0, f1 = scale_factor(int(scales[r0, blk]), two), scale_factor(int(scales[r1, blk]), two)
-                regs = {  # a0 .. a3 as dequant_stage computes them
+                regs = {  # a0 .. a3 as dequant_step computes them
                     0: scale_pair(pair_kw(words[r0, 2 * s:2 * s + 1], c), f0, two),
                     1: scale_pair(pair_kw(words[r1, 2 * s:2 * s + 1], c), f1, two),
                     2: scale_pair(pair_kw(words[r0, 2 * s + 1:2 * s + 2], c), f0, two),

@@ -16,7 +16,8 @@
 // adjacent output columns (GEMM 2). wgmma wants, per k16 step, the values at k 2c, 2c + 1 (a0 / a1) and 2c + 8,
 // 2c + 9 (a2 / a3): that is pair c (values 2c, 2c + 1) of the step's two kernel words, so a lane always takes the
 // same pair of every word (gok::e2m1_pair_kw with per-lane constants) and the activations stay in k order. The
-// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact).
+// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact). Each k16 step's four A registers are dequantized while
+// the previous step's wgmma runs (two register sets, one wgmma_wait<1> per step).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -88,24 +89,24 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// The four k16 steps of a stage: a[4s .. 4s + 3] for step s. w*: the lane's weight rows (0: 2g, 1: 2g + 1), MX
-// block b of the stage in w*b; s0 / s1: the rows' two scale bytes (low byte: block 0).
+// One k16 step of the A operand: pair c of the step's two kernel words of the lane's weight rows (w0*: row 2g, w1*:
+// row 2g + 1; *a: k 2c, 2c + 1, *b: k 2c + 8, 2c + 9) times the rows' scale factors f0, f1 (scale_factor<TWO_STEP>).
 template <bool TWO_STEP>
-__device__ __forceinline__ void dequant_stage(uint32_t (&a)[16], const uint4& w0b0, const uint4& w0b1,
-                                              const uint4& w1b0, const uint4& w1b1, uint32_t s0, uint32_t s1,
-                                              const gok::KwPair& kp) {
-  const uint32_t f00 = gok::scale_factor<TWO_STEP>(s0 & 0xFFu), f01 = gok::scale_factor<TWO_STEP>(s0 >> 8);
-  const uint32_t f10 = gok::scale_factor<TWO_STEP>(s1 & 0xFFu), f11 = gok::scale_factor<TWO_STEP>(s1 >> 8);
-  const uint32_t r0[8] = {w0b0.x, w0b0.y, w0b0.z, w0b0.w, w0b1.x, w0b1.y, w0b1.z, w0b1.w};
-  const uint32_t r1[8] = {w1b0.x, w1b0.y, w1b0.z, w1b0.w, w1b1.x, w1b1.y, w1b1.z, w1b1.w};
-#pragma unroll
-  for (int s = 0; s < 4; ++s) {  // step s: words 2s (k 2c, 2c + 1) and 2s + 1 (k 2c + 8, 2c + 9)
-    const uint32_t fa = s < 2 ? f00 : f01, fb = s < 2 ? f10 : f11;
-    a[4 * s + 0] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * s], kp), fa);
-    a[4 * s + 1] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * s], kp), fb);
-    a[4 * s + 2] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * s + 1], kp), fa);
-    a[4 * s + 3] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * s + 1], kp), fb);
-  }
+__device__ __forceinline__ void dequant_step(uint32_t (&a)[4], uint32_t w0a, uint32_t w0b, uint32_t w1a, uint32_t w1b,
+                                             uint32_t f0, uint32_t f1, const gok::KwPair& kp) {
+  a[0] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w0a, kp), f0);
+  a[1] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w1a, kp), f1);
+  a[2] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w0b, kp), f0);
+  a[3] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w1b, kp), f1);
+}
+
+// The scale factors of a stage: f[0 / 1]: row 2g, MX block 0 / 1; f[2 / 3]: row 2g + 1 (s*: low byte block 0).
+template <bool TWO_STEP>
+__device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uint32_t s1) {
+  f[0] = gok::scale_factor<TWO_STEP>(s0 & 0xFFu);
+  f[1] = gok::scale_factor<TWO_STEP>(s0 >> 8);
+  f[2] = gok::scale_factor<TWO_STEP>(s1 & 0xFFu);
+  f[3] = gok::scale_factor<TWO_STEP>(s1 >> 8);
 }
 
 template <int BM, bool FIRST, int S>
@@ -181,7 +182,10 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
 #pragma unroll
   for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
 
-  uint32_t a[16], s0, s1;
+  uint32_t s0, s1;
+  // A registers per k16 step, two sets: step s is dequantized while the wgmma of step s - 1 runs. (The first version
+  // dequantized a whole stage into 16 registers once the previous stage's wgmma was done: commit 9fbd9c6.)
+  uint32_t a[2][4];
   load_scales(0, s0, s1);
 #pragma unroll
   for (int st = 0; st < S - 2; ++st) {
@@ -191,27 +195,37 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
   for (int kt = 0; kt < nk; ++kt) {
     gok::cp_async_wait<S - 3>();
     gok::fence_proxy_async_smem();
-    // Stage kt is in; every wgmma of stage kt - 2 is done (each thread waited for it before dequantizing kt - 1).
+    // Stage kt is in; every wgmma of stage kt - 2 is done (each thread waited for it while working on kt - 1).
     __syncthreads();
     if (kt + S - 2 < nk) load_stage(kt + S - 2);
     gok::cp_async_commit();
     const int st = kt % S;
     const uint4* wt = reinterpret_cast<const uint4*>(w_lane + st * kWStageBytes);
     const uint4 w0b0 = wt[0], w0b1 = wt[1], w1b0 = wt[2], w1b1 = wt[3];
+    const uint32_t r0[8] = {w0b0.x, w0b0.y, w0b0.z, w0b0.w, w0b1.x, w0b1.y, w0b1.z, w0b1.w};
+    const uint32_t r1[8] = {w1b0.x, w1b0.y, w1b0.z, w1b0.w, w1b1.x, w1b1.y, w1b1.z, w1b1.w};
     const uint32_t t0 = s0, t1 = s1;
     if (kt + 1 < nk) load_scales(kt + 1, s0, s1);
     const bool big = (t0 & 0xFFu) > 128 || (t0 >> 8) > 128 || (t1 & 0xFFu) > 128 || (t1 >> 8) > 128;
-    gok::wgmma_wait<0>();  // the previous stage's wgmma no longer reads a
-    if (__any_sync(0xffffffffu, big))  // uniform over the warp; the wgmma below over the warpgroup
-      dequant_stage<true>(a, w0b0, w0b1, w1b0, w1b1, t0, t1, kp);
+    const bool two = __any_sync(0xffffffffu, big);  // uniform over the warp (branches never hold a wgmma)
+    uint32_t f[4];
+    if (two)
+      stage_factors<true>(f, t0, t1);
     else
-      dequant_stage<false>(a, w0b0, w0b1, w1b0, w1b1, t0, t1, kp);
-    gok::wgmma_fence();
+      stage_factors<false>(f, t0, t1);
     const uint64_t desc = gok::wgmma_desc_sw128(gok::smem_addr(smem + st * Sh::kBBytes));
 #pragma unroll
-    for (int s = 0; s < 4; ++s)
-      wgmma_rs(acc, *reinterpret_cast<const uint32_t(*)[4]>(a + 4 * s), desc + 2 * s);  // + 32 bytes per k16
-    gok::wgmma_commit();
+    for (int s = 0; s < 4; ++s) {  // k16 step s: MX block s / 2, words 2s and 2s + 1 of each row
+      uint32_t (&as)[4] = a[s & 1];
+      gok::wgmma_wait<1>();  // the wgmma two steps back (which read as) is done
+      if (two)
+        dequant_step<true>(as, r0[2 * s], r0[2 * s + 1], r1[2 * s], r1[2 * s + 1], f[s / 2], f[2 + s / 2], kp);
+      else
+        dequant_step<false>(as, r0[2 * s], r0[2 * s + 1], r1[2 * s], r1[2 * s + 1], f[s / 2], f[2 + s / 2], kp);
+      gok::wgmma_fence();
+      wgmma_rs(acc, as, desc + 2 * s);  // + 32 bytes per k16 step
+      gok::wgmma_commit();
+    }
   }
   gok::wgmma_wait<0>();
 
