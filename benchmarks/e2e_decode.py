@@ -369,7 +369,8 @@ def main(argv=None) -> dict:
         torch.cuda.empty_cache()
         print(f"models ready in {time.perf_counter() - t0:.0f} s", flush=True)
         what = f"gpt-oss-20b shapes ({args.layers} layers), ours with {'MXFP4' if args.mxfp4 else 'bf16'} experts"
-    res = dict(what=what, device=torch.cuda.get_device_name() if device == "cuda" else "cpu", torch=torch.__version__,
+    res = dict(what=what, device=torch.cuda.get_device_name() if device == "cuda" else "cpu",
+               switches={k: v for k, v in sorted(os.environ.items()) if k.startswith("GOK_")}, torch=torch.__version__,
                transformers=transformers.__version__, prompt=args.prompt, new_tokens=args.new_tokens,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), batches={},
                projections="torch linear" if args.torch_projections else "multi_linear")

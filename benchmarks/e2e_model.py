@@ -185,6 +185,11 @@ def attn_op_path_b1(model, reps: int, new_tokens: int) -> dict:
     return res
 
 
+def switches() -> dict:
+    """The package's kernel switches (GOK_*) set for this run: its numbers are only comparable under the same ones."""
+    return {k: v for k, v in sorted(os.environ.items()) if k.startswith("GOK_")}
+
+
 def compare(logits, ref) -> dict:
     rel = ((logits - ref).abs().max() / ref.abs().max()).item()
     agree = (logits.argmax(-1) == ref.argmax(-1)).float().mean().item()
@@ -277,7 +282,7 @@ def mxfp4_run(args) -> None:
     os.environ["LOCAL_KERNELS"] = ":".join(
         e for e in [os.environ.get("LOCAL_KERNELS", ""), f"kernels-community/gpt-oss-triton-kernels={anchor}"] if e)
     check = torch.randint(1, 201088, (1, 512), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+    res = dict(device=torch.cuda.get_device_name(), switches=switches(), torch=torch.__version__, transformers=transformers.__version__,
                layers=args.layers, reps=args.reps, new_tokens=args.new_tokens,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     logits = {}
@@ -357,7 +362,7 @@ def fp8_run(args) -> None:
                           generator=torch.Generator(device="cuda").manual_seed(1))
     with torch.inference_mode():
         ref_logits = model(check).logits[0].float()
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+    res = dict(device=torch.cuda.get_device_name(), switches=switches(), torch=torch.__version__, transformers=transformers.__version__,
                layers=args.layers, reps=args.reps, new_tokens=args.new_tokens, granularity=args.fp8,
                date=time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()))
     model = ours_from(model)
@@ -468,7 +473,7 @@ def main() -> None:
     rows = [dict(what=k, transformers=default[k], ours=ours[k], speedup=round(ours[k] / default[k], 2))
             for k in default if k.endswith("tok_s")]
     details = {k: dict(transformers=default[k], ours=ours[k]) for k in default if not k.endswith("tok_s")}
-    res = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, transformers=transformers.__version__,
+    res = dict(device=torch.cuda.get_device_name(), switches=switches(), torch=torch.__version__, transformers=transformers.__version__,
                layers=args.layers, reps=args.reps,
                new_tokens=args.new_tokens, logits_rel_err=rel, argmax_agreement=agree,
                transformers_eager_experts_vs_grouped_mm=alt, rows=rows, details=details, ours_static_cache=static,

@@ -175,6 +175,8 @@ def environment() -> dict:
         "transformers": version("transformers"),
         "kernels": version("kernels"),
         "liger_kernel": version("liger_kernel"),
+        # the package's kernel switches set for this run (GOK_*): a number is only comparable under the same ones
+        "switches": {k: v for k, v in sorted(os.environ.items()) if k.startswith("GOK_")},
     }
 
 
@@ -182,7 +184,9 @@ def markdown(env: dict, ceilings: dict, rows: Sequence[dict]) -> str:
     lines = [
         f"Device: {env['device']} ({env['sms']} SMs), {env['date']}; torch {env['torch']} (CUDA {env['cuda']}), "
         f"triton {env['triton']}, transformers {env['transformers']}, kernels {env['kernels']}, "
-        f"liger-kernel {env['liger_kernel']}.",
+        f"liger-kernel {env['liger_kernel']}"
+        + ("; switches " + " ".join(f"{k}={v}" for k, v in env["switches"].items()) if env.get("switches") else "")
+        + ".",
         "",
         f"Ceilings measured in this run: copy {ceilings['copy_TBps']:.2f} TB/s (read + write), "
         f"bf16 matmul 8192³ {ceilings['bf16_TFLOPs']:.0f} TFLOP/s.",

@@ -120,8 +120,10 @@ def anchor_ratio(r: dict, case_rows: list, same: set) -> str:
 def env_line(run) -> tuple[str, str, str]:
     env = run["env"]
     device = env.get("device", "?") + (f" ({env['sms']} SMs)" if env.get("sms") else "")
-    skip = {"date", "device", "sms"}
+    skip = {"date", "device", "sms", "switches"}
     versions = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in env.items() if k not in skip)
+    if env.get("switches"):  # kernel switches (GOK_*) set for the run
+        versions += "; switches " + " ".join(f"{k}={v}" for k, v in env["switches"].items())
     return env.get("date", "?"), device, versions
 
 

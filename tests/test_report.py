@@ -155,3 +155,11 @@ def test_mxfp4_runner_rows(tmp_path, run_files):
     runner = "| batch 16: ours `DecodeRunner` (N = 32) against the other's `generate` | 277.0 | 2,760.8 | 9.97x |"
     assert runner in text
     assert text.index("| generate, batch 1 |") < text.index(runner)
+
+
+def test_env_line_names_the_kernel_switches():
+    """A run's GOK_* switches (harness.environment()["switches"]) appear in its environment line; none: no mention."""
+    report = _report()
+    assert "switches" not in report.env_line({"env": dict(ENV, switches={})})[2]
+    line = report.env_line({"env": dict(ENV, switches={"GOK_PREFILL_GEMM": "1"})})[2]
+    assert line.endswith("switches GOK_PREFILL_GEMM=1") and "torch 9.9" in line
