@@ -41,8 +41,9 @@ constexpr int kWRowBytes = kStepK / 2;       // a weight row's bytes per stage (
 constexpr int kWStageBytes = kTileW * kWRowBytes;
 
 // BM token rows per block, S pipeline stages (prefetch distance S - 2), two CTAs (four warpgroups) per SM: one
-// warpgroup's dequantization overlaps the others' wgmma. (A double-buffered A operand, which overlaps them inside a
-// warpgroup, needs ~150 registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07.)
+// warpgroup's dequantization overlaps the others' wgmma. (Double-buffering a whole stage of A registers needs ~150
+// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07; the per-k16-step double buffer of
+// the main loop fits in 126.)
 template <int BM, int S>
 struct Shape {
   static constexpr int kBBytes = BM * 128;  // a multiple of 1024: every stage starts on a swizzle atom
