@@ -89,6 +89,14 @@ def timed(fn, reps: int) -> float:
     return statistics.median(times)
 
 
+def first_then_timed(fn, reps: int) -> tuple[float, float]:
+    """Wall seconds of the first call (where a compile or a CUDA-graph capture happens), then ``timed``'s median."""
+    start = time.perf_counter()
+    fn()
+    torch.cuda.synchronize()
+    return time.perf_counter() - start, timed(fn, reps)
+
+
 def static_generate(model, reps: int, new_tokens: int) -> dict:
     """generate() batch 1 with `cache_implementation="static"` (transformers then compiles the decode step):
     new tokens per second, and the first call's time (compilation included)."""
@@ -100,11 +108,7 @@ def static_generate(model, reps: int, new_tokens: int) -> dict:
                               min_new_tokens=new_tokens, do_sample=False, cache_implementation="static")
 
     with torch.inference_mode():
-        start = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        first = time.perf_counter() - start
-        s = timed(run, reps)
+        first, s = first_then_timed(run, reps)
     print(f"  generate batch 1, static cache: {new_tokens / s:.1f} new tok/s (first call {first:.0f} s)", flush=True)
     return dict(generate_b1_static_tok_s=round(new_tokens / s, 1), static_first_call_s=round(first, 1))
 
@@ -251,11 +255,7 @@ def runner_tok_s(kernel, model, reps: int, new_tokens: int, b: int, gen, steps: 
         return runner.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False)
 
     with torch.inference_mode():
-        start = time.perf_counter()
-        run()
-        torch.cuda.synchronize()
-        first = time.perf_counter() - start
-        s = timed(run, reps)
+        first, s = first_then_timed(run, reps)
     print(f"  DecodeRunner (N = {steps}) batch {b}: {b * new_tokens / s:.1f} new tok/s (first call {first:.1f} s)",
           flush=True)
     return {f"runner_b{b}_tok_s": round(b * new_tokens / s, 1), f"runner_b{b}_first_call_s": round(first, 1)}

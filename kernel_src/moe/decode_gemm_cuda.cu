@@ -41,6 +41,7 @@
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
+#include "moe/block_gemm_checks.h"
 #include "moe/mxfp4.cuh"
 #include "torch-ext/torch_binding.h"
 
@@ -372,20 +373,7 @@ void moe_gemm_decode(const at::Tensor& a, const std::optional<at::Tensor>& a_sca
                   sorted_pos.is_contiguous() && block_expert.is_contiguous() &&
                   sorted_pos.numel() == block_expert.numel() * kBlockM,
               "moe_gemm_decode: sorted_pos / block_expert must be int32 with 16 rows per block");
-  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.stride(1) == 1,
-              "moe_gemm_decode: out must be bf16 (rows, cols) with unit column stride");
-  if (first) {
-    TORCH_CHECK(n % 2 == 0 && out.size(0) >= sorted_pos.numel() && out.size(1) >= n / 2 && top_k >= 1,
-                "moe_gemm_decode: GEMM 1 needs an even N, out (nb * 16, >= N / 2) and top_k >= 1");
-  } else {
-    TORCH_CHECK(out.size(1) >= n && topk_w.scalar_type() == at::kFloat && topk_w.is_contiguous() &&
-                    topk_w.numel() == out.size(0) && a.size(0) >= sorted_pos.numel(),
-                "moe_gemm_decode: GEMM 2 needs a (nb * 16 rows), out (T * k, >= N) and float32 topk_w (T * k)");
-  }
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() && bias->numel() == e * n,
-                "moe_gemm_decode: bias must be contiguous bf16 (E, N)");
-  }
+  gok::check_block_gemm_io(a, bias, out, topk_w, sorted_pos, e, n, top_k, first);
   TORCH_CHECK(n < (int64_t{1} << 24) && k < (int64_t{1} << 24), "moe_gemm_decode: sizes out of range");
   const int64_t nb = block_expert.numel();
   if (nb == 0 || n == 0 || k == 0) return;

@@ -29,6 +29,7 @@
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
+#include "moe/block_gemm_checks.h"
 #include "moe/mxfp4.cuh"
 #include "torch-ext/torch_binding.h"
 
@@ -302,20 +303,7 @@ void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::
   const int64_t bm = nb > 0 ? sorted_pos.numel() / nb : 0;
   TORCH_CHECK(nb == 0 || ((bm == 64 || bm == 128) && sorted_pos.numel() == nb * bm),
               "moe_gemm_prefill_mxfp4: blocks must be 64 or 128 rows");
-  TORCH_CHECK(out.scalar_type() == at::kBFloat16 && out.dim() == 2 && out.stride(1) == 1,
-              "moe_gemm_prefill_mxfp4: out must be bf16 (rows, cols) with unit column stride");
-  if (first) {
-    TORCH_CHECK(n % 2 == 0 && out.size(0) >= sorted_pos.numel() && out.size(1) >= n / 2 && top_k >= 1,
-                "moe_gemm_prefill_mxfp4: GEMM 1 needs an even N, out (nb * BM, >= N / 2) and top_k >= 1");
-  } else {
-    TORCH_CHECK(out.size(1) >= n && topk_w.scalar_type() == at::kFloat && topk_w.is_contiguous() &&
-                    topk_w.numel() == out.size(0) && a.size(0) >= sorted_pos.numel(),
-                "moe_gemm_prefill_mxfp4: GEMM 2 needs a (nb * BM rows), out (T * k, >= N) and float32 topk_w (T * k)");
-  }
-  if (bias.has_value()) {
-    TORCH_CHECK(bias->scalar_type() == at::kBFloat16 && bias->is_contiguous() && bias->numel() == e * n,
-                "moe_gemm_prefill_mxfp4: bias must be contiguous bf16 (E, N)");
-  }
+  gok::check_block_gemm_io(a, bias, out, topk_w, sorted_pos, e, n, top_k, first);
   TORCH_CHECK(n < (int64_t{1} << 24), "moe_gemm_prefill_mxfp4: N out of range");
   TORCH_CHECK(a.size(0) * a.stride(0) * 2 < (int64_t{1} << 32), "moe_gemm_prefill_mxfp4: a larger than 4 GB");
   if (nb == 0 || n == 0 || k == 0) return;
