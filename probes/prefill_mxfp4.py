@@ -1,15 +1,16 @@
 """Probe (2026-12-07): the CUDA prefill GEMM for MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu, opt-in
 GOK_PREFILL_GEMM=1) against the path it replaces (the default: the Triton in-loop tile below DEQUANT_MIN_ROWS routed
-rows, the one-pass dequantization to bf16 from there) and our bf16 block on the dequantized weights; 20b shapes, CUDA-graph replay,
-whole block (router included) at T = 512, 1024, 4096, and each GEMM alone at T = 4096 (TFLOP/s of the real rows).
+rows, the one-pass dequantization to bf16 from there) and our bf16 block on the dequantized weights; 20b shapes, CUDA-graph
+replay, whole block (router included) at T = 512, 1024, 4096, and each GEMM alone at T = 4096 (TFLOP/s of the real
+rows), for each dequantization group size G (GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps: the launcher's probe switch).
+First, `numerics`: the worst SwiGLU element of a few random trials of the float64 test case that failed.
 
-First run (H100, 2026-12-07 01:21 UTC; scale bytes then staged in shared memory, 4 stages): block 653.9 / 701.9 /
-1,989.1 us at T = 512 / 1024 / 4096 against 1,030.7 / 1,741.5 / 2,502.8 for the old path and 640.5 / 649.0 /
-1,428.1 for the bf16 block; GEMM 1 432 TFLOP/s, GEMM 2 382 (bf16 matmul 756); outputs equal to the bf16 block's.
-The double-buffered A operand (one CTA per SM): 651.4 / 1,076.4 / 3,111.4 us (removed). Not run since: the code as
-it stands (scale bytes read per stage from global memory, bf16x2 stores in GEMM 2's epilogue, each k16 step's A
-registers dequantized under the previous step's wgmma). Predicted for it: GEMM 1 1,000-1,100 us at T = 4096 on the
-H100 (65-75% of the matmul rate), the block ~1,700-1,800 us."""
+Runs (H100): 01:21 UTC, first version (G = 4, scale bytes staged in shared memory): block 653.9 / 701.9 / 1,989.1 us
+at T = 512 / 1024 / 4096 (bf16 block 640.5 / 649.0 / 1,428.1; old path 1,030.7 / 1,741.5 / 2,502.8), GEMM 1 432
+TFLOP/s, GEMM 2 382 (matmul 756). ~03:05 UTC, per-step A double buffer (G = 1, scale bytes from global memory): 785.6 /
+854.4 / 2,466.3 us, GEMM 1 339, GEMM 2 328 (matmul 697). Not run: the trimmed loop as it stands. Predicted for it at
+T = 4096: G = 4 GEMM 1 1,050-1,250 us, block 1,750-1,950 us; G = 1 / 2 slower than G = 4 (more loop instructions).
+Answered when: a G is chosen (the switch goes, that G stays) and the numerics question has its cause."""
 import argparse
 import json
 import os
@@ -23,6 +24,7 @@ import harness  # noqa: E402
 from harness import median_us_graph  # noqa: E402
 
 H = I = 2880
+GROUPS = ("1", "2", "4")  # GOK_PREFILL_GROUP: k16 steps per dequantization group
 E, K = 32, 4
 
 
@@ -60,6 +62,56 @@ def gemm_alone(kernel, mx, x, rw, rb):
             "blocks": block_expert.numel()}
 
 
+def numerics(kernel, trials=12):
+    """test_moe_gemm_prefill_mxfp4_vs_float64[False-300-3-128-odd] failed once (act rel err 1.7e-2, 2026-12-07):
+    the worst act element of a few random trials, with the pre-activations in float64 / float32 and the scale bytes
+    of its two weight rows, edge bytes (0 / 1 / 127 / 200) on or off."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    from test_moe_mxfp4 import ALPHA, LIMIT, ODD, _packed, _route
+    ops = kernel._ops.ops
+    s = ODD
+    Hs, Is, Es, ks = s["H"], s["I"], s["E"], s["k"]
+    rows = []
+    for trial in range(trials):
+        edges = trial % 2 == 0
+        os.environ["GOK_PREFILL_GROUP"] = GROUPS[trial // 2 % len(GROUPS)]
+        p = _packed(kernel, s, "cuda", bias=False)
+        if edges:
+            for name in ("gate_up_scales", "down_scales"):
+                edge = torch.tensor([0, 1, 127, 200], dtype=torch.uint8, device="cuda")
+                sc = p[name]
+                pick = edge[torch.randint(0, 4, sc.shape, device="cuda")]
+                p[name] = torch.where(torch.rand(sc.shape, device="cuda") < 0.3, pick, sc).contiguous()
+        x = (torch.randn(300, Hs, device="cuda") * 0.25).to(torch.bfloat16)
+        w, ids = _route(300, Es, ks, "cuda", skew=3)
+        sorted_pos, block_expert = ops.moe_dispatch(ids, Es, 128)
+        act = torch.full((block_expert.numel() * 128, Is), float("nan"), dtype=torch.bfloat16, device="cuda")
+        wf = w.float().reshape(-1).contiguous()
+        ops.moe_gemm_prefill_mxfp4(x, kernel.mxfp4_kernel_words(p["gate_up_blocks"]), p["gate_up_scales"], None,
+                                   sorted_pos, block_expert, wf, ks, ALPHA, LIMIT, True, act)
+        w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32)
+        real = (sorted_pos >= 0).nonzero().flatten()
+        slot = sorted_pos[real].long()
+        e = ids.reshape(-1)[slot].long()
+        xr = x[slot // ks]
+        h64 = torch.stack([xr[i].double() @ w1[e[i]].double() for i in range(len(e))])
+        h32 = torch.stack([xr[i].float() @ w1[e[i]] for i in range(len(e))])
+        ref = kernel.reference.moe_swiglu(h64, ALPHA, LIMIT)
+        got = act[real].double()
+        err = (got - ref).abs()
+        i, j = divmod(int(err.argmax()), Is)
+        row = {"trial": trial, "group": os.environ["GOK_PREFILL_GROUP"], "edges": edges, "rel_err": float(err.max() / ref.abs().max()),
+               "block_row": int(real[i]), "expert": int(e[i]), "col": j, "got": float(got[i, j]),
+               "ref": float(ref[i, j]), "gate_up64": [float(h64[i, 2 * j]), float(h64[i, 2 * j + 1])],
+               "gate_up32": [float(h32[i, 2 * j]), float(h32[i, 2 * j + 1])],
+               "scales": [p["gate_up_scales"][e[i], 2 * j].tolist(), p["gate_up_scales"][e[i], 2 * j + 1].tolist()],
+               "bad_rows": int((err.amax(1) > 1e-2 * ref.abs().max()).sum()),
+               "bad_cols": sorted(set((err > 1e-2 * ref.abs().max()).nonzero()[:, 1].tolist()))[:16]}
+        rows.append(row)
+        print("numerics", row, flush=True)
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("probe_out"))
@@ -71,14 +123,18 @@ def main():
     rb = (torch.randn(E, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
     mx, deq = weights(kernel, g)
     mx_args = (*mx["gate_up"], *mx["down"])
-    res = {"device": torch.cuda.get_device_name(), "ceilings": harness.measure_ceilings()}
+    res = {"device": torch.cuda.get_device_name(), "numerics": numerics(kernel)}
+    res["ceilings"] = harness.measure_ceilings()
     with torch.inference_mode():
         for T in (512, 1024, 4096):
             xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2)]
             ours = [lambda x=x: kernel.moe_mxfp4(x, rw, rb, K, *mx_args)[0] for x in xs]
             os.environ["GOK_PREFILL_GEMM"] = "1"
-            row = {"ours_us": round(median_us_graph(ours, replays=20), 1)}
-            out = ours[0]()
+            row = {}
+            for grp in GROUPS:
+                os.environ["GOK_PREFILL_GROUP"] = grp
+                row[f"ours_g{grp}_us"] = round(median_us_graph(ours, replays=20), 1)
+                out = ours[0]()
             os.environ.pop("GOK_PREFILL_GEMM")
             bf16 = [lambda x=x: kernel.moe(x, rw, rb, K, deq["gate_up"], mx["gate_up"][2], deq["down"],
                                            mx["down"][2], 1.702, 7.0)[0] for x in xs]
@@ -87,7 +143,9 @@ def main():
             row["bf16_block_us"] = round(median_us_graph(bf16, replays=20), 1)
             row["old_path_us"] = round(median_us_graph(ours, replays=20), 1)
             if T == 4096:
-                row.update(gemm_alone(kernel, mx, xs[0], rw, rb))
+                for grp in GROUPS:
+                    os.environ["GOK_PREFILL_GROUP"] = grp
+                    row[f"g{grp}"] = gemm_alone(kernel, mx, xs[0], rw, rb)
             res[T] = row
             print("T", T, row, flush=True)
     (args.out / "prefill_mxfp4.json").write_text(json.dumps(res, indent=1))

@@ -16,8 +16,7 @@
 // adjacent output columns (GEMM 2). wgmma wants, per k16 step, the values at k 2c, 2c + 1 (a0 / a1) and 2c + 8,
 // 2c + 9 (a2 / a3): that is pair c (values 2c, 2c + 1) of the step's two kernel words, so a lane always takes the
 // same pair of every word (gok::e2m1_pair_kw with per-lane constants) and the activations stay in k order. The
-// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact). Each k16 step's four A registers are dequantized while
-// the previous step's wgmma runs (two register sets, one wgmma_wait<1> per step).
+// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact). G k16 steps are dequantized per group (below).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -26,6 +25,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
@@ -43,8 +43,8 @@ constexpr int kWStageBytes = kTileW * kWRowBytes;
 
 // BM token rows per block, S pipeline stages (prefetch distance S - 2), two CTAs (four warpgroups) per SM: one
 // warpgroup's dequantization overlaps the others' wgmma. (Double-buffering a whole stage of A registers needs ~150
-// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07; the per-k16-step double buffer of
-// the main loop fits in 126.)
+// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07. The loop is issue-bound, so
+// registers and instructions per stage are what to save: docs/moe.md "Prefill GEMM".)
 template <int BM, int S>
 struct Shape {
   static constexpr int kBBytes = BM * 128;  // a multiple of 1024: every stage starts on a swizzle atom
@@ -111,7 +111,7 @@ __device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uin
   f[3] = gok::scale_factor<TWO_STEP>(s1 >> 8);
 }
 
-template <int BM, bool FIRST, int S>
+template <int BM, bool FIRST, int S, int G>
 __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const PrefillParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Sh = Shape<BM, S>;
@@ -136,8 +136,11 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
 
   // This thread's cp.async work per stage: activation chunk tid % 8 of rows tid / 8 + 32 i (byte offsets from a,
   // < 2^32: checked on the host), and MX block tid % 2 of weight row tid / 2.
+  // Per-stage work is kept to few instructions (per SM the kernel issues about one instruction per tensor-core cycle of
+  // work, and at the 128-register cap ptxas recomputes whatever does not fit): running pointers, counters and stage
+  // indices instead of products and modulos, weights read from shared memory per MX block (8 registers live, not 16).
   const int c8 = tid & 7;
-  const char* a_bytes = reinterpret_cast<const char*>(p.a);
+  const char* a_next = reinterpret_cast<const char*>(p.a);  // + 128 bytes (64 k) per stage loaded
   uint32_t a_off[Sh::kChunks];
   uint32_t a_ok = 0;
 #pragma unroll
@@ -151,32 +154,41 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
   const uint32_t b_dst = gok::smem_addr(smem) + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
   const int wrow = tid >> 1, wblk = tid & 1;
   const bool w_ok = n0 + wrow < p.n;
-  const char* w_src = reinterpret_cast<const char*>(
+  const char* w_next = reinterpret_cast<const char*>(  // + 32 bytes (two MX blocks) per stage loaded
       p.w + (static_cast<int64_t>(e) * p.n + (w_ok ? n0 + wrow : 0)) * (p.k / 8) + wblk * 4);
   const uint32_t w_dst = gok::smem_addr(w_smem) + wrow * kWRowBytes + wblk * 16;
+  int k_left = p.k - c8 * 8;     // k of this thread's activation chunk still ahead of the next stage loaded
+  int w_left = kb - wblk;        // MX blocks of this thread's weight chunk still ahead
+  int st_load = 0;               // the shared-memory stage the next load_stage fills
 
-  auto load_stage = [&](int kt) {
-    const int st = kt % S;
-    const bool k_in = kt * kStepK + c8 * 8 < p.k;
+  auto load_stage = [&]() {
 #pragma unroll
-    for (int i = 0; i < Sh::kChunks; ++i) {
-      const bool ok = k_in && (a_ok >> i & 1u);
-      gok::cp_async16(b_dst + st * Sh::kBBytes + i * 32 * 128, a_bytes + a_off[i] + kt * 128, ok);
-    }
-    const bool ok = w_ok && 2 * kt + wblk < kb;
-    gok::cp_async16(w_dst + st * kWStageBytes, w_src + kt * 32, ok);
+    for (int i = 0; i < Sh::kChunks; ++i)
+      gok::cp_async16(b_dst + st_load * Sh::kBBytes + i * 32 * 128, a_next + a_off[i],
+                      k_left > 0 && (a_ok >> i & 1u));
+    gok::cp_async16(w_dst + st_load * kWStageBytes, w_next, w_ok && w_left > 0);
+    a_next += 128;
+    w_next += 32;
+    k_left -= kStepK;
+    w_left -= 2;
+    st_load = st_load == S - 1 ? 0 : st_load + 1;
   };
 
   // The lane's weight rows wr, wr + 1 (tile rows g and g + 8 of its warp).
   const int wr = 64 * (warp >> 2) + 16 * (warp & 3) + 2 * g;
-  // Its scale bytes, read from global memory one stage ahead (byte loads: K / 32 may be odd; 0 past K and N).
-  const bool ok0 = n0 + wr < p.n, ok1 = n0 + wr + 1 < p.n;
-  const uint8_t* sc = p.s + (static_cast<int64_t>(e) * p.n + (ok0 ? n0 + wr : 0)) * kb;  // row wr + 1 at + kb
-  auto load_scales = [&](int kt, uint32_t& s0, uint32_t& s1) {  // low byte: MX block 2kt, high byte: 2kt + 1
-    const uint8_t* q = sc + 2 * kt;
-    const bool in1 = 2 * kt + 1 < kb;  // (2kt < kb: kt < nk)
-    s0 = (ok0 ? uint32_t{__ldg(q)} : 0u) | (ok0 && in1 ? uint32_t{__ldg(q + 1)} << 8 : 0u);
-    s1 = (ok1 ? uint32_t{__ldg(q + kb)} : 0u) | (ok1 && in1 ? uint32_t{__ldg(q + kb + 1)} << 8 : 0u);
+  // Their scale bytes, read from global memory one stage ahead (byte loads: K / 32 may be odd). Rows past N read
+  // rows 0 and 1 instead (N is even: wr < N implies wr + 1 < N), and a half stage's missing block reads nothing: both
+  // multiply weights that were zero-filled in shared memory, and every factor is finite (0 x factor = 0 exactly).
+  const uint8_t* sc0 = p.s + (static_cast<int64_t>(e) * p.n + (n0 + wr < p.n ? n0 + wr : 0)) * kb;  // + 2 per stage
+  int s_left = kb;  // MX blocks from sc0 on (row wr + 1: sc0 + kb)
+  auto load_scales = [&](uint32_t& s0, uint32_t& s1) {  // low byte: the stage's MX block 0, high byte: block 1
+    const bool in1 = s_left > 1;
+    const uint32_t lo0 = __ldg(sc0), lo1 = __ldg(sc0 + kb);
+    const uint32_t hi0 = in1 ? uint32_t{__ldg(sc0 + 1)} : 0u, hi1 = in1 ? uint32_t{__ldg(sc0 + kb + 1)} : 0u;
+    s0 = lo0 | hi0 << 8;
+    s1 = lo1 | hi1 << 8;
+    sc0 += 2;
+    s_left -= 2;
   };
   const uint8_t* w_lane = w_smem + wr * kWRowBytes;
   const gok::KwPair kp = gok::kw_pair_consts(c);
@@ -185,29 +197,27 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
   for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
 
   uint32_t s0, s1;
-  // A registers per k16 step, two sets: step s is dequantized while the wgmma of step s - 1 runs. (The first version
-  // dequantized a whole stage into 16 registers once the previous stage's wgmma was done: commit 9fbd9c6.)
-  uint32_t a[2][4];
-  load_scales(0, s0, s1);
+  // A registers, G k16 steps per group: with G < 4 two sets (group j is dequantized while group j - 1's wgmmas run,
+  // one wgmma_wait<1> per group); with G = 4 one set of a whole stage, dequantized once the previous stage's wgmmas
+  // are done (wgmma_wait<0>).
+  constexpr int kSets = G == 4 ? 1 : 2;
+  uint32_t a[kSets][4 * G];
+  load_scales(s0, s1);
 #pragma unroll
-  for (int st = 0; st < S - 2; ++st) {
-    if (st < nk) load_stage(st);
+  for (int i = 0; i < S - 2; ++i) {
+    if (i < nk) load_stage();
     gok::cp_async_commit();
   }
+  int st = 0;  // the stage consumed
   for (int kt = 0; kt < nk; ++kt) {
     gok::cp_async_wait<S - 3>();
     gok::fence_proxy_async_smem();
     // Stage kt is in; every wgmma of stage kt - 2 is done (each thread waited for it while working on kt - 1).
     __syncthreads();
-    if (kt + S - 2 < nk) load_stage(kt + S - 2);
+    if (kt + S - 2 < nk) load_stage();
     gok::cp_async_commit();
-    const int st = kt % S;
-    const uint4* wt = reinterpret_cast<const uint4*>(w_lane + st * kWStageBytes);
-    const uint4 w0b0 = wt[0], w0b1 = wt[1], w1b0 = wt[2], w1b1 = wt[3];
-    const uint32_t r0[8] = {w0b0.x, w0b0.y, w0b0.z, w0b0.w, w0b1.x, w0b1.y, w0b1.z, w0b1.w};
-    const uint32_t r1[8] = {w1b0.x, w1b0.y, w1b0.z, w1b0.w, w1b1.x, w1b1.y, w1b1.z, w1b1.w};
     const uint32_t t0 = s0, t1 = s1;
-    if (kt + 1 < nk) load_scales(kt + 1, s0, s1);
+    if (kt + 1 < nk) load_scales(s0, s1);
     const bool big = (t0 & 0xFFu) > 128 || (t0 >> 8) > 128 || (t1 & 0xFFu) > 128 || (t1 >> 8) > 128;
     const bool two = __any_sync(0xffffffffu, big);  // uniform over the warp (branches never hold a wgmma)
     uint32_t f[4];
@@ -215,19 +225,35 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
       stage_factors<true>(f, t0, t1);
     else
       stage_factors<false>(f, t0, t1);
+    const uint8_t* w_st = w_lane + st * kWStageBytes;
     const uint64_t desc = gok::wgmma_desc_sw128(gok::smem_addr(smem + st * Sh::kBBytes));
+    uint4 w0, w1;  // the current MX block's 16 bytes of rows wr (w0) and wr + 1 (w1)
 #pragma unroll
-    for (int s = 0; s < 4; ++s) {  // k16 step s: MX block s / 2, words 2s and 2s + 1 of each row
-      uint32_t (&as)[4] = a[s & 1];
-      gok::wgmma_wait<1>();  // the wgmma two steps back (which read as) is done
-      if (two)
-        dequant_step<true>(as, r0[2 * s], r0[2 * s + 1], r1[2 * s], r1[2 * s + 1], f[s / 2], f[2 + s / 2], kp);
-      else
-        dequant_step<false>(as, r0[2 * s], r0[2 * s + 1], r1[2 * s], r1[2 * s + 1], f[s / 2], f[2 + s / 2], kp);
+    for (int grp = 0; grp < 4 / G; ++grp) {
+      uint32_t (&as)[4 * G] = a[grp % kSets];
+      gok::wgmma_wait<kSets - 1>();  // the wgmmas that last read `as` are done
+#pragma unroll
+      for (int j = 0; j < G; ++j) {  // k16 step s: MX block s / 2, words 2 (s % 2) and 2 (s % 2) + 1 of it
+        const int s = grp * G + j;
+        if (s % 2 == 0) {
+          w0 = *reinterpret_cast<const uint4*>(w_st + 16 * (s / 2));
+          w1 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes + 16 * (s / 2));
+        }
+        const uint32_t w0a = s % 2 ? w0.z : w0.x, w0b = s % 2 ? w0.w : w0.y;
+        const uint32_t w1a = s % 2 ? w1.z : w1.x, w1b = s % 2 ? w1.w : w1.y;
+        uint32_t (&aj)[4] = *reinterpret_cast<uint32_t(*)[4]>(as + 4 * j);
+        if (two)
+          dequant_step<true>(aj, w0a, w0b, w1a, w1b, f[s / 2], f[2 + s / 2], kp);
+        else
+          dequant_step<false>(aj, w0a, w0b, w1a, w1b, f[s / 2], f[2 + s / 2], kp);
+      }
       gok::wgmma_fence();
-      wgmma_rs(acc, as, desc + 2 * s);  // + 32 bytes per k16 step
+#pragma unroll
+      for (int j = 0; j < G; ++j)
+        wgmma_rs(acc, *reinterpret_cast<const uint32_t(*)[4]>(as + 4 * j), desc + 2 * (grp * G + j));  // 32 B / k16
       gok::wgmma_commit();
     }
+    st = st == S - 1 ? 0 : st + 1;
   }
   gok::wgmma_wait<0>();
 
@@ -265,17 +291,26 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
 #endif
 }
 
-template <int BM, bool FIRST, int S>
+template <int BM, bool FIRST, int S, int G>
 void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
   constexpr int smem = Shape<BM, S>::kSmemBytes;
-  gok::allow_dynamic_smem(prefill_gemm_kernel<BM, FIRST, S>, smem, device);
+  gok::allow_dynamic_smem(prefill_gemm_kernel<BM, FIRST, S, G>, smem, device);
   const dim3 grid((p.n + kTileW - 1) / kTileW, nb, 1);
-  gok::launch_pdl(prefill_gemm_kernel<BM, FIRST, S>, grid, dim3(kThreads, 1, 1), smem, stream, p);
+  gok::launch_pdl(prefill_gemm_kernel<BM, FIRST, S, G>, grid, dim3(kThreads, 1, 1), smem, stream, p);
 }
 
+// PROBE (probes/prefill_mxfp4.py, to be removed with its answer): GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps per
+// dequantization group.
 template <int BM, int S>
 void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStream_t stream) {
-  first ? launch<BM, true, S>(p, nb, device, stream) : launch<BM, false, S>(p, nb, device, stream);
+  const char* env = std::getenv("GOK_PREFILL_GROUP");
+  const int g = env != nullptr ? std::atoi(env) : 4;
+  if (g == 1)
+    first ? launch<BM, true, S, 1>(p, nb, device, stream) : launch<BM, false, S, 1>(p, nb, device, stream);
+  else if (g == 2)
+    first ? launch<BM, true, S, 2>(p, nb, device, stream) : launch<BM, false, S, 2>(p, nb, device, stream);
+  else
+    first ? launch<BM, true, S, 4>(p, nb, device, stream) : launch<BM, false, S, 4>(p, nb, device, stream);
 }
 
 }  // namespace

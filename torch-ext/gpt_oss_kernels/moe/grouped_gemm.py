@@ -860,10 +860,9 @@ def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
 
 
 # The CUDA prefill GEMM of MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu): wgmma with the weights
-# dequantized in registers, for 64- and 128-row blocks on sm_90 (Hopper). Opt-in for now, GOK_PREFILL_GEMM=1: its first
-# version was measured on an H100 (docs/moe.md "Prefill GEMM"), the code as it stands has not run on a GPU yet (its GPU
-# tests and sanitizer runs are written, not run). Otherwise the Triton kernel (and, from DEQUANT_MIN_ROWS routed rows
-# on, moe/mxfp4.py's one-pass dequantization to bf16).
+# dequantized in registers, for 64- and 128-row blocks on sm_90 (Hopper). Opt-in for now, GOK_PREFILL_GEMM=1: one of its
+# float64 tests failed on its one GPU run, and it has not been through compute-sanitizer (docs/moe.md "Prefill GEMM").
+# Otherwise the Triton kernel (and, from DEQUANT_MIN_ROWS routed rows on, moe/mxfp4.py's one-pass dequantization).
 PREFILL_BLOCK_M = (64, 128)
 
 
