@@ -43,8 +43,8 @@ constexpr int kWStageBytes = kTileW * kWRowBytes;
 
 // BM token rows per block, S pipeline stages (prefetch distance S - 2), two CTAs (four warpgroups) per SM: one
 // warpgroup's dequantization overlaps the others' wgmma. (Double-buffering a whole stage of A registers needs ~150
-// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07. The loop is issue-bound, so
-// registers and instructions per stage are what to save: docs/moe.md "Prefill GEMM".)
+// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07. The loop looks issue-bound in
+// the SASS, so registers and instructions per stage are what to save: docs/moe.md "Prefill GEMM".)
 template <int BM, int S>
 struct Shape {
   static constexpr int kBBytes = BM * 128;  // a multiple of 1024: every stage starts on a swizzle atom
