@@ -2,14 +2,17 @@
 GOK_PREFILL_GEMM=1) against the path it replaces (the default: the Triton in-loop tile below DEQUANT_MIN_ROWS routed
 rows, the one-pass dequantization to bf16 from there) and our bf16 block on the dequantized weights; 20b shapes, CUDA-graph
 replay, whole block (router included) at T = 512, 1024, 4096, and each GEMM alone at T = 4096 (TFLOP/s of the real
-rows), for each dequantization group size G (GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps: the launcher's probe switch).
+rows), for each dequantization group size G (GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps: the launcher's probe switch), single
+128-row blocks or pairs of them (GOK_PREFILL_PAIR = 0 / 1: one CTA per SM, two wgmmas per A fragment). --ncu: only the
+two GEMMs at T = 4096, twice (for Nsight Compute).
 First, `numerics`: the worst SwiGLU element of a few random trials of the float64 test case that failed.
 
 Runs (H100): 01:21 UTC, first version (G = 4, scale bytes staged in shared memory): block 653.9 / 701.9 / 1,989.1 us
 at T = 512 / 1024 / 4096 (bf16 block 640.5 / 649.0 / 1,428.1; old path 1,030.7 / 1,741.5 / 2,502.8), GEMM 1 432
 TFLOP/s, GEMM 2 382 (matmul 756). ~03:05 UTC, per-step A double buffer (G = 1, scale bytes from global memory): 785.6 /
 854.4 / 2,466.3 us, GEMM 1 339, GEMM 2 328 (matmul 697). Not run: the trimmed loop as it stands. Predicted for it at
-T = 4096: G = 4 GEMM 1 1,050-1,250 us, block 1,750-1,950 us; G = 1 / 2 slower than G = 4 (more loop instructions).
+T = 4096: G = 4 GEMM 1 1,050-1,250 us, block 1,750-1,950 us; G = 1 / 2 slower than G = 4 (more loop instructions);
+pairs with G = 2: GEMM 1 650-850 us, block 1,250-1,550 us.
 Answered when: a G is chosen (the switch goes, that G stays) and the numerics question has its cause."""
 import argparse
 import json
@@ -25,6 +28,7 @@ from harness import median_us_graph  # noqa: E402
 
 H = I = 2880
 GROUPS = ("1", "2", "4")  # GOK_PREFILL_GROUP: k16 steps per dequantization group
+CONFIGS = [(grp, pair) for pair in ("0", "1") for grp in GROUPS]  # GOK_PREFILL_PAIR = 1: 128-row blocks in pairs
 E, K = 32, 4
 
 
@@ -77,6 +81,7 @@ def numerics(kernel, trials=12):
     for trial in range(trials):
         edges = trial % 2 == 0
         os.environ["GOK_PREFILL_GROUP"] = GROUPS[trial // 2 % len(GROUPS)]
+        os.environ["GOK_PREFILL_PAIR"] = str(trial // 6 % 2)
         p = _packed(kernel, s, "cuda", bias=False)
         if edges:
             for name in ("gate_up_scales", "down_scales"):
@@ -108,7 +113,8 @@ def numerics(kernel, trials=12):
         got = act[real].double()
         err = (got - ref).abs()
         i, j = divmod(int(err.argmax()), Is)
-        row = {"trial": trial, "group": os.environ["GOK_PREFILL_GROUP"], "edges": edges, "repeat_equal": repeat_equal,
+        row = {"trial": trial, "group": os.environ["GOK_PREFILL_GROUP"], "pair": os.environ["GOK_PREFILL_PAIR"],
+               "blocks": int(block_expert.numel()), "edges": edges, "repeat_equal": repeat_equal,
                "rel_err": float(err.max() / ref.abs().max()),
                "block_row": int(real[i]), "expert": int(e[i]), "col": j, "got": float(got[i, j]),
                "ref": float(ref[i, j]), "gate_up64": [float(h64[i, 2 * j]), float(h64[i, 2 * j + 1])],
@@ -126,6 +132,7 @@ def numerics(kernel, trials=12):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("probe_out"))
+    ap.add_argument("--ncu", action="store_true", help="only GEMM 1 and 2 at T = 4096, twice each (run under ncu)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = harness.load_kernel()
@@ -134,6 +141,12 @@ def main():
     rb = (torch.randn(E, device="cuda", generator=g) * 0.02).to(torch.bfloat16)
     mx, deq = weights(kernel, g)
     mx_args = (*mx["gate_up"], *mx["down"])
+    if args.ncu:  # ncu -k regex:prefill_gemm --launch-skip 2: the second GEMM 1 and GEMM 2
+        x = torch.randn(4096, H, device="cuda", generator=g).to(torch.bfloat16)
+        for _ in range(2):
+            kernel.moe_mxfp4(x, rw, rb, K, *mx_args)
+        torch.cuda.synchronize()
+        return
     res = {"device": torch.cuda.get_device_name(), "numerics": numerics(kernel)}
     res["ceilings"] = harness.measure_ceilings()
     with torch.inference_mode():
@@ -142,10 +155,13 @@ def main():
             ours = [lambda x=x: kernel.moe_mxfp4(x, rw, rb, K, *mx_args)[0] for x in xs]
             os.environ["GOK_PREFILL_GEMM"] = "1"
             row = {}
-            for grp in GROUPS:
-                os.environ["GOK_PREFILL_GROUP"] = grp
-                row[f"ours_g{grp}_us"] = round(median_us_graph(ours, replays=20), 1)
+            for grp, pair in CONFIGS:
+                os.environ["GOK_PREFILL_GROUP"], os.environ["GOK_PREFILL_PAIR"] = grp, pair
+                row[f"ours_g{grp}_p{pair}_us"] = round(median_us_graph(ours, replays=20), 1)
                 out = ours[0]()
+                if pair == "1":
+                    os.environ["GOK_PREFILL_PAIR"] = "0"
+                    row[f"pair_equal_g{grp}"] = bool(torch.equal(out, ours[0]()))
             os.environ.pop("GOK_PREFILL_GEMM")
             bf16 = [lambda x=x: kernel.moe(x, rw, rb, K, deq["gate_up"], mx["gate_up"][2], deq["down"],
                                            mx["down"][2], 1.702, 7.0)[0] for x in xs]
@@ -154,9 +170,9 @@ def main():
             row["bf16_block_us"] = round(median_us_graph(bf16, replays=20), 1)
             row["old_path_us"] = round(median_us_graph(ours, replays=20), 1)
             if T == 4096:
-                for grp in GROUPS:
-                    os.environ["GOK_PREFILL_GROUP"] = grp
-                    row[f"g{grp}"] = gemm_alone(kernel, mx, xs[0], rw, rb)
+                for grp, pair in CONFIGS:
+                    os.environ["GOK_PREFILL_GROUP"], os.environ["GOK_PREFILL_PAIR"] = grp, pair
+                    row[f"g{grp}_p{pair}"] = gemm_alone(kernel, mx, xs[0], rw, rb)
             res[T] = row
             print("T", T, row, flush=True)
     (args.out / "prefill_mxfp4.json").write_text(json.dumps(res, indent=1))

@@ -458,11 +458,15 @@ def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew, words):
 @pytest.mark.parametrize("block_m", [64, 128])
 @pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
+@pytest.mark.parametrize("pair", ["0", "1"])
+def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias, pair, monkeypatch):
     """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
     on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
     slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
     dequantization above 128)."""
+    if pair == "1" and block_m != 128:
+        pytest.skip("pairs of blocks: 128-row blocks only")
+    monkeypatch.setenv("GOK_PREFILL_PAIR", pair)  # PROBE switch of the launcher (128-row blocks in pairs)
     s = BIG if shape == "big" else ODD
     H, I, E, k = s["H"], s["I"], s["E"], s["k"]
     ops = kernel._ops.ops
