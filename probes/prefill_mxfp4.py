@@ -1,19 +1,18 @@
-"""Probe (2026-12-07): the CUDA prefill GEMM for MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu, opt-in
-GOK_PREFILL_GEMM=1) against the path it replaces (the default: the Triton in-loop tile below DEQUANT_MIN_ROWS routed
-rows, the one-pass dequantization to bf16 from there) and our bf16 block on the dequantized weights; 20b shapes, CUDA-graph
+"""Probe (2026-12-07): the CUDA prefill GEMM for MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu, the default on
+Hopper) against the path it replaced (GOK_PREFILL_GEMM=0: the Triton in-loop tile below DEQUANT_MIN_ROWS routed rows,
+the one-pass dequantization to bf16 from there) and our bf16 block on the dequantized weights; 20b shapes, CUDA-graph
 replay, whole block (router included) at T = 512, 1024, 4096, and each GEMM alone at T = 4096 (TFLOP/s of the real
-rows), for each dequantization group size G (GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps: the launcher's probe switch), single
-128-row blocks or pairs of them (GOK_PREFILL_PAIR = 0 / 1: one CTA per SM, two wgmmas per A fragment). --ncu: only the
-two GEMMs at T = 4096, twice (for Nsight Compute).
-First, `numerics`: the worst SwiGLU element of a few random trials of the float64 test case that failed.
+rows). --ncu: only the two GEMMs at T = 4096, twice (for Nsight Compute).
 
-Runs (H100): 01:21 UTC, first version (G = 4, scale bytes staged in shared memory): block 653.9 / 701.9 / 1,989.1 us
-at T = 512 / 1024 / 4096 (bf16 block 640.5 / 649.0 / 1,428.1; old path 1,030.7 / 1,741.5 / 2,502.8), GEMM 1 432
-TFLOP/s, GEMM 2 382 (matmul 756). ~03:05 UTC, per-step A double buffer (G = 1, scale bytes from global memory): 785.6 /
-854.4 / 2,466.3 us, GEMM 1 339, GEMM 2 328 (matmul 697). Not run: the trimmed loop as it stands. Predicted for it at
-T = 4096: G = 4 GEMM 1 1,050-1,250 us, block 1,750-1,950 us; G = 1 / 2 slower than G = 4 (more loop instructions);
-pairs with G = 2: GEMM 1 650-850 us, block 1,250-1,550 us.
-Answered when: a G is chosen (the switch goes, that G stays) and the numerics question has its cause."""
+Runs (H100), block at T = 512 / 1024 / 4096: 01:21 UTC, first version (whole-stage A, scale bytes staged in shared
+memory) 653.9 / 701.9 / 1,989.1 us; ~03:05 UTC, per-step A double buffer 785.6 / 854.4 / 2,466.3; ~06:40 UTC, the
+trimmed loop (scale bytes from global memory one stage ahead): whole-stage A 724.6 / 742.8 / 2,134.7 (GEMM 1 417
+TFLOP/s, GEMM 2 354), one- / two-step groups double-buffered 746.9-762.5 / 832.5-841.5 / 2,358.3-2,368.6, blocks in
+pairs (one CTA per SM) 725.2-759.1 / 1,013.6-1,035.2 / 2,520.0-2,611.3, all bit-equal to the bf16 block; bf16 block
+641.3 / 649.7 / 1,434.1, old path 1,031.5 / 1,741.8 / 2,507.6. ncu (whole-stage A, T = 4096): each scheduler issues
+in 49% (GEMM 1) / 42% (GEMM 2) of the cycles with ~4 warps resident; GEMM 2's largest stall (37%) waited on global
+loads: its epilogue's top-k weight loads (now staged in shared memory with the slots).
+Open: whether that staging brings GEMM 2 back under the first version's 712 us."""
 import argparse
 import json
 import os
@@ -27,8 +26,6 @@ import harness  # noqa: E402
 from harness import median_us_graph  # noqa: E402
 
 H = I = 2880
-GROUPS = ("1", "2", "4")  # GOK_PREFILL_GROUP: k16 steps per dequantization group
-CONFIGS = [(grp, pair) for pair in ("0", "1") for grp in GROUPS]  # GOK_PREFILL_PAIR = 1: 128-row blocks in pairs
 E, K = 32, 4
 
 
@@ -66,69 +63,6 @@ def gemm_alone(kernel, mx, x, rw, rb):
             "blocks": block_expert.numel()}
 
 
-def numerics(kernel, trials=12):
-    """test_moe_gemm_prefill_mxfp4_vs_float64[False-300-3-128-odd] failed once (act rel err 1.7e-2, 2026-12-07):
-    the worst act element of a few random trials, with the pre-activations in float64 / float32, the scale bytes and
-    per-MX-block sums of its two weight rows, and whether three runs agree bit for bit (a race would not), edge bytes
-    (0 / 1 / 127 / 200) on or off. On the CPU, float32 accumulated per k16 step (as wgmma) gets at most 2.2e-3 on such
-    data (40 draws) and no element has a cancelling 2^73-scaled block, so accumulation does not explain 1.7e-2."""
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-    from test_moe_mxfp4 import ALPHA, LIMIT, ODD, _packed, _route
-    ops = kernel._ops.ops
-    s = ODD
-    Hs, Is, Es, ks = s["H"], s["I"], s["E"], s["k"]
-    rows = []
-    for trial in range(trials):
-        edges = trial % 2 == 0
-        os.environ["GOK_PREFILL_GROUP"] = GROUPS[trial // 2 % len(GROUPS)]
-        os.environ["GOK_PREFILL_PAIR"] = str(trial // 6 % 2)
-        p = _packed(kernel, s, "cuda", bias=False)
-        if edges:
-            for name in ("gate_up_scales", "down_scales"):
-                edge = torch.tensor([0, 1, 127, 200], dtype=torch.uint8, device="cuda")
-                sc = p[name]
-                pick = edge[torch.randint(0, 4, sc.shape, device="cuda")]
-                p[name] = torch.where(torch.rand(sc.shape, device="cuda") < 0.3, pick, sc).contiguous()
-        x = (torch.randn(300, Hs, device="cuda") * 0.25).to(torch.bfloat16)
-        w, ids = _route(300, Es, ks, "cuda", skew=3)
-        sorted_pos, block_expert = ops.moe_dispatch(ids, Es, 128)
-        act = torch.full((block_expert.numel() * 128, Is), float("nan"), dtype=torch.bfloat16, device="cuda")
-        wf = w.float().reshape(-1).contiguous()
-        words = kernel.mxfp4_kernel_words(p["gate_up_blocks"])
-        runs = []
-        for _ in range(3):  # a race shows as runs that differ
-            act = torch.full_like(act, float("nan"))
-            ops.moe_gemm_prefill_mxfp4(x, words, p["gate_up_scales"], None, sorted_pos, block_expert, wf, ks, ALPHA,
-                                       LIMIT, True, act)
-            runs.append(act.clone())
-        repeat_equal = all(torch.equal(r.view(torch.int16), runs[0].view(torch.int16)) for r in runs[1:])
-        w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32)
-        real = (sorted_pos >= 0).nonzero().flatten()
-        slot = sorted_pos[real].long()
-        e = ids.reshape(-1)[slot].long()
-        xr = x[slot // ks]
-        h64 = torch.stack([xr[i].double() @ w1[e[i]].double() for i in range(len(e))])
-        h32 = torch.stack([xr[i].float() @ w1[e[i]] for i in range(len(e))])
-        ref = kernel.reference.moe_swiglu(h64, ALPHA, LIMIT)
-        got = act[real].double()
-        err = (got - ref).abs()
-        i, j = divmod(int(err.argmax()), Is)
-        row = {"trial": trial, "group": os.environ["GOK_PREFILL_GROUP"], "pair": os.environ["GOK_PREFILL_PAIR"],
-               "blocks": int(block_expert.numel()), "edges": edges, "repeat_equal": repeat_equal,
-               "rel_err": float(err.max() / ref.abs().max()),
-               "block_row": int(real[i]), "expert": int(e[i]), "col": j, "got": float(got[i, j]),
-               "ref": float(ref[i, j]), "gate_up64": [float(h64[i, 2 * j]), float(h64[i, 2 * j + 1])],
-               "gate_up32": [float(h32[i, 2 * j]), float(h32[i, 2 * j + 1])],
-               "scales": [p["gate_up_scales"][e[i], 2 * j].tolist(), p["gate_up_scales"][e[i], 2 * j + 1].tolist()],
-               "block_sums": [[float(xr[i, b:b + 32].double() @ w1[e[i], b:b + 32, 2 * j + u].double())
-                               for b in range(0, Hs, 32)] for u in (0, 1)],
-               "bad_rows": int((err.amax(1) > 1e-2 * ref.abs().max()).sum()),
-               "bad_cols": sorted(set((err > 1e-2 * ref.abs().max()).nonzero()[:, 1].tolist()))[:16]}
-        rows.append(row)
-        print("numerics", row, flush=True)
-    return rows
-
-
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("probe_out"))
@@ -147,32 +81,24 @@ def main():
             kernel.moe_mxfp4(x, rw, rb, K, *mx_args)
         torch.cuda.synchronize()
         return
-    res = {"device": torch.cuda.get_device_name(), "numerics": numerics(kernel)}
+    res = {"device": torch.cuda.get_device_name()}
     res["ceilings"] = harness.measure_ceilings()
     with torch.inference_mode():
         for T in (512, 1024, 4096):
             xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(2)]
             ours = [lambda x=x: kernel.moe_mxfp4(x, rw, rb, K, *mx_args)[0] for x in xs]
-            os.environ["GOK_PREFILL_GEMM"] = "1"
-            row = {}
-            for grp, pair in CONFIGS:
-                os.environ["GOK_PREFILL_GROUP"], os.environ["GOK_PREFILL_PAIR"] = grp, pair
-                row[f"ours_g{grp}_p{pair}_us"] = round(median_us_graph(ours, replays=20), 1)
-                out = ours[0]()
-                if pair == "1":
-                    os.environ["GOK_PREFILL_PAIR"] = "0"
-                    row[f"pair_equal_g{grp}"] = bool(torch.equal(out, ours[0]()))
-            os.environ.pop("GOK_PREFILL_GEMM")
+            row = {"ours_us": round(median_us_graph(ours, replays=20), 1)}
+            out = ours[0]()
             bf16 = [lambda x=x: kernel.moe(x, rw, rb, K, deq["gate_up"], mx["gate_up"][2], deq["down"],
                                            mx["down"][2], 1.702, 7.0)[0] for x in xs]
             ref = bf16[0]().float()
             row["rel_err_vs_bf16"] = f"{((out.float() - ref).abs().max() / ref.abs().max()).item():.1e}"
             row["bf16_block_us"] = round(median_us_graph(bf16, replays=20), 1)
+            os.environ["GOK_PREFILL_GEMM"] = "0"
             row["old_path_us"] = round(median_us_graph(ours, replays=20), 1)
+            os.environ.pop("GOK_PREFILL_GEMM")
             if T == 4096:
-                for grp, pair in CONFIGS:
-                    os.environ["GOK_PREFILL_GROUP"], os.environ["GOK_PREFILL_PAIR"] = grp, pair
-                    row[f"g{grp}_p{pair}"] = gemm_alone(kernel, mx, xs[0], rw, rb)
+                row["gemms"] = gemm_alone(kernel, mx, xs[0], rw, rb)
             res[T] = row
             print("T", T, row, flush=True)
     (args.out / "prefill_mxfp4.json").write_text(json.dumps(res, indent=1))

@@ -90,8 +90,8 @@ def test_moe_experts_mxfp4_vs_float64(kernel, device, T, dtype, words):
 @pytest.mark.gpu
 def test_moe_experts_mxfp4_prefill_dequantizes_once(kernel):
     """From DEQUANT_MIN_ROWS routed rows on, the checkpoint's bytes are dequantized in one pass (bit for bit
-    dequantize_mxfp4, edge scale bytes included) and the bf16 GEMMs run (kernel words with GOK_PREFILL_GEMM=1: the
-    CUDA prefill GEMM instead): the same results as the reference."""
+    dequantize_mxfp4, edge scale bytes included) and the bf16 GEMMs run (kernel words on Hopper: the CUDA prefill
+    GEMM instead): the same results as the reference."""
     import importlib
 
     mx = importlib.import_module(kernel.__name__ + ".moe.mxfp4")
@@ -173,7 +173,7 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words, T, mon
     the nibbles are 0 or +-0.5 and the activations tiny (2^-100), so no finite sum overflows float32 (where the
     float32 kernels and the float64 reference would part); on two rows of expert 0, a few +-1 nibbles under 0xFF
     (+-inf weights) make NaN / +-inf, which must land exactly where the reference has them."""
-    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")  # the opt-in CUDA prefill GEMM where it applies (T = 600, CUDA)
+    monkeypatch.delenv("GOK_PREFILL_GEMM", raising=False)  # the CUDA prefill GEMM where it applies (T = 600, CUDA)
     s = ODD
     p = _packed(kernel, s, device, bias=False)
     for name, edges in (("gate_up", [0, 1, 127, 254, 255]), ("down", [0, 1, 127])):
@@ -205,7 +205,7 @@ def test_moe_experts_mxfp4_edge_scale_bytes(kernel, device, dtype, words, T, mon
 @pytest.mark.parametrize("T", [50, 600])  # 600: 128-row blocks (the CUDA prefill GEMM with kernel words)
 @FORMS
 def test_moe_experts_mxfp4_nan_and_inf_activations(kernel, device, words, T, monkeypatch):
-    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")  # the opt-in CUDA prefill GEMM where it applies (T = 600, CUDA)
+    monkeypatch.delenv("GOK_PREFILL_GEMM", raising=False)  # the CUDA prefill GEMM where it applies (T = 600, CUDA)
     s = ODD
     p = _packed(kernel, s, device)
     x = (torch.randn(T, s["H"]) * 30).to(torch.bfloat16).to(device)  # far past the SwiGLU limit: clamps
@@ -363,7 +363,7 @@ def _prefill_case(monkeypatch, prefill, T, words):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("prefill", ["0", "1"], ids=["default", "prefill_gemm"])
+@pytest.mark.parametrize("prefill", ["0", "1"], ids=["no_prefill_gemm", "prefill_gemm"])
 @pytest.mark.parametrize("T", [1, 4, 256, 2048])
 @FORMS
 def test_moe_mxfp4_no_host_sync(kernel, T, words, prefill, monkeypatch):
@@ -379,7 +379,7 @@ def test_moe_mxfp4_no_host_sync(kernel, T, words, prefill, monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("prefill", ["0", "1"], ids=["default", "prefill_gemm"])
+@pytest.mark.parametrize("prefill", ["0", "1"], ids=["no_prefill_gemm", "prefill_gemm"])
 @pytest.mark.parametrize("T", [1, 64, 1024])
 @FORMS
 def test_moe_mxfp4_cuda_graph_capture_replay(kernel, T, words, prefill, monkeypatch):
@@ -453,20 +453,28 @@ def test_moe_gemm_decode_mxfp4_vs_float64(kernel, shape, T, skew, words):
     assert rel_err(y[slot], y_ref) <= 1e-2
 
 
+def _well_posed(h, h_abs, k):
+    """Pre-activations whose float32 sums can be held to the float64 reference: the typical error of a float32 sum of
+    k terms (sqrt(k) 2^-24 sum |x w|) is small, or the value lies so far past the SwiGLU's clamps that it cannot matter.
+    Under 2^73-scaled blocks (scale byte 200) a block's terms can cancel exactly, and the float32 sum (any order:
+    wgmma, cuBLAS) then has lost the other blocks' 0.1-1 under the 2^73 partial sums (seen on the H100,
+    2026-12-07: up 0.0 in float32 and in the kernel, 0.20 in float64)."""
+    err = k**0.5 * 2.0**-24 * h_abs
+    return (err <= 1e-3) | (h.abs() >= 8 * err + 40.0)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("shape", ["big", "odd"])
 @pytest.mark.parametrize("block_m", [64, 128])
 @pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("pair", ["0", "1"])
-def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias, pair, monkeypatch):
+def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
     """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
     on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
     slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
-    dequantization above 128)."""
-    if pair == "1" and block_m != 128:
-        pytest.skip("pairs of blocks: 128-row blocks only")
-    monkeypatch.setenv("GOK_PREFILL_PAIR", pair)  # PROBE switch of the launcher (128-row blocks in pairs)
+    dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
+    (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32
+    accumulation bound."""
     s = BIG if shape == "big" else ODD
     H, I, E, k = s["H"], s["I"], s["E"], s["k"]
     ops = kernel._ops.ops
@@ -493,19 +501,29 @@ def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias
     e = ids.reshape(-1)[slot].long()
     b1 = p["gate_up_bias"].double()[e] if bias else 0.0
     b2 = p["down_bias"].double()[e] if bias else 0.0
-    act_ref = kernel.reference.moe_swiglu(_rows_times_experts(x[slot // k], w1, e) + b1, ALPHA, LIMIT)
-    assert rel_err(act[real], act_ref) <= 1e-2
+    xr = x[slot // k]
+    h = _rows_times_experts(xr, w1, e) + b1
+    ok = _well_posed(h, _rows_times_experts(xr.abs(), w1.abs(), e), H)
+    ok = ok[:, 0::2] & ok[:, 1::2]  # gate and up of each SwiGLU output
+    assert ok.double().mean() >= 0.9
+    act_ref = kernel.reference.moe_swiglu(h, ALPHA, LIMIT)
+    assert rel_err(act[real][ok], act_ref[ok]) <= 1e-2
+    assert not act[real].isnan().any()
     assert act[(sorted_pos < 0).nonzero().flatten()].isnan().all()  # padding rows untouched
-    y_ref = (_rows_times_experts(act[real], w2, e) + b2) * wf[slot, None]
+    ar = act[real]
+    y_ref = (_rows_times_experts(ar, w2, e) + b2) * wf[slot, None]
+    y_abs = (_rows_times_experts(ar.abs(), w2.abs(), e) + abs(b2)) * wf[slot, None].abs()
     assert not y.isnan().any()
     assert rel_err(y[slot], y_ref) <= 1e-2
+    bound = 2.0**-8 * y_ref.abs() + I * 2.0**-23 * y_abs  # bf16 rounding + the worst-case float32 sum
+    assert ((y[slot].double() - y_ref).abs() <= bound).all()
 
 
 @pytest.mark.gpu
 def test_moe_gemm_prefill_mxfp4_is_used_and_matches_the_dequantizing_path(kernel, monkeypatch):
-    """At T = 1024 (128-row blocks) with GOK_PREFILL_GEMM=1 the block with kernel words runs the CUDA prefill GEMM,
-    not the one-pass dequantization; without it (the default for now) the older path runs: the same results up to
-    the order of fp32 sums."""
+    """At T = 1024 (128-row blocks) the block with kernel words runs the CUDA prefill GEMM (the default on Hopper),
+    not the one-pass dequantization; with GOK_PREFILL_GEMM=0 the older path runs: the same results up to the order
+    of fp32 sums."""
     import importlib
 
     gg = importlib.import_module(kernel.__name__ + ".moe.grouped_gemm")
@@ -513,10 +531,10 @@ def test_moe_gemm_prefill_mxfp4_is_used_and_matches_the_dequantizing_path(kernel
     prefill_ok = gg._prefill_ok
     monkeypatch.setattr(gg, "_prefill_ok", lambda *a: taken.append(prefill_ok(*a)) or taken[-1])
     x, args = _big(kernel, 1024, words=True)
-    monkeypatch.setenv("GOK_PREFILL_GEMM", "1")
+    monkeypatch.delenv("GOK_PREFILL_GEMM", raising=False)
     out, _, _ = kernel.moe_mxfp4(x, *args)
     assert taken == [True, True]  # GEMM 1 and GEMM 2
-    monkeypatch.delenv("GOK_PREFILL_GEMM")
+    monkeypatch.setenv("GOK_PREFILL_GEMM", "0")
     taken.clear()
     old, _, _ = kernel.moe_mxfp4(x, *args)
     assert not any(taken)

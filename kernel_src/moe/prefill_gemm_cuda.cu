@@ -5,7 +5,7 @@
 // of the block at T = 4096 on the H100, 2026-12-06). Called by gpt_oss_kernels/moe/grouped_gemm.py.
 //
 // Layout. A CTA (two warpgroups) owns 128 weight rows n0 .. n0 + 127 of one row block's expert and all its BM token
-// rows (NB = 2: of up to two consecutive blocks of that expert, one wgmma per block on each A fragment): out^T (128 x BM) = W (128 x K) x a^T (K x BM), warpgroup j rows 64j .. 64j + 63 (m64nBMk16). Per pipeline
+// rows: out^T (128 x BM) = W (128 x K) x a^T (K x BM), warpgroup j rows 64j .. 64j + 63 (m64nBMk16). Per pipeline
 // stage (64 k): the BM activation rows (128 bytes each, 128-byte swizzled: wgmma's K-major B) and the 128 weight
 // rows' 32 bytes (two MX blocks) go to shared memory by cp.async (zero-filled outside K, past N and for padding
 // rows); each thread reads its two rows' scale bytes from global memory one stage ahead. Prefetch distance: stages
@@ -16,7 +16,7 @@
 // adjacent output columns (GEMM 2). wgmma wants, per k16 step, the values at k 2c, 2c + 1 (a0 / a1) and 2c + 8,
 // 2c + 9 (a2 / a3): that is pair c (values 2c, 2c + 1) of the step's two kernel words, so a lane always takes the
 // same pair of every word (gok::e2m1_pair_kw with per-lane constants) and the activations stay in k order. The
-// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact). G k16 steps are dequantized per group (below).
+// dequantization is the decode GEMM's (moe/mxfp4.cuh: exact), a whole stage (four k16 steps) at a time (below).
 #include <ATen/ATen.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -25,7 +25,6 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
-#include <cstdlib>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
@@ -43,14 +42,14 @@ constexpr int kWStageBytes = kTileW * kWRowBytes;
 
 // BM token rows per block, S pipeline stages (prefetch distance S - 2), two CTAs (four warpgroups) per SM: one
 // warpgroup's dequantization overlaps the others' wgmma. (Double-buffering a whole stage of A registers needs ~150
-// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07. The loop looks issue-bound in
-// the SASS, so registers and instructions per stage are what to save: docs/moe.md "Prefill GEMM".)
-template <int BM, int S, int NB>
+// registers, i.e. one CTA per SM: 1.6x slower at T = 4096 on the H100, 2026-12-07. Not issue-bound: ncu shows each
+// scheduler issuing in about half the cycles, with 4 warps resident: latency is what to hide, docs/moe.md.)
+template <int BM, int S>
 struct Shape {
-  static constexpr int kBBytes = NB * BM * 128;  // NB blocks' rows; each block a multiple of 1024 bytes
-  static constexpr int kChunks = NB * BM * 8 / kThreads;  // 16-byte activation chunks per thread and stage
-  static constexpr int kSmemBytes = S * (kBBytes + kWStageBytes) + NB * BM * 4;
-  static_assert((3 - NB) * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs per SM (one block), one (two blocks)");
+  static constexpr int kBBytes = BM * 128;  // a multiple of 1024: every stage starts on a swizzle atom
+  static constexpr int kChunks = BM * 8 / kThreads;  // 16-byte activation chunks per thread and stage
+  static constexpr int kSmemBytes = S * (kBBytes + kWStageBytes) + BM * 8;  // + the block's slots and top-k weights
+  static_assert(2 * (kSmemBytes + 1024) <= 228 * 1024, "two CTAs per SM");
 };
 
 struct PrefillParams {
@@ -111,15 +110,20 @@ __device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uin
   f[3] = gok::scale_factor<TWO_STEP>(s1 >> 8);
 }
 
-// The GEMM of NBLK consecutive row blocks of expert e from block blk (NBLK = 2: each dequantized A fragment feeds
-// two wgmmas, one per block, so the dequantization per tensor-core FLOP halves).
-template <int BM, bool FIRST, int S, int G, int NB, int NBLK>
-__device__ __forceinline__ void gemm_blocks(const PrefillParams& p, uint8_t* smem, int blk, int e) {
-  using Sh = Shape<BM, S, NB>;
-  constexpr int kRows = NBLK * BM;                      // the rows loaded per stage (<= NB * BM: the buffers' size)
-  constexpr int kChunks = kRows * 8 / kThreads;
+template <int BM, bool FIRST, int S>
+__global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const PrefillParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Sh = Shape<BM, S>;
+  // The dynamic shared memory starts on a 1024-byte boundary (as in attn_window_cuda.cu): every B stage does.
+  extern __shared__ __align__(1024) uint8_t smem[];
   uint8_t* w_smem = smem + S * Sh::kBBytes;                                // S stages of 128 x 32 bytes
-  int32_t* pos_s = reinterpret_cast<int32_t*>(w_smem + S * kWStageBytes);  // the blocks' slots
+  int32_t* pos_s = reinterpret_cast<int32_t*>(w_smem + S * kWStageBytes);  // the block's slots
+  float* wt_s = reinterpret_cast<float*>(pos_s + BM);                      // GEMM 2: their top-k weights
+
+  gok::pdl_wait_and_release();
+  const int blk = blockIdx.y;
+  const int e = p.block_expert[blk];
+  if (e < 0 || e >= p.num_experts) return;  // uniform over the CTA
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int g = lane >> 2, c = lane & 3;
   const int n0 = blockIdx.x * kTileW;
@@ -127,20 +131,26 @@ __device__ __forceinline__ void gemm_blocks(const PrefillParams& p, uint8_t* sme
   const int kb = p.k / 32;
   const int nk = (p.k + kStepK - 1) / kStepK;
 
-  for (int i = tid; i < kRows; i += kThreads) pos_s[i] = p.sorted_pos[row0 + i];
+  // GEMM 2's epilogue reads each slot's top-k weight: loaded here, where the latency hides behind the prologue (in the
+  // epilogue each load waited for the stores before it: 37% of GEMM 2's stall cycles, ncu, H100, 2026-12-07).
+  for (int i = tid; i < BM; i += kThreads) {
+    const int pos = p.sorted_pos[row0 + i];
+    pos_s[i] = pos;
+    if constexpr (!FIRST) wt_s[i] = pos >= 0 ? p.topk_w[pos] : 0.f;
+  }
   __syncthreads();
 
   // This thread's cp.async work per stage: activation chunk tid % 8 of rows tid / 8 + 32 i (byte offsets from a,
   // < 2^32: checked on the host), and MX block tid % 2 of weight row tid / 2.
   // Per-stage work is kept to few instructions (per SM the kernel issues about one instruction per tensor-core cycle of
-  // work, and at the register cap ptxas recomputes whatever does not fit): running pointers, counters and stage
+  // work, and at the 128-register cap ptxas recomputes whatever does not fit): running pointers, counters and stage
   // indices instead of products and modulos, weights read from shared memory per MX block (8 registers live, not 16).
   const int c8 = tid & 7;
   const char* a_next = reinterpret_cast<const char*>(p.a);  // + 128 bytes (64 k) per stage loaded
-  uint32_t a_off[kChunks];
+  uint32_t a_off[Sh::kChunks];
   uint32_t a_ok = 0;
 #pragma unroll
-  for (int i = 0; i < kChunks; ++i) {
+  for (int i = 0; i < Sh::kChunks; ++i) {
     const int r = (tid >> 3) + 32 * i;
     const int pos = pos_s[r];
     const int64_t arow = FIRST ? pos / p.top_k : row0 + r;
@@ -159,7 +169,7 @@ __device__ __forceinline__ void gemm_blocks(const PrefillParams& p, uint8_t* sme
 
   auto load_stage = [&]() {
 #pragma unroll
-    for (int i = 0; i < kChunks; ++i)
+    for (int i = 0; i < Sh::kChunks; ++i)
       gok::cp_async16(b_dst + st_load * Sh::kBBytes + i * 32 * 128, a_next + a_off[i],
                       k_left > 0 && (a_ok >> i & 1u));
     gok::cp_async16(w_dst + st_load * kWStageBytes, w_next, w_ok && w_left > 0);
@@ -188,18 +198,16 @@ __device__ __forceinline__ void gemm_blocks(const PrefillParams& p, uint8_t* sme
   };
   const uint8_t* w_lane = w_smem + wr * kWRowBytes;
   const gok::KwPair kp = gok::kw_pair_consts(c);
-  float acc[NBLK][BM / 2];
+  float acc[BM / 2];
 #pragma unroll
-  for (int b = 0; b < NBLK; ++b)
-#pragma unroll
-    for (int i = 0; i < BM / 2; ++i) acc[b][i] = 0.f;
+  for (int i = 0; i < BM / 2; ++i) acc[i] = 0.f;
 
   uint32_t s0, s1;
-  // A registers, G k16 steps per group: with G < 4 two sets (group j is dequantized while group j - 1's wgmmas run,
-  // one wgmma_wait<1> per group); with G = 4 one set of a whole stage, dequantized once the previous stage's wgmmas
-  // are done (wgmma_wait<0>).
-  constexpr int kSets = G == 4 ? 1 : 2;
-  uint32_t a[kSets][4 * G];
+  // The A registers of a whole stage (four k16 steps), dequantized once the previous stage's wgmmas are done
+  // (wgmma_wait<0>): the other CTA on the SM keeps the tensor cores busy meanwhile. Measured (H100, 2026-12-07,
+  // T = 4096): groups of one or two steps double-buffered 9-11% slower, and a CTA on two blocks at once (one CTA per
+  // SM, two wgmmas per fragment) 15-21% slower (docs/moe.md "Prefill GEMM").
+  uint32_t a[16];
   load_scales(s0, s1);
 #pragma unroll
   for (int i = 0; i < S - 2; ++i) {
@@ -225,137 +233,76 @@ __device__ __forceinline__ void gemm_blocks(const PrefillParams& p, uint8_t* sme
       stage_factors<false>(f, t0, t1);
     const uint8_t* w_st = w_lane + st * kWStageBytes;
     const uint64_t desc = gok::wgmma_desc_sw128(gok::smem_addr(smem + st * Sh::kBBytes));
-    constexpr uint64_t kBlockDesc = BM * 128 / 16;  // the next block's rows: + BM * 128 bytes
     uint4 w0, w1;  // the current MX block's 16 bytes of rows wr (w0) and wr + 1 (w1)
+    gok::wgmma_wait<0>();  // the wgmmas that read `a` are done
 #pragma unroll
-    for (int grp = 0; grp < 4 / G; ++grp) {
-      uint32_t (&as)[4 * G] = a[grp % kSets];
-      gok::wgmma_wait<kSets - 1>();  // the wgmmas that last read `as` are done
-#pragma unroll
-      for (int j = 0; j < G; ++j) {  // k16 step s: MX block s / 2, words 2 (s % 2) and 2 (s % 2) + 1 of it
-        const int s = grp * G + j;
-        if (s % 2 == 0) {
-          w0 = *reinterpret_cast<const uint4*>(w_st + 16 * (s / 2));
-          w1 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes + 16 * (s / 2));
-        }
-        const uint32_t w0a = s % 2 ? w0.z : w0.x, w0b = s % 2 ? w0.w : w0.y;
-        const uint32_t w1a = s % 2 ? w1.z : w1.x, w1b = s % 2 ? w1.w : w1.y;
-        uint32_t (&aj)[4] = *reinterpret_cast<uint32_t(*)[4]>(as + 4 * j);
-        if (two)
-          dequant_step<true>(aj, w0a, w0b, w1a, w1b, f[s / 2], f[2 + s / 2], kp);
-        else
-          dequant_step<false>(aj, w0a, w0b, w1a, w1b, f[s / 2], f[2 + s / 2], kp);
+    for (int j = 0; j < 4; ++j) {  // k16 step j: MX block j / 2, words 2 (j % 2) and 2 (j % 2) + 1 of it
+      if (j % 2 == 0) {
+        w0 = *reinterpret_cast<const uint4*>(w_st + 16 * (j / 2));
+        w1 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes + 16 * (j / 2));
       }
-      gok::wgmma_fence();
-#pragma unroll
-      for (int j = 0; j < G; ++j)
-#pragma unroll
-        for (int b = 0; b < NBLK; ++b)  // 32 bytes per k16 step
-          wgmma_rs(acc[b], *reinterpret_cast<const uint32_t(*)[4]>(as + 4 * j), desc + b * kBlockDesc + 2 * (grp * G + j));
-      gok::wgmma_commit();
+      const uint32_t w0a = j % 2 ? w0.z : w0.x, w0b = j % 2 ? w0.w : w0.y;
+      const uint32_t w1a = j % 2 ? w1.z : w1.x, w1b = j % 2 ? w1.w : w1.y;
+      uint32_t (&aj)[4] = *reinterpret_cast<uint32_t(*)[4]>(a + 4 * j);
+      if (two)
+        dequant_step<true>(aj, w0a, w0b, w1a, w1b, f[j / 2], f[2 + j / 2], kp);
+      else
+        dequant_step<false>(aj, w0a, w0b, w1a, w1b, f[j / 2], f[2 + j / 2], kp);
     }
+    gok::wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j)
+      wgmma_rs(acc, *reinterpret_cast<const uint32_t(*)[4]>(a + 4 * j), desc + 2 * j);  // 32 bytes per k16 step
+    gok::wgmma_commit();
     st = st == S - 1 ? 0 : st + 1;
   }
   gok::wgmma_wait<0>();
 
-  // Epilogue. acc[b][4j + cc]: weight row wr, token column 8j + 2c + cc of block b; acc[b][4j + 2 + cc]: row wr + 1.
+  // Epilogue. acc[4j + cc]: weight row wr, token column 8j + 2c + cc; acc[4j + 2 + cc]: row wr + 1, same column.
   const int r0 = n0 + wr, r1 = r0 + 1;
   const int64_t eb = static_cast<int64_t>(e) * p.n;
   const float b0 = p.bias != nullptr && r0 < p.n ? __bfloat162float(p.bias[eb + r0]) : 0.f;
   const float b1 = p.bias != nullptr && r1 < p.n ? __bfloat162float(p.bias[eb + r1]) : 0.f;
 #pragma unroll
-  for (int b = 0; b < NBLK; ++b) {
+  for (int j = 0; j < BM / 8; ++j) {
 #pragma unroll
-    for (int j = 0; j < BM / 8; ++j) {
-#pragma unroll
-      for (int cc = 0; cc < 2; ++cc) {
-        const int t = b * BM + 8 * j + 2 * c + cc;
-        const int pos = pos_s[t];
-        if (pos < 0) continue;
-        const float v0 = acc[b][4 * j + cc] + b0, v1 = acc[b][4 * j + 2 + cc] + b1;
-        if constexpr (FIRST) {
-          if (r1 >= p.n) continue;  // N = 2I is even: r0 < N implies r1 < N
-          float gate = v0, up = v1;
-          gate = isnan(gate) ? gate : fminf(gate, p.limit);
-          up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
-          p.out[(row0 + t) * p.stride_out + r0 / 2] =
-              __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
+    for (int cc = 0; cc < 2; ++cc) {
+      const int t = 8 * j + 2 * c + cc;
+      const int pos = pos_s[t];
+      if (pos < 0) continue;
+      const float v0 = acc[4 * j + cc] + b0, v1 = acc[4 * j + 2 + cc] + b1;
+      if constexpr (FIRST) {
+        if (r1 >= p.n) continue;  // N = 2I is even: r0 < N implies r1 < N
+        float gate = v0, up = v1;
+        gate = isnan(gate) ? gate : fminf(gate, p.limit);
+        up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
+        p.out[(row0 + t) * p.stride_out + r0 / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
+      } else {
+        const float wt = wt_s[t];
+        __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
+        if (p.pair_stores && r1 < p.n) {  // r0 is even: one 4-byte store
+          *reinterpret_cast<__nv_bfloat162*>(o + r0) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
         } else {
-          const float wt = p.topk_w[pos];
-          __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
-          if (p.pair_stores && r1 < p.n) {  // r0 is even: one 4-byte store
-            *reinterpret_cast<__nv_bfloat162*>(o + r0) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
-          } else {
-            if (r0 < p.n) o[r0] = __float2bfloat16_rn(v0 * wt);
-            if (r1 < p.n) o[r1] = __float2bfloat16_rn(v1 * wt);
-          }
+          if (r0 < p.n) o[r0] = __float2bfloat16_rn(v0 * wt);
+          if (r1 < p.n) o[r1] = __float2bfloat16_rn(v1 * wt);
         }
       }
     }
   }
-}
-
-// NB = 1: one row block per CTA, two CTAs per SM. NB = 2: a CTA takes the blocks of its expert in pairs (from the
-// expert's first block: a CTA whose block sits at an odd offset in its expert's run returns at once; an odd run's last
-// block goes alone), one CTA per SM.
-template <int BM, bool FIRST, int S, int G, int NB>
-__global__ void __launch_bounds__(kThreads, 3 - NB) prefill_gemm_kernel(const PrefillParams p) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  // The dynamic shared memory starts on a 1024-byte boundary (as in attn_window_cuda.cu): every B stage does.
-  extern __shared__ __align__(1024) uint8_t smem[];
-  gok::pdl_wait_and_release();
-  const int blk = blockIdx.y;
-  const int e = p.block_expert[blk];
-  if (e < 0 || e >= p.num_experts) return;  // uniform over the CTA
-  if constexpr (NB == 1) {
-    gemm_blocks<BM, FIRST, S, G, NB, 1>(p, smem, blk, e);
-  } else {
-    // The run of e's blocks (consecutive in block_expert) starts at `first`: every warp finds it (32 blocks a step).
-    const int lane = threadIdx.x & 31;
-    int first = blk;
-    for (;;) {
-      const int i = first - 1 - lane;
-      const unsigned other = __ballot_sync(0xffffffffu, i < 0 || p.block_expert[i] != e);
-      if (other != 0u) {
-        first -= __ffs(other) - 1;
-        break;
-      }
-      first -= 32;
-    }
-    if ((blk - first) & 1) return;  // the previous CTA takes this block
-    if (blk + 1 < static_cast<int>(gridDim.y) && p.block_expert[blk + 1] == e)
-      gemm_blocks<BM, FIRST, S, G, NB, 2>(p, smem, blk, e);
-    else
-      gemm_blocks<BM, FIRST, S, G, NB, 1>(p, smem, blk, e);
-  }
 #endif
 }
 
-template <int BM, bool FIRST, int S, int G, int NB>
+template <int BM, bool FIRST, int S>
 void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
-  constexpr int smem = Shape<BM, S, NB>::kSmemBytes;
-  gok::allow_dynamic_smem(prefill_gemm_kernel<BM, FIRST, S, G, NB>, smem, device);
+  constexpr int smem = Shape<BM, S>::kSmemBytes;
+  gok::allow_dynamic_smem(prefill_gemm_kernel<BM, FIRST, S>, smem, device);
   const dim3 grid((p.n + kTileW - 1) / kTileW, nb, 1);
-  gok::launch_pdl(prefill_gemm_kernel<BM, FIRST, S, G, NB>, grid, dim3(kThreads, 1, 1), smem, stream, p);
+  gok::launch_pdl(prefill_gemm_kernel<BM, FIRST, S>, grid, dim3(kThreads, 1, 1), smem, stream, p);
 }
 
-template <int BM, int S, int G, int NB>
-void launch_g(const PrefillParams& p, int nb, bool first, int device, cudaStream_t stream) {
-  first ? launch<BM, true, S, G, NB>(p, nb, device, stream) : launch<BM, false, S, G, NB>(p, nb, device, stream);
-}
-
-// PROBE (probes/prefill_mxfp4.py, to be removed with its answer): GOK_PREFILL_GROUP = 1 / 2 / 4 k16 steps per
-// dequantization group; GOK_PREFILL_PAIR = 1: 128-row blocks in pairs (one CTA per SM).
-template <int BM, int S, int NB>
+template <int BM, int S>
 void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStream_t stream) {
-  const char* env = std::getenv("GOK_PREFILL_GROUP");
-  const int g = env != nullptr ? std::atoi(env) : 4;
-  if (g == 1)
-    launch_g<BM, S, 1, NB>(p, nb, first, device, stream);
-  else if (g == 2)
-    launch_g<BM, S, 2, NB>(p, nb, first, device, stream);
-  else
-    launch_g<BM, S, 4, NB>(p, nb, first, device, stream);
+  first ? launch<BM, true, S>(p, nb, device, stream) : launch<BM, false, S>(p, nb, device, stream);
 }
 
 }  // namespace
@@ -410,12 +357,8 @@ void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::
   p.limit = static_cast<float>(limit);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int dev = a.get_device(), nbi = static_cast<int>(nb);
-  const char* pair_env = std::getenv("GOK_PREFILL_PAIR");
-  const bool pair = pair_env != nullptr && std::atoi(pair_env) == 1;
-  if (bm == 128 && pair)
-    launch_bm<128, 4, 2>(p, nbi, first, dev, stream);
-  else if (bm == 128)
-    launch_bm<128, 4, 1>(p, nbi, first, dev, stream);
+  if (bm == 128)
+    launch_bm<128, 4>(p, nbi, first, dev, stream);
   else
-    launch_bm<64, 6, 1>(p, nbi, first, dev, stream);
+    launch_bm<64, 6>(p, nbi, first, dev, stream);
 }

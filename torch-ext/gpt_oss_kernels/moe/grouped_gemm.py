@@ -860,9 +860,9 @@ def _decode_ok(a, w, ws, bias, out, block_m) -> bool:
 
 
 # The CUDA prefill GEMM of MXFP4 kernel words (kernel_src/moe/prefill_gemm_cuda.cu): wgmma with the weights
-# dequantized in registers, for 64- and 128-row blocks on sm_90 (Hopper). Opt-in for now, GOK_PREFILL_GEMM=1: one of its
-# float64 tests failed on its one GPU run, and it has not been through compute-sanitizer (docs/moe.md "Prefill GEMM").
-# Otherwise the Triton kernel (and, from DEQUANT_MIN_ROWS routed rows on, moe/mxfp4.py's one-pass dequantization).
+# dequantized in registers, for 64- and 128-row blocks on sm_90 (Hopper), the default there since 2026-12-07
+# (GOK_PREFILL_GEMM=0 turns it off). Elsewhere the Triton kernel (and, from DEQUANT_MIN_ROWS routed rows on,
+# moe/mxfp4.py's one-pass dequantization).
 PREFILL_BLOCK_M = (64, 128)
 
 
@@ -871,13 +871,13 @@ def prefill_gemm_ok(words: torch.Tensor, dtype: torch.dtype, block_m: int) -> bo
     ``block_m`` rows (the shapes and the device; the per-call strides are _prefill_ok's)."""
     return (block_m in PREFILL_BLOCK_M and words.dtype == torch.uint32 and dtype == torch.bfloat16 and words.is_cuda
             and words.dim() == 3
-            and _prefill_enabled(words.device.index, os.environ.get("GOK_PREFILL_GEMM", "0"),
+            and _prefill_enabled(words.device.index, os.environ.get("GOK_PREFILL_GEMM", "1"),
                                  os.environ.get("TRITON_INTERPRET", "0")))
 
 
 @functools.lru_cache(maxsize=None)
 def _prefill_enabled(index, env: str, interpret: str) -> bool:
-    return (env == "1" and interpret != "1" and hasattr(ops, "moe_gemm_prefill_mxfp4")
+    return (env != "0" and interpret != "1" and hasattr(ops, "moe_gemm_prefill_mxfp4")
             and torch.cuda.get_device_capability(index)[0] == 9)
 
 

@@ -170,7 +170,7 @@ DEQUANT_MIN_ROWS = 4096
 def _gemm_weights(blocks, scales, dtype, m):
     """(weights, scales) for the grouped GEMMs: the MXFP4 words and their scales, or at m >= DEQUANT_MIN_ROWS the
     dequantized (E, K, N) weights and None, unless the CUDA prefill GEMM takes the words (kernel words, bf16, sm_90,
-    GOK_PREFILL_GEMM=1: grouped_gemm.prefill_gemm_ok)."""
+    unless GOK_PREFILL_GEMM=0: grouped_gemm.prefill_gemm_ok)."""
     from . import grouped_gemm
 
     words = grouped_gemm.mxfp4_words(blocks)
