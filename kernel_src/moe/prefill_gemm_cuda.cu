@@ -90,17 +90,6 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// One k16 step of the A operand: pair c of the step's two kernel words of the lane's weight rows (w0*: row 2g, w1*:
-// row 2g + 1; *a: k 2c, 2c + 1, *b: k 2c + 8, 2c + 9) times the rows' scale factors f0, f1 (scale_factor<TWO_STEP>).
-template <bool TWO_STEP>
-__device__ __forceinline__ void dequant_step(uint32_t (&a)[4], uint32_t w0a, uint32_t w0b, uint32_t w1a, uint32_t w1b,
-                                             uint32_t f0, uint32_t f1, const gok::KwPair& kp) {
-  a[0] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w0a, kp), f0);
-  a[1] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w1a, kp), f1);
-  a[2] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w0b, kp), f0);
-  a[3] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(w1b, kp), f1);
-}
-
 // The scale factors of a stage: f[0 / 1]: row 2g, MX block 0 / 1; f[2 / 3]: row 2g + 1 (s*: low byte block 0).
 template <bool TWO_STEP>
 __device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uint32_t s1) {
@@ -108,6 +97,27 @@ __device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uin
   f[1] = gok::scale_factor<TWO_STEP>(s0 >> 8);
   f[2] = gok::scale_factor<TWO_STEP>(s1 & 0xFFu);
   f[3] = gok::scale_factor<TWO_STEP>(s1 >> 8);
+}
+
+// The A registers of a stage: a[4j .. 4j + 3] for k16 step j (MX block j / 2, words 2 (j % 2) and 2 (j % 2) + 1 of
+// it): pair c of the words of the lane's weight rows (w0*: row 2g, w1*: row 2g + 1; w*0 / w*1: MX block 0 / 1) times
+// the rows' scale factors (stage_factors<TWO_STEP> of their scale bytes s0, s1). a[4j] / a[4j + 2]: k 2c, 2c + 1 /
+// 2c + 8, 2c + 9 of row 2g.
+template <bool TWO_STEP>
+__device__ __forceinline__ void dequant_stage(uint32_t (&a)[16], const uint4& w00, const uint4& w01, const uint4& w10,
+                                              const uint4& w11, uint32_t s0, uint32_t s1, const gok::KwPair& kp) {
+  uint32_t f[4];
+  stage_factors<TWO_STEP>(f, s0, s1);
+  const uint32_t r0[8] = {w00.x, w00.y, w00.z, w00.w, w01.x, w01.y, w01.z, w01.w};
+  const uint32_t r1[8] = {w10.x, w10.y, w10.z, w10.w, w11.x, w11.y, w11.z, w11.w};
+#pragma unroll
+  for (int j = 0; j < 4; ++j) {
+    const uint32_t f0 = f[j / 2], f1 = f[2 + j / 2];
+    a[4 * j + 0] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * j], kp), f0);
+    a[4 * j + 1] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * j], kp), f1);
+    a[4 * j + 2] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r0[2 * j + 1], kp), f0);
+    a[4 * j + 3] = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw(r1[2 * j + 1], kp), f1);
+  }
 }
 
 template <int BM, bool FIRST, int S>
@@ -226,29 +236,20 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
     if (kt + 1 < nk) load_scales(s0, s1);
     const bool big = (t0 & 0xFFu) > 128 || (t0 >> 8) > 128 || (t1 & 0xFFu) > 128 || (t1 >> 8) > 128;
     const bool two = __any_sync(0xffffffffu, big);  // uniform over the warp (branches never hold a wgmma)
-    uint32_t f[4];
-    if (two)
-      stage_factors<true>(f, t0, t1);
-    else
-      stage_factors<false>(f, t0, t1);
     const uint8_t* w_st = w_lane + st * kWStageBytes;
     const uint64_t desc = gok::wgmma_desc_sw128(gok::smem_addr(smem + st * Sh::kBBytes));
-    uint4 w0, w1;  // the current MX block's 16 bytes of rows wr (w0) and wr + 1 (w1)
+    // The stage's weight bytes (rows wr / wr + 1, MX blocks 0 / 1), read before the wait: their latency hides behind
+    // the wgmmas still running. One branch per stage, so the 16 pairs interleave (against per-MX-block reads after
+    // the wait and a branch per k16 step: GEMM 1 / 2 alone 1,258 / 668 against 1,291 / 701 us at T = 4096, H100,
+    // 2026-12-07 12:30 UTC; the whole block within +-2.5%).
+    const uint4 w00 = *reinterpret_cast<const uint4*>(w_st), w01 = *reinterpret_cast<const uint4*>(w_st + 16);
+    const uint4 w10 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes);
+    const uint4 w11 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes + 16);
     gok::wgmma_wait<0>();  // the wgmmas that read `a` are done
-#pragma unroll
-    for (int j = 0; j < 4; ++j) {  // k16 step j: MX block j / 2, words 2 (j % 2) and 2 (j % 2) + 1 of it
-      if (j % 2 == 0) {
-        w0 = *reinterpret_cast<const uint4*>(w_st + 16 * (j / 2));
-        w1 = *reinterpret_cast<const uint4*>(w_st + kWRowBytes + 16 * (j / 2));
-      }
-      const uint32_t w0a = j % 2 ? w0.z : w0.x, w0b = j % 2 ? w0.w : w0.y;
-      const uint32_t w1a = j % 2 ? w1.z : w1.x, w1b = j % 2 ? w1.w : w1.y;
-      uint32_t (&aj)[4] = *reinterpret_cast<uint32_t(*)[4]>(a + 4 * j);
-      if (two)
-        dequant_step<true>(aj, w0a, w0b, w1a, w1b, f[j / 2], f[2 + j / 2], kp);
-      else
-        dequant_step<false>(aj, w0a, w0b, w1a, w1b, f[j / 2], f[2 + j / 2], kp);
-    }
+    if (two)
+      dequant_stage<true>(a, w00, w01, w10, w11, t0, t1, kp);
+    else
+      dequant_stage<false>(a, w00, w01, w10, w11, t0, t1, kp);
     gok::wgmma_fence();
 #pragma unroll
     for (int j = 0; j < 4; ++j)
