@@ -474,7 +474,7 @@ def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias
     slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
     dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
     (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32
-    accumulation bound."""
+    accumulation bound and the underflow below 2^-126."""
     s = BIG if shape == "big" else ODD
     H, I, E, k = s["H"], s["I"], s["E"], s["k"]
     ops = kernel._ops.ops
