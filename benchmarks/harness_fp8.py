@@ -4,8 +4,8 @@ E = 32, k = 4), random weights (std 0.02; FP8 experts quantized from the same bf
 * ``bf16 block``: our bf16 MoE block (``moe``: router GEMM, route, GEMMs, finalize), and ``bf16 norm + block``;
 * ``FP8 block``: ``moe_fp8`` on normed rows (pad_quant_fp8, dispatch, FP8 GEMMs, finalize_slice), channel and
   128x128 block scales: the issue's block targets (T=1 <= 45 us, T=4096 <= 1,000 us, T=16384 <= 3,600 us);
-* ``FP8 unfused``: rms_norm, pad_quant_fp8, router + route, dispatch, GEMM 1, pad_quant_fp8(act), GEMM 2,
-  moe_finalize, slice: every step a separate op (the sequence the fusions replace);
+* ``FP8 unfused``: rms_norm, pad_quant_fp8, router + route + dispatch (``moe_prepare``, as the fused block), GEMM 1,
+  pad_quant_fp8(act), GEMM 2, moe_finalize, slice: the two fused steps undone (the sequence the fusions replace);
 * ``FP8 fused``: rms_norm_quant_fp8 (one read of the residual stream: e4m3 rows + the router's bf16 rows), router +
   route, the FP8 experts ending in finalize_slice (NormMoeMLP's FP8 path);
 
@@ -19,11 +19,12 @@ Memory-bound ops at T = 4096 against a device copy of the same bytes (read + wri
 
 from __future__ import annotations
 
+import importlib
 import sys
 
 import torch
 
-from harness import floor_us, median_us, median_us_graph, rotation, row
+from harness import median_us, median_us_graph, rotation, row
 
 H = I = 2880
 E, K = 32, 4
@@ -72,29 +73,19 @@ def _weights(kernel):
 
 
 def _unfused(kernel, x, norm_w, router, w8):
-    """Every step of the FP8 block as its own op: rms_norm, pad_quant_fp8, router + route, dispatch, GEMM 1,
-    pad_quant_fp8(act), GEMM 2, moe_finalize, slice."""
-    gg = sys.modules[kernel.__name__ + ".moe.grouped_gemm"]
+    """The FP8 block with the two fusions undone: rms_norm, pad_quant_fp8, then the route the fused block takes
+    (``moe_prepare``: router GEMM, route, dispatch; GEMM 1, pad_quant_fp8(act), GEMM 2), moe_finalize, slice. Until
+    2026-12-07 the router, route and dispatch were separate ops here too (F.linear, moe_route, moe_dispatch), which
+    at T = 1 put three launches more on this side than the fusions account for."""
+    block = importlib.import_module(kernel.__name__ + ".moe.block")
     fp8 = sys.modules[kernel.__name__ + ".moe.fp8"]
     ops = kernel._ops.ops
     q1, s1, b1, q2, s2, b2 = w8
-    t = x.shape[0]
-    h_pad = fp8.padded_width(H)
     normed = kernel.rms_norm(x, norm_w, 1e-5)
-    xq, xs = ops.pad_quant_fp8(normed, h_pad)
-    logits = torch.nn.functional.linear(normed, router[0], router[1])
-    w, ids = ops.moe_route(logits, K)
-    m = t * K
-    block_m = gg.block_m_for(m, E)
-    sorted_pos, block_expert = ops.moe_dispatch(ids, E, block_m)
-    groups = gg.block_groups(block_expert, block_m)
-    act = torch.empty((block_expert.shape[0] * block_m, I), dtype=x.dtype, device=x.device)
-    gg.gemm1_swiglu(xq, q1, b1, act, sorted_pos, block_expert, K, ALPHA, LIMIT, block_m, m.bit_length(), groups, s1,
-                    a_scales=xs)
-    aq, a_s = ops.pad_quant_fp8(act, fp8.padded_width(I))
-    y = torch.empty((m, h_pad), dtype=x.dtype, device=x.device)
-    gg.gemm2_weighted(aq, q2, b2, w, y, sorted_pos, block_expert, block_m, m.bit_length(), groups, s2, a_scales=a_s)
-    return ops.moe_finalize(y, ids, E, False)[:, :H].contiguous()
+    xq, xs = ops.pad_quant_fp8(normed, fp8.padded_width(H))
+    return block.fast_block(normed, router[0], router[1], K, E, I, xq, (q1, s1), b1, (q2, s2), b2, ALPHA, LIMIT,
+                            lambda y, ids: ops.moe_finalize(y, ids, E, False)[:, :H].contiguous(), a_scales=xs,
+                            quant_act=lambda act: ops.pad_quant_fp8(act, fp8.padded_width(I)))[0]
 
 
 def _fused(kernel, x, norm_w, router, w8):

@@ -415,8 +415,12 @@ void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m
 // barrier CTA 0 routes each token (one warp per token, route_warp,
 // logits rounded to the activation dtype first, as the cuBLAS path's output is) and dispatches: the
 // slots of each expert in slot order, padded to block_m rows, layout as moe_dispatch_kernel.
+// Threads per CTA: 256 while every (token, expert) pair of a CTA has its own warp (T * ceil(E / 8) <= 8), 1024 above,
+// where 8 warps each walked several pairs in turn (H100, 2026-12-07, CUDA graph, op alone: T = 16 18.03 -> 13.29 us,
+// T = 4 9.08 -> 8.41; T = 1 7.32 against 7.58 with 1024; unrolling the logit loop changed nothing;
+// docs/decisions-moe.md).
 constexpr int kSmallCluster = 8;
-constexpr int kSmallThreads = 256;
+constexpr int kSmallThreadsFew = 256, kSmallThreadsMany = 1024;
 constexpr int kSmallMaxT = 16;
 constexpr int kSmallMaxM = 64;  // T * k
 constexpr int kSmallMaxE = 64;
@@ -429,7 +433,7 @@ struct SmallShared {
   int start[kSmallMaxE];
 };
 
-template <typename T, int VPL>
+template <typename T, int VPL, int kSmallThreads>
 __global__ void __launch_bounds__(kSmallThreads)
 moe_small_prepare_kernel(const T* __restrict__ hidden, int t_rows, int h, const T* __restrict__ rw,
                          const T* __restrict__ rb, int num_experts, int top_k, int block_m, int nb,
@@ -538,10 +542,11 @@ bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const 
   }
   const int dev = hidden.get_device();
   if (dev >= 64 || gok::device_info(dev).first < 9) return false;
-  static bool attr_set[64][4] = {};  // per device and VPL: dynamic shared memory above 48 KB allowed
+  static bool attr_set[64][4][2] = {};  // per device, VPL and block size: dynamic shared memory above 48 KB allowed
+  const bool many = t * per > kSmallThreadsFew / kWarp;
   cudaLaunchConfig_t cfg = {};
   cfg.gridDim = dim3(kSmallCluster, 1, 1);
-  cfg.blockDim = dim3(kSmallThreads, 1, 1);
+  cfg.blockDim = dim3(many ? kSmallThreadsMany : kSmallThreadsFew, 1, 1);
   cfg.dynamicSmemBytes = static_cast<size_t>(stage);
   cfg.stream = stream;
   cudaLaunchAttribute attr;
@@ -555,21 +560,28 @@ bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const 
   const T* wp = reinterpret_cast<const T*>(rw.data_ptr());
   const T* bp = rb.has_value() ? reinterpret_cast<const T*>(rb->data_ptr()) : nullptr;
   T* lo = reinterpret_cast<T*>(w_lo.data_ptr());
-#define GOK_SMALL(VPL)                                                                                          \
-  if (!attr_set[dev][VPL / 2]) {                                                                                \
-    C10_CUDA_CHECK(cudaFuncSetAttribute(moe_small_prepare_kernel<T, VPL>,                                       \
+#define GOK_SMALL_N(VPL, N)                                                                                      \
+  if (!attr_set[dev][VPL / 2][N == kSmallThreadsMany]) {                                                        \
+    C10_CUDA_CHECK(cudaFuncSetAttribute(moe_small_prepare_kernel<T, VPL, N>,                                    \
                                         cudaFuncAttributeMaxDynamicSharedMemorySize, kSmallStageMax));          \
-    attr_set[dev][VPL / 2] = true;                                                                              \
+    attr_set[dev][VPL / 2][N == kSmallThreadsMany] = true;                                                      \
   }                                                                                                             \
-  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_small_prepare_kernel<T, VPL>, hp, static_cast<int>(t),              \
+  C10_CUDA_CHECK(cudaLaunchKernelEx(&cfg, moe_small_prepare_kernel<T, VPL, N>, hp, static_cast<int>(t),           \
                                     static_cast<int>(h), wp, bp, static_cast<int>(e), top_k, block_m,            \
                                     static_cast<int>(nb), w.data_ptr<float>(), lo, ids.data_ptr<int32_t>(),      \
                                     sorted_pos.data_ptr<int32_t>(), block_expert.data_ptr<int32_t>()))
+#define GOK_SMALL(VPL)                                                                                          \
+  if (many) {                                                                                                   \
+    GOK_SMALL_N(VPL, kSmallThreadsMany);                                                                        \
+  } else {                                                                                                      \
+    GOK_SMALL_N(VPL, kSmallThreadsFew);                                                                         \
+  }
   if (e <= 32) {
     GOK_SMALL(1);
   } else {
     GOK_SMALL(2);
   }
+#undef GOK_SMALL_N
 #undef GOK_SMALL
   return true;
 }
