@@ -19,7 +19,6 @@ Memory-bound ops at T = 4096 against a device copy of the same bytes (read + wri
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import torch
@@ -77,7 +76,7 @@ def _unfused(kernel, x, norm_w, router, w8):
     (``moe_prepare``: router GEMM, route, dispatch; GEMM 1, pad_quant_fp8(act), GEMM 2), moe_finalize, slice. Until
     2026-12-07 the router, route and dispatch were separate ops here too (F.linear, moe_route, moe_dispatch), which
     at T = 1 put three launches more on this side than the fusions account for."""
-    block = importlib.import_module(kernel.__name__ + ".moe.block")
+    block = sys.modules[kernel.__name__ + ".moe.block"]
     fp8 = sys.modules[kernel.__name__ + ".moe.fp8"]
     ops = kernel._ops.ops
     q1, s1, b1, q2, s2, b2 = w8

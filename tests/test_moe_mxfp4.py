@@ -463,10 +463,19 @@ def _well_posed(h, h_abs, k):
     return (err <= 1e-3) | (h.abs() >= 8 * err + 40.0)
 
 
-def _prefill_gemms(kernel, s, T, skew, block_m, bias):
-    """The CUDA prefill GEMMs on random data of shape ``s``: experts with scale bytes 0 / 1 / 127 / 200 on 30% of the
-    blocks, T tokens routed (skew: every token's top expert), dispatched in ``block_m``-row blocks; outputs poisoned
-    (NaN) before the kernels write them. Returns (p, x, ids, sorted_pos, wf, act, y)."""
+@pytest.mark.gpu
+@pytest.mark.parametrize("shape", ["big", "odd"])
+@pytest.mark.parametrize("block_m", [64, 128])
+@pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
+@pytest.mark.parametrize("bias", [True, False])
+def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
+    """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
+    on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
+    slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
+    dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
+    (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32
+    accumulation bound and the underflow below 2^-126."""
+    s = BIG if shape == "big" else ODD
     H, I, E, k = s["H"], s["I"], s["E"], s["k"]
     ops = kernel._ops.ops
     p = _packed(kernel, s, "cuda", bias=bias)
@@ -485,24 +494,6 @@ def _prefill_gemms(kernel, s, T, skew, block_m, bias):
     y = torch.full((T * k, H), float("nan"), dtype=torch.bfloat16, device="cuda")
     ops.moe_gemm_prefill_mxfp4(act, kernel.mxfp4_kernel_words(p["down_blocks"]), p["down_scales"], p["down_bias"],
                                sorted_pos, block_expert, wf, 1, 0.0, 0.0, False, y)
-    return p, x, ids, sorted_pos, wf, act, y
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("shape", ["big", "odd"])
-@pytest.mark.parametrize("block_m", [64, 128])
-@pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
-@pytest.mark.parametrize("bias", [True, False])
-def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
-    """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
-    on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
-    slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
-    dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
-    (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32
-    accumulation bound and the underflow below 2^-126."""
-    s = BIG if shape == "big" else ODD
-    H, I, k = s["H"], s["I"], s["k"]
-    p, x, ids, sorted_pos, wf, act, y = _prefill_gemms(kernel, s, T, skew, block_m, bias)
     w1 = kernel.dequantize_mxfp4(p["gate_up_blocks"], p["gate_up_scales"], torch.float32).double()
     w2 = kernel.dequantize_mxfp4(p["down_blocks"], p["down_scales"], torch.float32).double()
     real = (sorted_pos >= 0).nonzero().flatten()
