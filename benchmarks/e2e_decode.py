@@ -20,7 +20,9 @@ Continuous batching (unless ``--no-cb``): ``--cb-requests`` (64) requests, promp
 tokens (seeded), through transformers' manager (``add_request`` per request with its own ``max_new_tokens``):
 transformers' defaults (the plain model, paged eager attention) and ours (our attention under the name
 generate_batch accepts, ``ContinuousBatchingConfig(use_cuda_graph=True)``); total generated tok/s of a second run
-(the first, with warm-up and capture, apart), and teacher-forced agreement of the answers.
+(the first, with warm-up and capture, apart), and teacher-forced agreement of the answers. Where the defaults run
+out of memory with their own ``max_batch_tokens``, they run with the largest of ``CB_FALLBACK_BUDGETS`` that fits,
+and ours also with that budget (``ours_same_budget``).
 
 ``--tiny``: the tiny model on the CPU in fp32 (a smoke run of the script; no compile, no CUDA graphs).
 Writes --out/e2e_decode.json and --out/e2e_decode.md (also printed); ``--cb-only``: e2e_decode_cb.json / .md.
@@ -209,52 +211,89 @@ def cb_run(model, requests, cb_config) -> tuple[float, dict]:
     return time.perf_counter() - t0, results
 
 
+def _cb_measure(kernel, name, model, requests, config, device) -> dict:
+    """Two runs (warm-up, then timed) of ``requests`` through ``config()``, and the outputs' teacher-forced
+    agreement with the model's own full-sequence forward."""
+    before = model.config._attn_implementation
+    try:
+        if name.startswith("ours"):
+            model.set_attn_implementation(kernel.integrations.attention_implementation(continuous_batching=True))
+        first, _ = cb_run(model, requests, config())
+        wall, results = cb_run(model, requests, config())
+        total = sum(len(results[i]) for i in range(len(requests)))
+        agree_hits = agree_total = 0
+        with torch.inference_mode():
+            for i, (p, _) in enumerate(requests):
+                seq = torch.tensor(p + list(results[i]), device=device)
+                logits = model(seq[None]).logits[0, len(p) - 1:-1]
+                agree_hits += int((logits.argmax(-1) == seq[len(p):]).sum())
+                agree_total += len(results[i])
+        return dict(tok_s=round(total / wall, 1), wall_s=round(wall, 2), first_run_s=round(first, 2),
+                    generated_tokens=total, attn_implementation=model.config._attn_implementation,
+                    teacher_forced_agreement=round(agree_hits / max(agree_total, 1), 4))
+    except Exception as e:  # noqa: BLE001
+        return dict(error=f"{type(e).__name__}: {e}"[:500])
+    finally:
+        model.set_attn_implementation(before)
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+# transformers' defaults first with their own batch budget; where their eager attention's score tensor does not fit
+# beside the cache (an 8 GiB allocation on an 80 GB H100, 2026-12-06), with the largest of these that runs.
+CB_FALLBACK_BUDGETS = (1024, 512, 256, 128)
+
+
 def continuous_batching(kernel, plain, ours, args, device, load_ours=None) -> dict:
     """``ours`` None: loaded by ``load_ours()`` after the defaults' run, with the defaults' model moved to the CPU
-    first (a bf16 20b-shaped model twice does not fit an 80 GB GPU beside the caches)."""
+    first (a bf16 20b-shaped model twice does not fit an 80 GB GPU beside the caches).
+
+    transformers' defaults (paged eager attention) run with their own ``max_batch_tokens``; if that runs out of
+    memory, with the largest of ``CB_FALLBACK_BUDGETS`` that fits (recorded as ``max_batch_tokens``), and ours then
+    runs both with its own budget (``ours``) and with the defaults' (``ours_same_budget``): ``speedup`` is ours
+    against the defaults as each runs unchanged (or with the smallest change that lets it run),
+    ``speedup_same_budget`` the like-for-like one."""
     from transformers import ContinuousBatchingConfig
 
     requests = cb_requests(args.cb_requests, (ours or plain).config.vocab_size, args.tiny)
     graphs = torch.device(device).type == "cuda"
-    runs = {}
     # Both get half the free memory for the KV cache: with transformers' 0.9 the defaults' eager attention ran out
-    # of memory on an 80 GB H100 (an 8 GiB score tensor beside the cache, 2026-12-06).
+    # of memory on an 80 GB H100 (2026-12-06).
     mem = dict(max_memory_percent=0.5) if graphs else {}
-    variants = [("transformers_defaults", plain, lambda: ContinuousBatchingConfig(auto_switch_to_flash=False, **mem)),
-                ("ours", ours, lambda: ContinuousBatchingConfig(use_cuda_graph=graphs, **mem))]
-    for name, model, config in variants:
-        if name == "ours" and model is None and load_ours is not None:
-            if plain is not None:
-                plain.to("cpu")
-            gc.collect()
-            torch.cuda.empty_cache()
-            model = ours = load_ours()
-        if model is None:
-            continue
-        before = model.config._attn_implementation
-        try:
-            if name == "ours":
-                model.set_attn_implementation(kernel.integrations.attention_implementation(continuous_batching=True))
-            first, _ = cb_run(model, requests, config())
-            wall, results = cb_run(model, requests, config())
-            total = sum(len(results[i]) for i in range(len(requests)))
-            agree_hits = agree_total = 0
-            with torch.inference_mode():
-                for i, (p, _) in enumerate(requests):
-                    seq = torch.tensor(p + list(results[i]), device=device)
-                    logits = model(seq[None]).logits[0, len(p) - 1:-1]
-                    agree_hits += int((logits.argmax(-1) == seq[len(p):]).sum())
-                    agree_total += len(results[i])
-            runs[name] = dict(tok_s=round(total / wall, 1), wall_s=round(wall, 2), first_run_s=round(first, 2),
-                              generated_tokens=total, attn_implementation=model.config._attn_implementation,
-                              teacher_forced_agreement=round(agree_hits / max(agree_total, 1), 4))
-        except Exception as e:  # noqa: BLE001
-            runs[name] = dict(error=f"{type(e).__name__}: {e}"[:500])
-        finally:
-            model.set_attn_implementation(before)
-        print(f"  continuous batching, {name}: {runs[name]}", flush=True)
-    if all("tok_s" in runs.get(k, {}) for k in ("ours", "transformers_defaults")):
-        runs["speedup"] = round(runs["ours"]["tok_s"] / runs["transformers_defaults"]["tok_s"], 2)
+    runs = {}
+    budget, too_big = None, []
+    if plain is not None:
+        for budget in (None,) + (CB_FALLBACK_BUDGETS if graphs else ()):
+            extra = {} if budget is None else dict(max_batch_tokens=budget)
+            r = _cb_measure(kernel, "transformers_defaults", plain, requests,
+                            lambda: ContinuousBatchingConfig(auto_switch_to_flash=False, **mem, **extra), device)
+            r["max_batch_tokens"] = budget or "transformers' choice"
+            if too_big:
+                r["out_of_memory_with"] = list(too_big)
+            runs["transformers_defaults"] = r
+            print(f"  continuous batching, transformers_defaults: {r}", flush=True)
+            if "out of memory" not in r.get("error", ""):
+                break
+            too_big.append(r["max_batch_tokens"])
+    if ours is None and load_ours is not None:
+        if plain is not None:
+            plain.to("cpu")
+        gc.collect()
+        torch.cuda.empty_cache()
+        ours = load_ours()
+    if ours is not None:
+        variants = [("ours", None)] + ([("ours_same_budget", budget)] if budget is not None else [])
+        for name, b in variants:
+            extra = {} if b is None else dict(max_batch_tokens=b)
+            runs[name] = _cb_measure(kernel, name, ours, requests,
+                                     lambda: ContinuousBatchingConfig(use_cuda_graph=graphs, **mem, **extra), device)
+            runs[name]["max_batch_tokens"] = b or "transformers' choice"
+            print(f"  continuous batching, {name}: {runs[name]}", flush=True)
+    base = runs.get("transformers_defaults", {}).get("tok_s")
+    for name, key in (("ours", "speedup"), ("ours_same_budget", "speedup_same_budget")):
+        if base and "tok_s" in runs.get(name, {}):
+            runs[key] = round(runs[name]["tok_s"] / base, 2)
     runs["max_memory_percent"] = mem.get("max_memory_percent")
     runs["requests"] = len(requests)
     runs["prompt_tokens"] = sum(len(p) for p, _ in requests)
@@ -288,17 +327,21 @@ def markdown(res: dict) -> str:
     if cb:
         lines += ["", f"Continuous batching: {cb['requests']} requests ({cb['prompt_tokens']} prompt tokens), "
                   "prompts 32-512, answers 32-256 tokens:", "",
-                  "| | tok/s | wall s (2nd run) | 1st run s | attention | teacher-forced agreement |",
-                  "|---|---|---|---|---|---|"]
-        for name in ("transformers_defaults", "ours"):
+                  "| | tok/s | max_batch_tokens | wall s (2nd run) | 1st run s | attention | teacher-forced agreement |",
+                  "|---|---|---|---|---|---|---|"]
+        for name in ("transformers_defaults", "ours", "ours_same_budget"):
             r = cb.get(name, {})
             if "error" in r:
-                lines.append(f"| {name} | error: {r['error'][:160]} | | | | |")
+                lines.append(f"| {name} | error: {r['error'][:160]} | {r.get('max_batch_tokens', '')} | | | | |")
             elif r:
-                lines.append(f"| {name} | {r['tok_s']} | {r['wall_s']} | {r['first_run_s']} | "
-                             f"{r['attn_implementation']} | {r['teacher_forced_agreement']} |")
-        if "speedup" in cb:
-            lines.append(f"\nours / defaults: {cb['speedup']}x")
+                lines.append(f"| {name} | {r['tok_s']} | {r['max_batch_tokens']} | {r['wall_s']} | "
+                             f"{r['first_run_s']} | {r['attn_implementation']} | {r['teacher_forced_agreement']} |")
+        oom = cb.get("transformers_defaults", {}).get("out_of_memory_with")
+        if oom:
+            lines.append(f"\ntransformers' defaults ran out of memory with max_batch_tokens {', '.join(map(str, oom))}.")
+        for key, what in (("speedup", "ours / defaults"), ("speedup_same_budget", "ours / defaults, same budget")):
+            if key in cb:
+                lines.append(f"\n{what}: {cb[key]}x")
     return "\n".join(lines) + "\n"
 
 

@@ -76,13 +76,13 @@ def _unfused(kernel, x, norm_w, router, w8):
     (``moe_prepare``: router GEMM, route, dispatch; GEMM 1, pad_quant_fp8(act), GEMM 2), moe_finalize, slice. Until
     2026-12-07 the router, route and dispatch were separate ops here too (F.linear, moe_route, moe_dispatch), which
     at T = 1 put three launches more on this side than the fusions account for."""
-    block = sys.modules[kernel.__name__ + ".moe.block"]
+    experts = sys.modules[kernel.__name__ + ".moe.experts"]
     fp8 = sys.modules[kernel.__name__ + ".moe.fp8"]
     ops = kernel._ops.ops
     q1, s1, b1, q2, s2, b2 = w8
     normed = kernel.rms_norm(x, norm_w, 1e-5)
     xq, xs = ops.pad_quant_fp8(normed, fp8.padded_width(H))
-    return block.fast_block(normed, router[0], router[1], K, E, I, xq, (q1, s1), b1, (q2, s2), b2, ALPHA, LIMIT,
+    return experts.fast_block(normed, router[0], router[1], K, E, I, xq, (q1, s1), b1, (q2, s2), b2, ALPHA, LIMIT,
                             lambda y, ids: ops.moe_finalize(y, ids, E, False)[:, :H].contiguous(), a_scales=xs,
                             quant_act=lambda act: ops.pad_quant_fp8(act, fp8.padded_width(I)))[0]
 
