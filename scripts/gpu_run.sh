@@ -4,7 +4,7 @@
 #
 #   scripts/gpu_run.sh [--pair 5.25|5.22] [--both-pairs] [--sanitize] [--only "rmsnorm moe"]
 #                      [--tests "tests/test_x.py"] [--no-tests] [--no-bench] [--quick] [--dry-run] [--pack]
-#                      [--probe probes/x.py] [--racecheck "tests/test_x.py::test_y ..."]
+#                      [--probe probes/x.py] [--racecheck "tests/test_x.py::test_y ..."] [--initcheck "..."]
 #
 # --pair: which wheel set goes on PYTHONPATH (default 5.25): 5.25 = transformers 5.25.0 +
 #   kernels 0.19.1 + huggingface-hub 2.4.0 (.whl/525/), 5.22 = transformers 5.22.2 + kernels
@@ -17,6 +17,8 @@
 # --sanitize: the tests (--tests: files or node ids) under compute-sanitizer memcheck, one process per entry.
 # --racecheck: these tests (files or node ids, one process) under compute-sanitizer racecheck (shared-memory
 #   hazards; slow: name a few), after the tests; summary in $OUT/sanitize_summary.txt.
+# --initcheck: the same under compute-sanitizer initcheck (reads of device memory nothing wrote: what the tests'
+#   NaN poisoning shows with the caching allocator, and cannot without it).
 # FP8 experts (issue 16): --tests tests/test_fp8.py --only fp8 (benchmarks/harness_fp8.py: bf16 block, FP8 block,
 #   FP8 unfused / fused norm + block at T = 1, 64, 4096, 16384; rms_norm_quant_fp8 / finalize_slice against a copy).
 #
@@ -37,7 +39,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/gpu_out}
-SANITIZE=0; RACE=""; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
+SANITIZE=0; RACE=""; INIT=""; ONLY="rmsnorm moe attention"; TESTS=""; RUN_TESTS=1; BENCH=1; PAIR=5.25; BOTH=0; DRY=0; PACK=0
 quick_args=(); probes=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,6 +47,7 @@ while [ $# -gt 0 ]; do
     --both-pairs) BOTH=1 ;;
     --sanitize) SANITIZE=1 ;;
     --racecheck) RACE="${2:-}"; shift ;;
+    --initcheck) INIT="${2:-}"; shift ;;
     --only) ONLY="${2:-}"; shift ;;
     --tests) TESTS="${2:-}"; shift ;;
     --no-bench) BENCH=0 ;;
@@ -172,14 +175,17 @@ else
   gpu_tests tests.log "${test_args[@]}" || status=1
 fi
 
-if [ -n "$RACE" ]; then
-  read -ra race_args <<< "$RACE"
-  echo "== racecheck (${RACE})"
-  run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool racecheck --target-processes all \
-    python3 -m pytest -m gpu -q -k "not cuda_graph" "${race_args[@]}" -p no:cacheprovider > "$OUT/racecheck.log" 2>&1 || status=1
-  echo "racecheck: $(grep -E '(passed|failed|error|no tests ran)' "$OUT/racecheck.log" | tail -1) |" \
-    "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/racecheck.log" | tail -1)" | tee -a "$OUT/sanitize_summary.txt"
-fi
+sanitize_tool() {  # sanitize_tool TOOL "node ids": one process under compute-sanitizer TOOL, after the tests
+  local tool=$1 ids=()
+  read -ra ids <<< "$2"
+  echo "== $tool (${2})"
+  run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 compute-sanitizer --tool "$tool" --target-processes all \
+    python3 -m pytest -m gpu -q -k "not cuda_graph" "${ids[@]}" -p no:cacheprovider > "$OUT/$tool.log" 2>&1 || status=1
+  echo "$tool: $(grep -E '(passed|failed|error|no tests ran)' "$OUT/$tool.log" | tail -1) |" \
+    "$(grep -E 'RACECHECK SUMMARY|ERROR SUMMARY' "$OUT/$tool.log" | tail -1)" | tee -a "$OUT/sanitize_summary.txt"
+}
+[ -z "$RACE" ] || sanitize_tool racecheck "$RACE"
+[ -z "$INIT" ] || sanitize_tool initcheck "$INIT"
 
 harness_only=(); decode_runs=()
 for family in "${only_args[@]}"; do

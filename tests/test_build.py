@@ -192,6 +192,26 @@ def test_local_loads_are_verified_without_warnings():
     assert not any("does not record a digest" in m for m in out["records"])
 
 
+def test_gpu_run_sanitize_plan_chunks_node_ids(tmp_path):
+    """--sanitize runs GOK_SANITIZE_CHUNK node ids per memcheck process (one process per file ran out of device
+    memory, 2026-12-07), the capture tests in one more process; --initcheck / --racecheck add one process each."""
+    script = ROOT / "scripts" / "gpu_run.sh"
+    out = tmp_path / "dry"
+    ids = " ".join(f"tests/test_fp8.py::t{i}" for i in range(9))
+    env = dict(os.environ, OUT=str(out), GOK_SANITIZE_CHUNK="4")
+    plan = subprocess.run(["bash", str(script), "--dry-run", "--sanitize", "--no-bench", "--tests",
+                           f"tests/test_rotary.py {ids}", "--initcheck", "tests/test_fp8.py::t0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    for line in ("tests/test_rotary.py [1-1 of 1]", "tests/test_fp8.py [1-4 of 9]", "tests/test_fp8.py [5-8 of 9]",
+                 "tests/test_fp8.py [9-9 of 9]", "cuda_graph tests (caching allocator on)", "initcheck:"):
+        assert line in plan, plan
+    commands = (out / "tests.log").read_text()
+    assert commands.count("PYTORCH_NO_CUDA_MEMORY_CACHING=1 GOK_SANITIZE=1 compute-sanitizer --tool memcheck") == 4
+    assert commands.count("-k cuda_graph tests/test_rotary.py tests/test_fp8.py") == 1, commands
+    assert "tests/test_fp8.py::t8 -p no:cacheprovider" in commands
+    assert "--tool initcheck" in (out / "initcheck.log").read_text()
+
+
 def test_gpu_run_plans_whole_model_runs_and_packs(tmp_path):
     """scripts/gpu_run.sh (the device call): --dry-run lists the whole-model families; --pack leaves one archive in
     $OUT even when a step fails (here the wheel install, through a python3 that always fails)."""
