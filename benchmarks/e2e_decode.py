@@ -18,7 +18,8 @@ Every route's tokens are also checked teacher forced: the eager model's argmax o
 
 Continuous batching (unless ``--no-cb``): ``--cb-requests`` (64) requests, prompts of 32-512 and answers of 32-256
 tokens (seeded), through transformers' manager (``add_request`` per request with its own ``max_new_tokens``):
-transformers' defaults (the plain model, paged eager attention) and ours (our attention under the name
+transformers' defaults (the plain model, paged eager attention; with ``--mxfp4`` the MXFP4 checkpoint loaded by
+transformers, i.e. its own MXFP4 path, as users of the shipped checkpoint get it) and ours (our attention under the name
 generate_batch accepts, ``ContinuousBatchingConfig(use_cuda_graph=True)``); total generated tok/s of a second run
 (the first, with warm-up and capture, apart), and teacher-forced agreement of the answers. Where the defaults run
 out of memory with their own ``max_batch_tokens``, they run with the largest of ``CB_FALLBACK_BUDGETS`` that fits,
@@ -277,8 +278,8 @@ def continuous_batching(kernel, plain, ours, args, device, load_ours=None) -> di
                 break
             too_big.append(r["max_batch_tokens"])
     if ours is None and load_ours is not None:
-        if plain is not None:
-            plain.to("cpu")
+        if plain is not None and getattr(plain.config, "quantization_config", None) is None:
+            plain.to("cpu")  # bf16: two 20b-shaped models do not fit an 80 GB GPU beside the caches (MXFP4 ones do)
         gc.collect()
         torch.cuda.empty_cache()
         ours = load_ours()
@@ -295,6 +296,10 @@ def continuous_batching(kernel, plain, ours, args, device, load_ours=None) -> di
         if base and "tok_s" in runs.get(name, {}):
             runs[key] = round(runs[name]["tok_s"] / base, 2)
     runs["max_memory_percent"] = mem.get("max_memory_percent")
+    if plain is not None:
+        quant = getattr(plain.config, "quantization_config", None)
+        runs["defaults_experts"] = (str(plain.dtype).removeprefix("torch.") if quant is None
+                                    else f"{getattr(quant, 'quant_method', quant)} (transformers' own path)")
     runs["requests"] = len(requests)
     runs["prompt_tokens"] = sum(len(p) for p, _ in requests)
     return runs
@@ -326,7 +331,8 @@ def markdown(res: dict) -> str:
     cb = res.get("continuous_batching")
     if cb:
         lines += ["", f"Continuous batching: {cb['requests']} requests ({cb['prompt_tokens']} prompt tokens), "
-                  "prompts 32-512, answers 32-256 tokens:", "",
+                  f"prompts 32-512, answers 32-256 tokens; transformers' defaults with "
+                  f"{cb.get('defaults_experts', 'bf16')} experts:", "",
                   "| | tok/s | max_batch_tokens | wall s (2nd run) | 1st run s | attention | teacher-forced agreement |",
                   "|---|---|---|---|---|---|---|"]
         for name in ("transformers_defaults", "ours", "ours_same_budget"):
@@ -388,19 +394,26 @@ def main(argv=None) -> dict:
         ours = with_our_kernels(plain)
         what = "tiny GPT-OSS (CPU, fp32)"
     else:
-        from e2e_model import build_model
+        from e2e_model import build_model, load_transformers_mxfp4
 
         device = "cuda"
         torch.manual_seed(0)
         t0 = time.perf_counter()
         plain = build_model(args.layers)
+        path = Path(os.environ.get("MXFP4_CKPT", "/tmp/gpt-oss-20b-shaped-mxfp4"))
+        if args.mxfp4:
+            from tiny_checkpoint import write_mxfp4_checkpoint
+
+            write_mxfp4_checkpoint(plain, path)
+            if not args.no_cb:
+                # The checkpoint as it ships: transformers' defaults load it through their own MXFP4 path.
+                del plain
+                gc.collect()
+                torch.cuda.empty_cache()
+                plain = load_transformers_mxfp4(path)
 
         def load_ours():
             if args.mxfp4:
-                from tiny_checkpoint import write_mxfp4_checkpoint
-
-                path = Path(os.environ.get("MXFP4_CKPT", "/tmp/gpt-oss-20b-shaped-mxfp4"))
-                write_mxfp4_checkpoint(plain, path)
                 return kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
             return kernel.from_pretrained(None, config=plain.config, state_dict=plain.state_dict(), device="cuda",
                                           dtype=torch.bfloat16)

@@ -261,6 +261,19 @@ def runner_tok_s(kernel, model, reps: int, new_tokens: int, b: int, gen, steps: 
     return {f"runner_b{b}_tok_s": round(b * new_tokens / s, 1), f"runner_b{b}_first_call_s": round(first, 1)}
 
 
+def load_transformers_mxfp4(path):
+    """transformers' own MXFP4 path on an MXFP4 checkpoint: its ``Mxfp4GptOssMLP`` with OpenAI's triton_kernels
+    through the Hub kernel gpt-oss-triton-kernels, resolved offline to the carried copy in ``.anchors/``."""
+    import transformers
+
+    anchor = ROOT / ".anchors" / "gpt-oss-triton-kernels"
+    entry = f"kernels-community/gpt-oss-triton-kernels={anchor}"
+    if entry not in os.environ.get("LOCAL_KERNELS", ""):
+        os.environ["LOCAL_KERNELS"] = ":".join(e for e in [os.environ.get("LOCAL_KERNELS", ""), entry] if e)
+    return transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cuda", dtype=torch.bfloat16,
+                                                             use_kernels=False)
+
+
 def mxfp4_run(args) -> None:
     """Transformers' MXFP4 path against ours on one MXFP4 checkpoint (module docstring, `--mxfp4`)."""
     import gc
@@ -278,9 +291,6 @@ def mxfp4_run(args) -> None:
     torch.cuda.empty_cache()
     print(f"MXFP4 checkpoint written to {path} in {time.perf_counter() - t0:.0f} s "
           f"({sum(f.stat().st_size for f in path.iterdir()) / 1e9:.1f} GB)", flush=True)
-    anchor = ROOT / ".anchors" / "gpt-oss-triton-kernels"
-    os.environ["LOCAL_KERNELS"] = ":".join(
-        e for e in [os.environ.get("LOCAL_KERNELS", ""), f"kernels-community/gpt-oss-triton-kernels={anchor}"] if e)
     check = torch.randint(1, 201088, (1, 512), device="cuda", generator=torch.Generator(device="cuda").manual_seed(1))
     res = dict(device=torch.cuda.get_device_name(), switches=switches(), torch=torch.__version__, transformers=transformers.__version__,
                layers=args.layers, reps=args.reps, new_tokens=args.new_tokens,
@@ -298,8 +308,7 @@ def mxfp4_run(args) -> None:
             kernel = load_kernel()
             m = kernel.from_pretrained(path, device="cuda", dtype=torch.bfloat16)
         else:
-            m = transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cuda", dtype=torch.bfloat16,
-                                                                  use_kernels=False)
+            m = load_transformers_mxfp4(path)
             print("transformers' MoE block:", type(m.model.layers[0].mlp).__name__, flush=True)
         torch.cuda.synchronize()
         load_s = time.perf_counter() - t0

@@ -27,6 +27,7 @@
 #     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic / static,
 #     DecodeRunner N=1/8/32, batch 1 and 16);
 #   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
+#   decode-cb-mxfp4: the same on an MXFP4 checkpoint (transformers' defaults on it: their own MXFP4 path; carry .anchors);
 #   decode-mxfp4: both decode scripts with MXFP4 experts.
 # and the whole model (benchmarks/e2e_model.py, 20b shapes):
 #   e2e: bf16 experts, transformers' defaults against ours (e2e_model.json, with the static cache);
@@ -190,7 +191,7 @@ sanitize_tool() {  # sanitize_tool TOOL "node ids": one process under compute-sa
 harness_only=(); decode_runs=()
 for family in "${only_args[@]}"; do
   case "$family" in
-    decode|decode-cb|decode-mxfp4|e2e|e2e-mxfp4|e2e-fp8) decode_runs+=("$family") ;;
+    decode|decode-cb|decode-cb-mxfp4|decode-mxfp4|e2e|e2e-mxfp4|e2e-fp8) decode_runs+=("$family") ;;
     *) harness_only+=("$family") ;;
   esac
 done
@@ -215,6 +216,9 @@ if [ "$BENCH" = 1 ]; then
         decode_bench e2e_decode.log benchmarks/e2e_decode.py --no-cb --reps 2 || status=1 ;;
       decode-cb)
         decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only || status=1 ;;
+      decode-cb-mxfp4)
+        mkdir -p "$OUT/mxfp4"
+        OUT="$OUT/mxfp4" decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only --mxfp4 || status=1 ;;
       decode-mxfp4)
         mkdir -p "$OUT/mxfp4"
         OUT="$OUT/mxfp4" decode_bench profile_decode.log benchmarks/profile_decode.py --mxfp4 --runner 32 || status=1
