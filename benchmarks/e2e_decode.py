@@ -242,7 +242,7 @@ def _cb_measure(kernel, name, model, requests, config, device) -> dict:
 
 
 # transformers' defaults first with their own batch budget; where their eager attention's score tensor does not fit
-# beside the cache (an 8 GiB allocation on an 80 GB H100, 2026-12-06), with the largest of these that runs.
+# beside the cache (8 and 16 GiB allocations on an 80 GB H100, 2026-12-06 / -07), with the largest of these that runs.
 CB_FALLBACK_BUDGETS = (1024, 512, 256, 128)
 
 

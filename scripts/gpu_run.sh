@@ -14,7 +14,7 @@
 #   (tests/test_integration_*.py, test_moe_integration.py, test_attention_transformers.py) with
 #   `-m gpu`, logged to tests-522.log. The benchmarks (unless --no-bench) run under 5.25.
 # --dry-run: print what would run, run nothing.
-# --sanitize: the tests (--tests: files or node ids) under compute-sanitizer memcheck, one process per entry.
+# --sanitize: the tests (--tests: files or node ids) under compute-sanitizer memcheck, a few node ids per process.
 # --racecheck: these tests (files or node ids, one process) under compute-sanitizer racecheck (shared-memory
 #   hazards; slow: name a few), after the tests; summary in $OUT/sanitize_summary.txt.
 # --initcheck: the same under compute-sanitizer initcheck (reads of device memory nothing wrote: what the tests'
@@ -119,6 +119,7 @@ gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under c
         fi
       done
       local i n=${#ids[@]}
+      [ "$n" -gt 0 ] || echo "$f: no GPU test collected" | tee -a "$OUT/sanitize_summary.txt"
       for ((i = 0; i < n; i += chunk)); do
         local t0=$SECONDS
         run env PYTORCH_NO_CUDA_MEMORY_CACHING=1 GOK_SANITIZE=1 compute-sanitizer --tool memcheck \
