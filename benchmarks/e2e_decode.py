@@ -247,8 +247,8 @@ CB_FALLBACK_BUDGETS = (1024, 512, 256, 128)
 
 
 def continuous_batching(kernel, plain, ours, args, device, load_ours=None) -> dict:
-    """``ours`` None: loaded by ``load_ours()`` after the defaults' run, with the defaults' model moved to the CPU
-    first (a bf16 20b-shaped model twice does not fit an 80 GB GPU beside the caches).
+    """``ours`` None: loaded by ``load_ours()`` after the defaults' run, with a bf16 defaults' model moved to the CPU
+    first (a bf16 20b-shaped model twice does not fit an 80 GB GPU beside the caches; two MXFP4 ones do).
 
     transformers' defaults (paged eager attention) run with their own ``max_batch_tokens``; if that runs out of
     memory, with the largest of ``CB_FALLBACK_BUDGETS`` that fits (recorded as ``max_batch_tokens``), and ours then

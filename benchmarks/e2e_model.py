@@ -265,11 +265,9 @@ def load_transformers_mxfp4(path):
     """transformers' own MXFP4 path on an MXFP4 checkpoint: its ``Mxfp4GptOssMLP`` with OpenAI's triton_kernels
     through the Hub kernel gpt-oss-triton-kernels, resolved offline to the carried copy in ``.anchors/``."""
     import transformers
+    from harness import use_anchor_kernel
 
-    anchor = ROOT / ".anchors" / "gpt-oss-triton-kernels"
-    entry = f"kernels-community/gpt-oss-triton-kernels={anchor}"
-    if entry not in os.environ.get("LOCAL_KERNELS", ""):
-        os.environ["LOCAL_KERNELS"] = ":".join(e for e in [os.environ.get("LOCAL_KERNELS", ""), entry] if e)
+    use_anchor_kernel()
     return transformers.AutoModelForCausalLM.from_pretrained(path, device_map="cuda", dtype=torch.bfloat16,
                                                              use_kernels=False)
 

@@ -211,6 +211,18 @@ def load_kernel():
     return kernels.get_local_kernel(ROOT / "build")
 
 
+def use_anchor_kernel(repo: str = "kernels-community/gpt-oss-triton-kernels") -> Path | None:
+    """Resolve the Hub kernel ``repo`` offline to its carried copy in ``.anchors/`` (``LOCAL_KERNELS``), as the
+    anchors that need one (transformers' MXFP4 path) load it; None when the copy is not there."""
+    anchor = ROOT / ".anchors" / repo.split("/")[-1]
+    if not anchor.exists():
+        return None
+    entry = f"{repo}={anchor}"
+    if entry not in os.environ.get("LOCAL_KERNELS", "").split(":"):
+        os.environ["LOCAL_KERNELS"] = ":".join(e for e in [os.environ.get("LOCAL_KERNELS", ""), entry] if e)
+    return anchor
+
+
 def load_package_file(relpath: str):
     """One module of the package straight from torch-ext, no build (the probes import the Triton kernel
     files this way, to set their module-level knobs), e.g. ``load_package_file("attention/_triton_attn.py")``."""

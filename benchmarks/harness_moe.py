@@ -170,12 +170,10 @@ def _transformers_mxfp4_block(packed: dict, router_w, router_b):
     from transformers.integrations import mxfp4 as tm
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssTopKRouter
 
-    anchor = harness.ROOT / ".anchors" / "gpt-oss-triton-kernels"
-    if not anchor.exists():
+    repo = "kernels-community/gpt-oss-triton-kernels"
+    if harness.use_anchor_kernel(repo) is None:
         print("no .anchors/gpt-oss-triton-kernels: transformers' MXFP4 rows skipped", flush=True)
         return None
-    repo = "kernels-community/gpt-oss-triton-kernels"
-    os.environ["LOCAL_KERNELS"] = ":".join(e for e in [os.environ.get("LOCAL_KERNELS", ""), f"{repo}={anchor}"] if e)
     tm.triton_kernels_hub = kernels.get_kernel(repo, version=1)
     config = GptOssConfig(hidden_size=H, intermediate_size=I, num_local_experts=E, num_experts_per_tok=K)
     experts = tm.Mxfp4GptOssExperts(config)
