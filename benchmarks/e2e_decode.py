@@ -185,9 +185,10 @@ def cb_requests(n: int, vocab: int, tiny: bool) -> list[tuple[list[int], int]]:
     return out
 
 
-def cb_run(model, requests, cb_config) -> tuple[float, dict]:
+def cb_run(model, requests, cb_config, resolved_into: dict | None = None) -> tuple[float, dict]:
     """All requests through transformers' continuous-batching manager, each with its own max_new_tokens: wall
-    seconds and {request index: generated tokens}."""
+    seconds and {request index: generated tokens}; ``resolved_into`` gets the settings transformers resolved
+    (``resolved``)."""
     from transformers import GenerationConfig
     from transformers.generation.continuous_batching.utils import WorkloadHints
 
@@ -208,20 +209,63 @@ def cb_run(model, requests, cb_config) -> tuple[float, dict]:
                 results[ids[r.request_id]] = r.generated_tokens
             elif r is None and not manager.is_running():
                 raise RuntimeError("continuous batching stopped before every request finished")
+        if resolved_into is not None:
+            resolved_into.update(resolved(manager.continuous_batching_config))
     _sync(model.device)
     return time.perf_counter() - t0, results
 
 
-def _cb_measure(kernel, name, model, requests, config, device) -> dict:
+# What transformers resolved for a run (the manager's deep copy of the config, filled in when it starts).
+_RESOLVED = ("use_cuda_graph", "use_async_batching", "max_blocks_per_request", "max_batch_tokens", "num_blocks",
+             "max_requests_per_batch", "q_padding_interval_size", "kv_padding_interval_size", "page_size")
+
+
+def resolved(cfg) -> dict:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in _RESOLVED if (v := getattr(cfg, k, None)) is not None}
+
+
+def cb_profile(model, requests, config, device, n: int = 25) -> dict:
+    """One more run of ``requests`` under torch.profiler (after the timed one: graphs captured): where the wall time
+    goes. GPU busy = union of the GPU's kernel / copy intervals; the kernels summed by name (largest first); the
+    runtime calls that launch work or wait, counted over all threads (CUPTI sees the manager's thread too)."""
+    from profile_decode import _GRAPH_LAUNCHES, _KERNEL_LAUNCHES, _SYNCS, _union
+
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
+                                            torch.profiler.ProfilerActivity.CUDA]) as prof:
+        wall, _ = cb_run(model, requests, config())
+    events = list(prof.events())
+    gpu = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.elapsed_us() > 0]
+    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    totals: dict[str, list] = {}
+    for e in gpu:
+        t = totals.setdefault(e.name[:90], [0.0, 0])
+        t[0] += e.time_range.elapsed_us()
+        t[1] += 1
+    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
+    top = [dict(kernel=k, ms=round(us / 1e3, 2), calls=c) for k, (us, c) in rows[:n]]
+    if rows[n:]:
+        top.append(dict(kernel=f"({len(rows) - n} other kernels)", ms=round(sum(v[0] for _, v in rows[n:]) / 1e3, 2),
+                        calls=sum(v[1] for _, v in rows[n:])))
+    count = lambda names: sum(1 for e in cpu if e.name in names)  # noqa: E731
+    return dict(wall_s=round(wall, 3), gpu_busy_s=round(_union((e.time_range.start, e.time_range.end) for e in gpu) / 1e6, 3),
+                kernel_sum_s=round(sum(e.time_range.elapsed_us() for e in gpu) / 1e6, 3),
+                graph_launches=count(_GRAPH_LAUNCHES), kernel_launches=count(_KERNEL_LAUNCHES),
+                syncs_and_copies=count(_SYNCS), top_kernels=top)
+
+
+def _cb_measure(kernel, name, model, requests, config, device, profile_it: bool = False) -> dict:
     """Two runs (warm-up, then timed) of ``requests`` through ``config()``, and the outputs' teacher-forced
-    agreement with the model's own full-sequence forward."""
+    agreement with the model's own full-sequence forward; ``profile_it``: a third run under the profiler
+    (``cb_profile``)."""
     before = model.config._attn_implementation
     try:
         if name.startswith("ours"):
             model.set_attn_implementation(kernel.integrations.attention_implementation(continuous_batching=True))
         first, _ = cb_run(model, requests, config())
-        wall, results = cb_run(model, requests, config())
+        settings = {}
+        wall, results = cb_run(model, requests, config(), settings)
         total = sum(len(results[i]) for i in range(len(requests)))
+        profile = cb_profile(model, requests, config, device) if profile_it else None
         agree_hits = agree_total = 0
         with torch.inference_mode():
             for i, (p, _) in enumerate(requests):
@@ -229,9 +273,12 @@ def _cb_measure(kernel, name, model, requests, config, device) -> dict:
                 logits = model(seq[None]).logits[0, len(p) - 1:-1]
                 agree_hits += int((logits.argmax(-1) == seq[len(p):]).sum())
                 agree_total += len(results[i])
-        return dict(tok_s=round(total / wall, 1), wall_s=round(wall, 2), first_run_s=round(first, 2),
-                    generated_tokens=total, attn_implementation=model.config._attn_implementation,
-                    teacher_forced_agreement=round(agree_hits / max(agree_total, 1), 4))
+        r = dict(tok_s=round(total / wall, 1), wall_s=round(wall, 2), first_run_s=round(first, 2),
+                 generated_tokens=total, attn_implementation=model.config._attn_implementation,
+                 teacher_forced_agreement=round(agree_hits / max(agree_total, 1), 4), resolved_config=settings)
+        if profile is not None:
+            r["profile"] = profile
+        return r
     except Exception as e:  # noqa: BLE001
         return dict(error=f"{type(e).__name__}: {e}"[:500])
     finally:
@@ -288,7 +335,8 @@ def continuous_batching(kernel, plain, ours, args, device, load_ours=None) -> di
         for name, b in variants:
             extra = {} if b is None else dict(max_batch_tokens=b)
             runs[name] = _cb_measure(kernel, name, ours, requests,
-                                     lambda: ContinuousBatchingConfig(use_cuda_graph=graphs, **mem, **extra), device)
+                                     lambda: ContinuousBatchingConfig(use_cuda_graph=graphs, **mem, **extra), device,
+                                     profile_it=args.cb_profile and name == "ours")
             runs[name]["max_batch_tokens"] = b or "transformers' choice"
             print(f"  continuous batching, {name}: {runs[name]}", flush=True)
     base = runs.get("transformers_defaults", {}).get("tok_s")
@@ -342,6 +390,16 @@ def markdown(res: dict) -> str:
             elif r:
                 lines.append(f"| {name} | {r['tok_s']} | {r['max_batch_tokens']} | {r['wall_s']} | "
                              f"{r['first_run_s']} | {r['attn_implementation']} | {r['teacher_forced_agreement']} |")
+        for name in ("transformers_defaults", "ours", "ours_same_budget"):
+            if cb.get(name, {}).get("resolved_config"):
+                lines.append(f"\n{name}, as transformers resolved it: {cb[name]['resolved_config']}")
+        prof = cb.get("ours", {}).get("profile")
+        if prof:
+            lines += ["", f"ours under the profiler: wall {prof['wall_s']} s, GPU busy {prof['gpu_busy_s']} s "
+                      f"({prof['gpu_busy_s'] / prof['wall_s']:.0%}), kernel sum {prof['kernel_sum_s']} s; "
+                      f"{prof['graph_launches']} graph launches, {prof['kernel_launches']} kernel launches, "
+                      f"{prof['syncs_and_copies']} syncs / copies.", "", "| GPU kernel | ms | calls |", "|---|---|---|"]
+            lines += [f"| {k['kernel']} | {k['ms']} | {k['calls']} |" for k in prof["top_kernels"]]
         oom = cb.get("transformers_defaults", {}).get("out_of_memory_with")
         if oom:
             lines.append(f"\ntransformers' defaults ran out of memory with max_batch_tokens {', '.join(map(str, oom))}.")
@@ -372,6 +430,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--torch-projections", action="store_true",
                         help="attention projections through torch's linear (the A/B of multi_linear)")
     parser.add_argument("--cb-requests", type=int, default=64)
+    parser.add_argument("--cb-profile", action="store_true",
+                        help="ours' continuous batching once more under torch.profiler (cb_profile: GPU busy, kernels)")
     parser.add_argument("--ab", action="store_true",
                         help="also the runner with the rotary fusion off / MXFP4 on the checkpoint's bytes (ab_routes)")
     parser.add_argument("--ab-env", nargs="*", default=[], metavar="NAME=VALUE",

@@ -26,7 +26,8 @@
 #   decode: benchmarks/profile_decode.py (static-cache generate step profile, DecodeRunner N=8/32, Chrome traces,
 #     timeline PNG if matplotlib is there) and benchmarks/e2e_decode.py --no-cb (generate dynamic / static,
 #     DecodeRunner N=1/8/32, batch 1 and 16);
-#   decode-cb: benchmarks/e2e_decode.py --cb-only (continuous batching, ours vs transformers' defaults);
+#   decode-cb: benchmarks/e2e_decode.py --cb-only --cb-profile (continuous batching, ours vs transformers' defaults;
+#     ours once more under the profiler);
 #   decode-cb-mxfp4: the same on an MXFP4 checkpoint (transformers' defaults on it: their own MXFP4 path; carry .anchors);
 #   decode-mxfp4: both decode scripts with MXFP4 experts.
 # and the whole model (benchmarks/e2e_model.py, 20b shapes):
@@ -216,10 +217,10 @@ if [ "$BENCH" = 1 ]; then
         decode_bench profile_decode.log benchmarks/profile_decode.py --runner 8 32 --trace --png || status=1
         decode_bench e2e_decode.log benchmarks/e2e_decode.py --no-cb --reps 2 || status=1 ;;
       decode-cb)
-        decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only || status=1 ;;
+        decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only --cb-profile || status=1 ;;
       decode-cb-mxfp4)
         mkdir -p "$OUT/mxfp4"
-        OUT="$OUT/mxfp4" decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only --mxfp4 || status=1 ;;
+        OUT="$OUT/mxfp4" decode_bench e2e_decode_cb.log benchmarks/e2e_decode.py --cb-only --cb-profile --mxfp4 || status=1 ;;
       decode-mxfp4)
         mkdir -p "$OUT/mxfp4"
         OUT="$OUT/mxfp4" decode_bench profile_decode.log benchmarks/profile_decode.py --mxfp4 --runner 32 || status=1

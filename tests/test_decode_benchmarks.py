@@ -75,3 +75,16 @@ def test_e2e_decode_tiny(kernel, tmp_path):
     assert routes["runner_4"]["runner_vs_dynamic_tokens"] == 1.0
     assert routes["runner_4"]["launches"] == 3  # 9 decode steps after the prefill's token, 4 per launch
     assert "| runner_4 | 2 |" in (tmp_path / "e2e_decode.md").read_text()
+
+
+def test_e2e_decode_tiny_continuous_batching_profile(kernel, tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "e2e_decode.py"), "--tiny", "--cb-only",
+                        "--cb-profile", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    cb = json.loads((tmp_path / "e2e_decode_cb.json").read_text())["continuous_batching"]
+    for name in ("transformers_defaults", "ours"):
+        assert cb[name]["teacher_forced_agreement"] == 1.0, (name, cb[name])
+        assert cb[name]["resolved_config"]["num_blocks"] > 0  # read from the manager's resolved copy
+    prof = cb["ours"]["profile"]
+    assert prof["wall_s"] > 0 and prof["gpu_busy_s"] == 0.0 and prof["top_kernels"] == []  # CPU: no GPU activity
+    assert "ours under the profiler" in (tmp_path / "e2e_decode_cb.md").read_text()
