@@ -17,8 +17,8 @@ MXFP4 rows (``mxfp4_rows``): the block with the checkpoint's MXFP4 experts (``mo
 included, CUDA-graph replay) at T = 1, 4, 64, 1024, 4096, beside our bf16 block on exactly the dequantized
 weights (same router, same input); floor as above with (H*2I + I*H) * (1/2 + 1/32) bytes per expert (4-bit
 values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4. From T = 1024
-also the path without the CUDA prefill GEMM (GOK_PREFILL_GEMM=0: the one-pass dequantization) beside the default,
-unless the run sets that switch.
+also the CUDA prefill GEMM without warp specialization (GOK_PREFILL_WS=0: the weights dequantized into each
+warpgroup's own A registers) beside the default, unless the run sets that switch.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
         n_sets = rotation(int(E * (1 - (1 - K / E) ** T) * (H * 2 * I + I * H) * (0.5 + 1 / 32)))
         xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(n_sets)]
         ours = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0) for x in xs]
-        prefill = T >= 1024 and "GOK_PREFILL_GEMM" not in os.environ  # the path without the prefill GEMM, beside
+        prefill = T >= 1024 and "GOK_PREFILL_WS" not in os.environ  # the prefill GEMM without warp specialization
         ckpt = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *ckpt_args, 1.702, 7.0) for x in xs]
         bf16 = [lambda x=x: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],
                                        deq["down"], packed["down_bias"], 1.702, 7.0)[0] for x in xs]
@@ -229,12 +229,12 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
             us_eager = median_us(ours[0])
             us_bf16 = median_us_graph(bf16, replays=40)
             if prefill:
-                os.environ["GOK_PREFILL_GEMM"] = "0"
+                os.environ["GOK_PREFILL_WS"] = "0"
                 try:
                     pf_err = ((ours[0]()[0].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
                     us_prefill = median_us_graph(ours, replays=40)
                 finally:
-                    os.environ.pop("GOK_PREFILL_GEMM")
+                    os.environ.pop("GOK_PREFILL_WS")
             if T < 1024:
                 ckpt_err = (ckpt[0]()[0].float() - out.float()).abs().max().item()
                 us_ckpt = median_us_graph(ckpt, replays=40)
@@ -258,8 +258,8 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
                         eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2), input_sets=n_sets,
                         rel_err_vs_bf16_on_dequantized=f"{err:.1e}", **extra, **state))
         if prefill:
-            rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, kernel words, without the CUDA prefill GEMM "
-                            "(GOK_PREFILL_GEMM=0; CUDA graph)", us_prefill, floor_mxfp4(ceilings, T),
+            rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, kernel words, prefill GEMM without warp "
+                            "specialization (GOK_PREFILL_WS=0; CUDA graph)", us_prefill, floor_mxfp4(ceilings, T),
                             vs_default=round(us / us_prefill, 2), vs_our_bf16=round(us_bf16 / us_prefill, 2),
                             rel_err_vs_bf16_on_dequantized=f"{pf_err:.1e}"))
         if T < 1024:

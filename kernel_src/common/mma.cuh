@@ -1,5 +1,5 @@
-// Device helpers shared by the hand-written attention kernels: cp.async, ldmatrix, mma.m16n8k16,
-// bf16 / fp16 packing (sm_80+ PTX), and wgmma descriptors and fences (sm_90a).
+// Device helpers shared by the hand-written kernels: cp.async, ldmatrix, mma.m16n8k16, bf16 / fp16 packing
+// (sm_80+ PTX), wgmma descriptors and fences (sm_90a), and mbarriers (sm_90).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -110,6 +110,26 @@ __device__ __forceinline__ void fence_proxy_async_smem() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 #endif
+}
+
+// --- mbarrier (sm_90): producer / consumer stages in shared memory ---------------------------------------------
+__device__ __forceinline__ void mbar_init(uint64_t* bar, uint32_t count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_addr(bar)), "r"(count) : "memory");
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.release.cta.shared::cta.b64 _, [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// One arrival on `bar` once every cp.async this thread issued before has landed (.noinc: the barrier's count
+// includes these arrivals).
+__device__ __forceinline__ void mbar_arrive_cp_async(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_addr(bar)) : "memory");
+}
+// Waits until the phase of parity `parity` has completed (a fresh barrier: parity 1 passes at once).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT_%=:\n"
+      "mbarrier.try_wait.parity.acquire.cta.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT_%=;\n}\n" ::"r"(smem_addr(bar)), "r"(parity) : "memory");
 }
 
 }  // namespace gok

@@ -25,6 +25,7 @@
 #include <cuda_bf16.h>
 
 #include <cstdint>
+#include <cstdlib>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
@@ -85,6 +86,17 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
       "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(1));
+#endif
+}
+
+// d (64 x 256, fp32: this thread's 128 values) += A (64 x 16, shared, K-major) * B (16 x 256, shared, K-major).
+__device__ __forceinline__ void wgmma_ss_n256(float (&d)[128], uint64_t da, uint64_t db) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(1));
 #endif
 }
 
@@ -306,6 +318,247 @@ void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStrea
   first ? launch<BM, true, S>(p, nb, device, stream) : launch<BM, false, S>(p, nb, device, stream);
 }
 
+
+// --- Warp-specialized variant for 128-row blocks (GOK_PREFILL_WS=0: the kernel above) --------------------------------
+// Why: the kernel above dequantizes into A registers that its own wgmmas must have finished reading, so each
+// warpgroup alternates between dequantizing and waiting; ncu showed it latency-bound (1.41x our bf16 block at
+// T = 4096 on the H100, 2026-12-07). Here one warpgroup produces and two consume, as in a TMA GEMM:
+//   producer (warpgroup 0): per stage of 64 k, the block's 128 activation rows by cp.async (gathered, zero-filled
+//     past K and for padding rows) and the tile's 256 weight rows dequantized (exact, moe/mxfp4.cuh) to bf16 and
+//     stored to shared memory in the same 128-byte-swizzled K-major layout; its next stage's weight words are read
+//     from global memory while it waits for a free stage;
+//   consumers (warpgroups 1, 2): token rows 64j .. 64j + 63 of the block against all 256 weight rows, four
+//     wgmma m64n256k16 (both operands in shared memory) per stage; the epilogue as above.
+// Tokens are the MMA's M here (weights are N), so each dequantized weight value feeds 128 tokens' MACs, and the
+// producer spends ~20% of its issue slots per stage (16 words per thread). Stages: full[s] completes when the
+// producer's 128 threads have stored their weights and their cp.asyncs have landed (256 arrivals); empty[s] when
+// both consumers' wgmmas that read stage s are done (256 arrivals).
+namespace ws {
+constexpr int kThreads = 384;
+constexpr int kBM = 128;                       // token rows (the row block)
+constexpr int kBN = 256;                       // weight rows per CTA
+constexpr int kStages = 4;
+constexpr int kXBytes = kBM * 128;             // one stage's activations: 64 k of bf16 per row
+constexpr int kWBytes = kBN * 128;             // one stage's dequantized weights
+constexpr int kStageBytes = kXBytes + kWBytes;  // a multiple of 1024: every operand starts on a swizzle atom
+constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + kBM * 8;
+static_assert(kSmemBytes + 1024 <= 227 * 1024, "one CTA per SM");
+
+// Dequantizes one MX block (4 kernel words: k 32b .. 32b + 31 of the stage's row) with its scale byte and stores
+// it as 4 swizzled 16-byte chunks (chunk j of the row at j ^ (row & 7)).
+template <bool TWO_STEP>
+__device__ __forceinline__ void store_block(uint32_t row_addr, int sw, int b, const uint4& q, uint32_t s) {
+  const uint32_t f = gok::scale_factor<TWO_STEP>(s);
+  const uint32_t w[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const uint32_t v0 = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw<0>(w[i]), f);
+    const uint32_t v1 = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw<1>(w[i]), f);
+    const uint32_t v2 = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw<2>(w[i]), f);
+    const uint32_t v3 = gok::scale_pair<TWO_STEP>(gok::e2m1_pair_kw<3>(w[i]), f);
+    asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(row_addr + (((4 * b + i) ^ sw) << 4)), "r"(v0),
+                 "r"(v1), "r"(v2), "r"(v3) : "memory");
+  }
+}
+__device__ __forceinline__ void store_zero_block(uint32_t row_addr, int sw, int b) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+    asm volatile("st.shared.v4.b32 [%0], {%1, %1, %1, %1};\n" ::"r"(row_addr + (((4 * b + i) ^ sw) << 4)), "r"(0u)
+                 : "memory");
+}
+
+template <bool FIRST>
+__global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillParams p) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  extern __shared__ __align__(1024) uint8_t smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
+  uint64_t* empty = full + kStages;
+  int32_t* pos_s = reinterpret_cast<int32_t*>(empty + kStages);
+  float* wt_s = reinterpret_cast<float*>(pos_s + kBM);
+
+  gok::pdl_wait_and_release();
+  const int blk = blockIdx.y;
+  const int e = p.block_expert[blk];
+  if (e < 0 || e >= p.num_experts) return;  // uniform over the CTA
+  const int tid = threadIdx.x;
+  const int n0 = blockIdx.x * kBN;
+  const int64_t row0 = static_cast<int64_t>(blk) * kBM;
+  const int kb = p.k / 32;
+  const int nk = (p.k + 63) / 64;
+  for (int i = tid; i < kBM; i += kThreads) {
+    const int pos = p.sorted_pos[row0 + i];
+    pos_s[i] = pos;
+    if constexpr (!FIRST) wt_s[i] = pos >= 0 ? p.topk_w[pos] : 0.f;
+  }
+  if (tid == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      gok::mbar_init(full + s, 256);
+      gok::mbar_init(empty + s, 256);
+    }
+  }
+  __syncthreads();
+  const uint32_t base = gok::smem_addr(smem);
+
+  if (tid < 128) {  // ---- producer
+    // Activations: 16-byte chunk c8 of rows (tid >> 3) + 16 i (byte offsets from a, < 2^32: checked on the host).
+    const int c8 = tid & 7;
+    uint32_t a_off[8];
+    uint32_t a_ok = 0;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int pos = pos_s[(tid >> 3) + 16 * i];
+      const int64_t arow = FIRST ? pos / p.top_k : row0 + (tid >> 3) + 16 * i;
+      a_off[i] = pos >= 0 ? static_cast<uint32_t>(arow * p.stride_a * 2 + c8 * 16) : 0u;
+      a_ok |= (pos >= 0 ? 1u : 0u) << i;
+    }
+    const uint32_t x_dst = base + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
+    const char* a_next = reinterpret_cast<const char*>(p.a);
+    // Weights: tile rows tid and tid + 128 (rows past N are neither read nor written: their outputs are not stored).
+    const int sw = tid & 7;
+    bool ok[2];
+    const uint4* wq[2];
+    const uint8_t* sq[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const int n = n0 + tid + 128 * r;
+      ok[r] = n < p.n;
+      const int64_t row = static_cast<int64_t>(e) * p.n + (ok[r] ? n : 0);
+      wq[r] = reinterpret_cast<const uint4*>(p.w) + row * kb;  // one uint4 = one MX block's 4 words
+      sq[r] = p.s + row * kb;
+    }
+    uint4 q[4];      // the next stage's blocks: row r, MX block b at q[2r + b]
+    uint32_t sc[2];  // their scale bytes (low byte: block 0)
+    auto load_w = [&](int kt) {
+      const int b0 = 2 * kt;
+      const bool has1 = b0 + 1 < kb;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (ok[r]) {
+          q[2 * r] = __ldg(wq[r] + b0);
+          q[2 * r + 1] = has1 ? __ldg(wq[r] + b0 + 1) : make_uint4(0u, 0u, 0u, 0u);
+          sc[r] = uint32_t{__ldg(sq[r] + b0)} | (has1 ? uint32_t{__ldg(sq[r] + b0 + 1)} << 8 : 0u);
+        }
+      }
+    };
+    load_w(0);
+    int s = 0;
+    uint32_t phase = 0;
+    for (int kt = 0; kt < nk; ++kt) {
+      gok::mbar_wait(empty + s, phase ^ 1u);  // the consumers are done with this stage's previous round
+      const uint32_t st = base + s * kStageBytes;
+      const int k_left = p.k - kt * 64 - c8 * 8;
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+        gok::cp_async16(x_dst + st + i * 16 * 128, a_next + a_off[i], k_left > 0 && (a_ok >> i & 1u));
+      gok::mbar_arrive_cp_async(full + s);
+      a_next += 128;
+      const uint4 c[4] = {q[0], q[1], q[2], q[3]};
+      const uint32_t cs[2] = {sc[0], sc[1]};
+      if (kt + 1 < nk) load_w(kt + 1);
+      const bool has1 = 2 * kt + 1 < kb;
+#pragma unroll
+      for (int r = 0; r < 2; ++r) {
+        if (!ok[r]) continue;
+        const uint32_t row_addr = st + kXBytes + (tid + 128 * r) * 128;
+#pragma unroll
+        for (int b = 0; b < 2; ++b) {
+          const uint32_t sb = (cs[r] >> (8 * b)) & 0xFFu;
+          if (b == 1 && !has1)
+            store_zero_block(row_addr, sw, 1);  // past K: zeros (the activations there are zero-filled too)
+          else if (sb > 128)
+            store_block<true>(row_addr, sw, b, c[2 * r + b], sb);
+          else
+            store_block<false>(row_addr, sw, b, c[2 * r + b], sb);
+        }
+      }
+      gok::fence_proxy_async_smem();  // the stores, visible to the consumers' wgmmas
+      gok::mbar_arrive(full + s);
+      if (++s == kStages) {
+        s = 0;
+        phase ^= 1u;
+      }
+    }
+    gok::cp_async_wait<0>();  // no copy in flight when the producer's threads exit
+    return;
+  }
+
+  // ---- consumers
+  const int cw = (tid >> 7) - 1;  // token rows 64 cw .. 64 cw + 63 of the block
+  float acc[128];
+#pragma unroll
+  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  int s = 0, prev = 0;
+  uint32_t phase = 0;
+  for (int kt = 0; kt < nk; ++kt) {
+    gok::mbar_wait(full + s, phase);
+    gok::fence_proxy_async_smem();  // the cp.async rows (generic proxy) before wgmma reads them
+    const uint32_t st = base + s * kStageBytes;
+    const uint64_t da = gok::wgmma_desc_sw128(st + cw * 64 * 128);
+    const uint64_t db = gok::wgmma_desc_sw128(st + kXBytes);
+    gok::wgmma_fence();
+#pragma unroll
+    for (int j = 0; j < 4; ++j) wgmma_ss_n256(acc, da + 2 * j, db + 2 * j);  // 32 bytes per k16 step
+    gok::wgmma_commit();
+    gok::wgmma_wait<1>();  // the previous stage's wgmmas are done: release it
+    if (kt > 0) gok::mbar_arrive(empty + prev);
+    prev = s;
+    if (++s == kStages) {
+      s = 0;
+      phase ^= 1u;
+    }
+  }
+  gok::wgmma_wait<0>();
+
+  // Epilogue. acc[4j + cc]: token row 16 q + g, weight row 8j + 2c + cc; acc[4j + 2 + cc]: token row 16 q + g + 8.
+  const int lane = tid & 31, q = (tid >> 5) & 3, g = lane >> 2, c = lane & 3;
+  const int64_t eb = static_cast<int64_t>(e) * p.n;
+#pragma unroll
+  for (int j = 0; j < kBN / 8; ++j) {
+    const int n = n0 + 8 * j + 2 * c;  // even; N is even for GEMM 1 (2I)
+    if (n >= p.n) break;               // uniform over j from here on
+    const bool n1 = n + 1 < p.n;
+    const float b0 = p.bias != nullptr ? __bfloat162float(p.bias[eb + n]) : 0.f;
+    const float b1 = p.bias != nullptr && n1 ? __bfloat162float(p.bias[eb + n + 1]) : 0.f;
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int t = 64 * cw + 16 * q + g + 8 * h;
+      const int pos = pos_s[t];
+      if (pos < 0) continue;
+      const float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
+      if constexpr (FIRST) {
+        float gate = v0, up = v1;
+        gate = isnan(gate) ? gate : fminf(gate, p.limit);
+        up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
+        p.out[(row0 + t) * p.stride_out + n / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
+      } else {
+        const float wt = wt_s[t];
+        __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
+        if (p.pair_stores && n1) {
+          *reinterpret_cast<__nv_bfloat162*>(o + n) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
+        } else {
+          o[n] = __float2bfloat16_rn(v0 * wt);
+          if (n1) o[n + 1] = __float2bfloat16_rn(v1 * wt);
+        }
+      }
+    }
+  }
+#endif
+}
+
+template <bool FIRST>
+void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
+  gok::allow_dynamic_smem(prefill_ws_kernel<FIRST>, kSmemBytes, device);
+  const dim3 grid((p.n + kBN - 1) / kBN, nb, 1);
+  gok::launch_pdl(prefill_ws_kernel<FIRST>, grid, dim3(kThreads, 1, 1), kSmemBytes, stream, p);
+}
+}  // namespace ws
+
+// GOK_PREFILL_WS=0: 128-row blocks through the kernel above instead of the warp-specialized one (read per call, so
+// one process can compare them; CUDA graphs keep the kernel they captured).
+bool use_ws() {
+  const char* env = std::getenv("GOK_PREFILL_WS");
+  return env == nullptr || env[0] != '0';
+}
 }  // namespace
 
 void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::Tensor& w_scale,
@@ -358,7 +611,9 @@ void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::
   p.limit = static_cast<float>(limit);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int dev = a.get_device(), nbi = static_cast<int>(nb);
-  if (bm == 128)
+  if (bm == 128 && use_ws())
+    first ? ws::launch<true>(p, nbi, dev, stream) : ws::launch<false>(p, nbi, dev, stream);
+  else if (bm == 128)
     launch_bm<128, 4>(p, nbi, first, dev, stream);
   else
     launch_bm<64, 6>(p, nbi, first, dev, stream);
