@@ -17,8 +17,9 @@ MXFP4 rows (``mxfp4_rows``): the block with the checkpoint's MXFP4 experts (``mo
 included, CUDA-graph replay) at T = 1, 4, 64, 1024, 4096, beside our bf16 block on exactly the dequantized
 weights (same router, same input); floor as above with (H*2I + I*H) * (1/2 + 1/32) bytes per expert (4-bit
 values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4. From T = 1024
-also the CUDA prefill GEMM without warp specialization (GOK_PREFILL_WS=0: the weights dequantized into each
-warpgroup's own A registers) beside the default, unless the run sets that switch.
+also the prefill GEMM's other kernels (PREFILL_VARIANTS: GOK_PREFILL_WS=0, the weights dequantized into each
+warpgroup's own A registers; 192, warp-specialized with 192-row tiles) beside the default, unless the run sets
+that switch.
 """
 
 from __future__ import annotations
@@ -152,6 +153,8 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
 
 
 MXFP4_TOKENS = (1, 4, 64, 1024, 4096)
+# The prefill GEMM's other kernels for 128-row blocks (GOK_PREFILL_WS values), measured beside the default from T = 1024.
+PREFILL_VARIANTS = {"0": "prefill GEMM without warp specialization", "192": "warp-specialized prefill GEMM, 192-row tiles"}
 MXFP4_TARGET_US = {1: 25, 4: 60, 64: 150, 4096: 1533}  # T=4096: no slower than our bf16 block (H200, 1,533 us)
 
 
@@ -228,11 +231,12 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
             state = dict(harness.LAST_GPU_STATE) if T >= 1024 else {}
             us_eager = median_us(ours[0])
             us_bf16 = median_us_graph(bf16, replays=40)
-            if prefill:
-                os.environ["GOK_PREFILL_WS"] = "0"
+            variants = {}  # GOK_PREFILL_WS value: (µs, rel. err.)
+            for v in PREFILL_VARIANTS if prefill else ():
+                os.environ["GOK_PREFILL_WS"] = v
                 try:
-                    pf_err = ((ours[0]()[0].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                    us_prefill = median_us_graph(ours, replays=40)
+                    v_err = ((ours[0]()[0].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
+                    variants[v] = (median_us_graph(ours, replays=40), v_err)
                 finally:
                     os.environ.pop("GOK_PREFILL_WS")
             if T < 1024:
@@ -257,11 +261,11 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
         rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, kernel words (CUDA graph)", us, floor_mxfp4(ceilings, T),
                         eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2), input_sets=n_sets,
                         rel_err_vs_bf16_on_dequantized=f"{err:.1e}", **extra, **state))
-        if prefill:
-            rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, kernel words, prefill GEMM without warp "
-                            "specialization (GOK_PREFILL_WS=0; CUDA graph)", us_prefill, floor_mxfp4(ceilings, T),
-                            vs_default=round(us / us_prefill, 2), vs_our_bf16=round(us_bf16 / us_prefill, 2),
-                            rel_err_vs_bf16_on_dequantized=f"{pf_err:.1e}"))
+        for v, (us_v, v_err) in variants.items():
+            rows.append(row("moe", f"T={T}", f"ours MXFP4 MoeMLP, kernel words, {PREFILL_VARIANTS[v]} "
+                            f"(GOK_PREFILL_WS={v}; CUDA graph)", us_v, floor_mxfp4(ceilings, T),
+                            vs_default=round(us / us_v, 2), vs_our_bf16=round(us_bf16 / us_v, 2),
+                            rel_err_vs_bf16_on_dequantized=f"{v_err:.1e}"))
         if T < 1024:
             rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, checkpoint's bytes (CUDA graph)", us_ckpt,
                             floor_mxfp4(ceilings, T), max_abs_diff_vs_kernel_words=f"{ckpt_err:.1e}"))

@@ -26,6 +26,7 @@
 
 #include <cstdint>
 #include <cstdlib>
+#include <cstring>
 
 #include "common/device.cuh"
 #include "common/mma.cuh"
@@ -89,13 +90,23 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
 #endif
 }
 
-// d (64 x 256, fp32: this thread's 128 values) += A (64 x 16, shared, K-major) * B (16 x 256, shared, K-major).
-__device__ __forceinline__ void wgmma_ss_n256(float (&d)[128], uint64_t da, uint64_t db) {
+// d (64 x BN, fp32: this thread's BN / 2 values) += A (64 x 16, shared, K-major) * B (16 x BN, shared, K-major).
+__device__ __forceinline__ void wgmma_ss(float (&d)[128], uint64_t da, uint64_t db) {  // 64 x 256
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   asm volatile(
       "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
       "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, 0, 0;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(da), "l"(db), "r"(1));
+#endif
+}
+
+__device__ __forceinline__ void wgmma_ss(float (&d)[96], uint64_t da, uint64_t db) {  // 64 x 192
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %98, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n192k16.f32.bf16.bf16 {%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95}, %96, %97, p, 1, 1, 0, 0;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95])
       : "l"(da), "l"(db), "r"(1));
 #endif
 }
@@ -336,13 +347,18 @@ void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStrea
 namespace ws {
 constexpr int kThreads = 384;
 constexpr int kBM = 128;                       // token rows (the row block)
-constexpr int kBN = 256;                       // weight rows per CTA
-constexpr int kStages = 4;
 constexpr int kXBytes = kBM * 128;             // one stage's activations: 64 k of bf16 per row
-constexpr int kWBytes = kBN * 128;             // one stage's dequantized weights
-constexpr int kStageBytes = kXBytes + kWBytes;  // a multiple of 1024: every operand starts on a swizzle atom
-constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + kBM * 8;
-static_assert(kSmemBytes + 1024 <= 227 * 1024, "one CTA per SM");
+
+// BN weight rows per CTA: 256, or 192 (divides gpt-oss's 2I = 5760 and H = 2880: no partly empty last tile).
+template <int BN>
+struct Tile {
+  static constexpr int kStages = BN == 256 ? 4 : 5;
+  static constexpr int kWBytes = BN * 128;             // one stage's dequantized weights
+  static constexpr int kStageBytes = kXBytes + kWBytes;  // a multiple of 1024: every operand on a swizzle atom
+  static constexpr int kSmemBytes = kStages * kStageBytes + 2 * kStages * 8 + kBM * 8;
+  static_assert(BN == 256 || BN == 192, "tiles of 256 or 192 weight rows");
+  static_assert(kSmemBytes + 1024 <= 227 * 1024, "one CTA per SM");
+};
 
 // Dequantizes one MX block (4 kernel words: k 32b .. 32b + 31 of the stage's row) with its scale byte and stores
 // it as 4 swizzled 16-byte chunks (chunk j of the row at j ^ (row & 7)).
@@ -367,9 +383,11 @@ __device__ __forceinline__ void store_zero_block(uint32_t row_addr, int sw, int 
                  : "memory");
 }
 
-template <bool FIRST>
+template <int BN, bool FIRST>
 __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using Tl = Tile<BN>;
+  constexpr int kStages = Tl::kStages, kStageBytes = Tl::kStageBytes;
   extern __shared__ __align__(1024) uint8_t smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem + kStages * kStageBytes);
   uint64_t* empty = full + kStages;
@@ -381,7 +399,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
   const int e = p.block_expert[blk];
   if (e < 0 || e >= p.num_experts) return;  // uniform over the CTA
   const int tid = threadIdx.x;
-  const int n0 = blockIdx.x * kBN;
+  const int n0 = blockIdx.x * BN;
   const int64_t row0 = static_cast<int64_t>(blk) * kBM;
   const int kb = p.k / 32;
   const int nk = (p.k + 63) / 64;
@@ -413,7 +431,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
     }
     const uint32_t x_dst = base + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
     const char* a_next = reinterpret_cast<const char*>(p.a);
-    // Weights: tile rows tid and tid + 128 (rows past N are neither read nor written: their outputs are not stored).
+    // Weights: tile rows tid and tid + 128 (< BN; rows past N are neither read nor written: their outputs are not
+    // stored).
     const int sw = tid & 7;
     bool ok[2];
     const uint4* wq[2];
@@ -421,7 +440,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
 #pragma unroll
     for (int r = 0; r < 2; ++r) {
       const int n = n0 + tid + 128 * r;
-      ok[r] = n < p.n;
+      ok[r] = tid + 128 * r < BN && n < p.n;
       const int64_t row = static_cast<int64_t>(e) * p.n + (ok[r] ? n : 0);
       wq[r] = reinterpret_cast<const uint4*>(p.w) + row * kb;  // one uint4 = one MX block's 4 words
       sq[r] = p.s + row * kb;
@@ -484,9 +503,9 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
 
   // ---- consumers
   const int cw = (tid >> 7) - 1;  // token rows 64 cw .. 64 cw + 63 of the block
-  float acc[128];
+  float acc[BN / 2];
 #pragma unroll
-  for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+  for (int i = 0; i < BN / 2; ++i) acc[i] = 0.f;
   int s = 0, prev = 0;
   uint32_t phase = 0;
   for (int kt = 0; kt < nk; ++kt) {
@@ -497,7 +516,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
     const uint64_t db = gok::wgmma_desc_sw128(st + kXBytes);
     gok::wgmma_fence();
 #pragma unroll
-    for (int j = 0; j < 4; ++j) wgmma_ss_n256(acc, da + 2 * j, db + 2 * j);  // 32 bytes per k16 step
+    for (int j = 0; j < 4; ++j) wgmma_ss(acc, da + 2 * j, db + 2 * j);  // 32 bytes per k16 step
     gok::wgmma_commit();
     gok::wgmma_wait<1>();  // the previous stage's wgmmas are done: release it
     if (kt > 0) gok::mbar_arrive(empty + prev);
@@ -513,7 +532,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
   const int lane = tid & 31, q = (tid >> 5) & 3, g = lane >> 2, c = lane & 3;
   const int64_t eb = static_cast<int64_t>(e) * p.n;
 #pragma unroll
-  for (int j = 0; j < kBN / 8; ++j) {
+  for (int j = 0; j < BN / 8; ++j) {
     const int n = n0 + 8 * j + 2 * c;  // even; N is even for GEMM 1 (2I)
     if (n >= p.n) break;               // uniform over j from here on
     const bool n1 = n + 1 < p.n;
@@ -545,19 +564,22 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
 #endif
 }
 
-template <bool FIRST>
+template <int BN, bool FIRST>
 void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
-  gok::allow_dynamic_smem(prefill_ws_kernel<FIRST>, kSmemBytes, device);
-  const dim3 grid((p.n + kBN - 1) / kBN, nb, 1);
-  gok::launch_pdl(prefill_ws_kernel<FIRST>, grid, dim3(kThreads, 1, 1), kSmemBytes, stream, p);
+  constexpr int smem = Tile<BN>::kSmemBytes;
+  gok::allow_dynamic_smem(prefill_ws_kernel<BN, FIRST>, smem, device);
+  const dim3 grid((p.n + BN - 1) / BN, nb, 1);
+  gok::launch_pdl(prefill_ws_kernel<BN, FIRST>, grid, dim3(kThreads, 1, 1), smem, stream, p);
 }
 }  // namespace ws
 
-// GOK_PREFILL_WS=0: 128-row blocks through the kernel above instead of the warp-specialized one (read per call, so
-// one process can compare them; CUDA graphs keep the kernel they captured).
-bool use_ws() {
+// The kernel for 128-row blocks, from GOK_PREFILL_WS (read per call, so one process can compare them; CUDA graphs keep
+// the kernel they captured): unset or 256: warp-specialized, 256-row tiles; 192: 192-row tiles; 0: the kernel above.
+int ws_tile() {
   const char* env = std::getenv("GOK_PREFILL_WS");
-  return env == nullptr || env[0] != '0';
+  if (env == nullptr) return 256;
+  if (env[0] == '0') return 0;
+  return std::strcmp(env, "192") == 0 ? 192 : 256;
 }
 }  // namespace
 
@@ -611,8 +633,11 @@ void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::
   p.limit = static_cast<float>(limit);
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int dev = a.get_device(), nbi = static_cast<int>(nb);
-  if (bm == 128 && use_ws())
-    first ? ws::launch<true>(p, nbi, dev, stream) : ws::launch<false>(p, nbi, dev, stream);
+  const int tile = bm == 128 ? ws_tile() : 0;
+  if (tile == 256)
+    first ? ws::launch<256, true>(p, nbi, dev, stream) : ws::launch<256, false>(p, nbi, dev, stream);
+  else if (tile == 192)
+    first ? ws::launch<192, true>(p, nbi, dev, stream) : ws::launch<192, false>(p, nbi, dev, stream);
   else if (bm == 128)
     launch_bm<128, 4>(p, nbi, first, dev, stream);
   else
