@@ -335,15 +335,15 @@ void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStrea
 // warpgroup alternates between dequantizing and waiting; ncu showed it latency-bound (1.41x our bf16 block at
 // T = 4096 on the H100, 2026-12-07). Here one warpgroup produces and two consume, as in a TMA GEMM:
 //   producer (warpgroup 0): per stage of 64 k, the block's 128 activation rows by cp.async (gathered, zero-filled
-//     past K and for padding rows) and the tile's 256 weight rows dequantized (exact, moe/mxfp4.cuh) to bf16 and
-//     stored to shared memory in the same 128-byte-swizzled K-major layout; its next stage's weight words are read
-//     from global memory while it waits for a free stage;
-//   consumers (warpgroups 1, 2): token rows 64j .. 64j + 63 of the block against all 256 weight rows, four
-//     wgmma m64n256k16 (both operands in shared memory) per stage; the epilogue as above.
+//     past K and for padding rows) and the tile's BN (256 or 192) weight rows dequantized (exact, moe/mxfp4.cuh) to
+//     bf16 and stored to shared memory in the same 128-byte-swizzled K-major layout; its next stage's weight words
+//     are read from global memory while it waits for a free stage;
+//   consumers (warpgroups 1, 2): token rows 64j .. 64j + 63 of the block against all BN weight rows, four wgmma
+//     m64nBNk16 (both operands in shared memory) per stage; the epilogue as above.
 // Tokens are the MMA's M here (weights are N), so each dequantized weight value feeds 128 tokens' MACs, and the
-// producer spends ~20% of its issue slots per stage (16 words per thread). Stages: full[s] completes when the
-// producer's 128 threads have stored their weights and their cp.asyncs have landed (256 arrivals); empty[s] when
-// both consumers' wgmmas that read stage s are done (256 arrivals).
+// producer's issue slots per stage (BN / 16 words per thread) are ~20% of the stage's tensor-core cycles. Stages:
+// full[s] completes when the producer's 128 threads have stored their weights and their cp.asyncs have landed (256
+// arrivals); empty[s] when both consumers' wgmmas that read stage s are done (256 arrivals).
 namespace ws {
 constexpr int kThreads = 384;
 constexpr int kBM = 128;                       // token rows (the row block)
@@ -431,31 +431,31 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
     }
     const uint32_t x_dst = base + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
     const char* a_next = reinterpret_cast<const char*>(p.a);
-    // Weights: tile rows tid and tid + 128 (< BN; rows past N are neither read nor written: their outputs are not
-    // stored).
-    const int sw = tid & 7;
-    bool ok[2];
-    const uint4* wq[2];
-    const uint8_t* sq[2];
+    // Weights: MX block wb = tid & 1 of tile rows (tid >> 1) + 64 i, i < U (BN / 64 units of 4 words per thread,
+    // the same for 256- and 192-row tiles; lanes 2r, 2r + 1 read one row's 32 bytes of a stage). Rows past N are
+    // neither read nor written: their outputs are not stored.
+    constexpr int U = BN / 64;
+    const int wb = tid & 1, sw = (tid >> 1) & 7;
+    uint32_t ok = 0;
+    const uint4* wq[U];
+    const uint8_t* sq[U];
 #pragma unroll
-    for (int r = 0; r < 2; ++r) {
-      const int n = n0 + tid + 128 * r;
-      ok[r] = tid + 128 * r < BN && n < p.n;
-      const int64_t row = static_cast<int64_t>(e) * p.n + (ok[r] ? n : 0);
-      wq[r] = reinterpret_cast<const uint4*>(p.w) + row * kb;  // one uint4 = one MX block's 4 words
-      sq[r] = p.s + row * kb;
+    for (int i = 0; i < U; ++i) {
+      const int n = n0 + (tid >> 1) + 64 * i;
+      ok |= (n < p.n ? 1u : 0u) << i;
+      const int64_t row = static_cast<int64_t>(e) * p.n + (n < p.n ? n : 0);
+      wq[i] = reinterpret_cast<const uint4*>(p.w) + row * kb + wb;  // one uint4 = one MX block's 4 words
+      sq[i] = p.s + row * kb + wb;
     }
-    uint4 q[4];      // the next stage's blocks: row r, MX block b at q[2r + b]
-    uint32_t sc[2];  // their scale bytes (low byte: block 0)
+    uint4 q[U];      // the next stage's block of each unit
+    uint32_t sc[U];  // and its scale byte
     auto load_w = [&](int kt) {
-      const int b0 = 2 * kt;
-      const bool has1 = b0 + 1 < kb;
+      if (2 * kt + wb >= kb) return;  // block 1 of a half stage (K / 32 odd): stored as zeros
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (ok[r]) {
-          q[2 * r] = __ldg(wq[r] + b0);
-          q[2 * r + 1] = has1 ? __ldg(wq[r] + b0 + 1) : make_uint4(0u, 0u, 0u, 0u);
-          sc[r] = uint32_t{__ldg(sq[r] + b0)} | (has1 ? uint32_t{__ldg(sq[r] + b0 + 1)} << 8 : 0u);
+      for (int i = 0; i < U; ++i) {
+        if (ok >> i & 1u) {
+          q[i] = __ldg(wq[i] + 2 * kt);
+          sc[i] = __ldg(sq[i] + 2 * kt);
         }
       }
     };
@@ -471,24 +471,25 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
         gok::cp_async16(x_dst + st + i * 16 * 128, a_next + a_off[i], k_left > 0 && (a_ok >> i & 1u));
       gok::mbar_arrive_cp_async(full + s);
       a_next += 128;
-      const uint4 c[4] = {q[0], q[1], q[2], q[3]};
-      const uint32_t cs[2] = {sc[0], sc[1]};
+      uint4 c[U];
+      uint32_t cs[U];
+#pragma unroll
+      for (int i = 0; i < U; ++i) {
+        c[i] = q[i];
+        cs[i] = sc[i];
+      }
       if (kt + 1 < nk) load_w(kt + 1);
-      const bool has1 = 2 * kt + 1 < kb;
+      const bool in_k = 2 * kt + wb < kb;
 #pragma unroll
-      for (int r = 0; r < 2; ++r) {
-        if (!ok[r]) continue;
-        const uint32_t row_addr = st + kXBytes + (tid + 128 * r) * 128;
-#pragma unroll
-        for (int b = 0; b < 2; ++b) {
-          const uint32_t sb = (cs[r] >> (8 * b)) & 0xFFu;
-          if (b == 1 && !has1)
-            store_zero_block(row_addr, sw, 1);  // past K: zeros (the activations there are zero-filled too)
-          else if (sb > 128)
-            store_block<true>(row_addr, sw, b, c[2 * r + b], sb);
-          else
-            store_block<false>(row_addr, sw, b, c[2 * r + b], sb);
-        }
+      for (int i = 0; i < U; ++i) {
+        if (!(ok >> i & 1u)) continue;
+        const uint32_t row_addr = st + kXBytes + ((tid >> 1) + 64 * i) * 128;
+        if (!in_k)
+          store_zero_block(row_addr, sw, wb);  // past K: zeros (the activations there are zero-filled too)
+        else if (cs[i] > 128)
+          store_block<true>(row_addr, sw, wb, c[i], cs[i]);
+        else
+          store_block<false>(row_addr, sw, wb, c[i], cs[i]);
       }
       gok::fence_proxy_async_smem();  // the stores, visible to the consumers' wgmmas
       gok::mbar_arrive(full + s);
