@@ -17,9 +17,9 @@ MXFP4 rows (``mxfp4_rows``): the block with the checkpoint's MXFP4 experts (``mo
 included, CUDA-graph replay) at T = 1, 4, 64, 1024, 4096, beside our bf16 block on exactly the dequantized
 weights (same router, same input); floor as above with (H*2I + I*H) * (1/2 + 1/32) bytes per expert (4-bit
 values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4. From T = 1024
-also the prefill GEMM's other kernels (PREFILL_VARIANTS: GOK_PREFILL_WS=0, the weights dequantized into each
-warpgroup's own A registers; 192, warp-specialized with 192-row tiles) beside the default, unless the run sets
-that switch.
+also the prefill GEMM's other kernels (PREFILL_VARIANTS: GOK_PREFILL_WS=256 / 192, warp-specialized with 256- /
+192-row weight tiles) beside the default (the weights dequantized into each warpgroup's own A registers), unless the
+run sets that switch.
 """
 
 from __future__ import annotations
@@ -154,7 +154,8 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
 
 MXFP4_TOKENS = (1, 4, 64, 1024, 4096)
 # The prefill GEMM's other kernels for 128-row blocks (GOK_PREFILL_WS values), measured beside the default from T = 1024.
-PREFILL_VARIANTS = {"0": "prefill GEMM without warp specialization", "192": "warp-specialized prefill GEMM, 192-row tiles"}
+PREFILL_VARIANTS = {"256": "warp-specialized prefill GEMM, 256-row tiles",
+                    "192": "warp-specialized prefill GEMM, 192-row tiles"}
 MXFP4_TARGET_US = {1: 25, 4: 60, 64: 150, 4096: 1533}  # T=4096: no slower than our bf16 block (H200, 1,533 us)
 
 
@@ -219,7 +220,7 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
         n_sets = rotation(int(E * (1 - (1 - K / E) ** T) * (H * 2 * I + I * H) * (0.5 + 1 / 32)))
         xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(n_sets)]
         ours = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0) for x in xs]
-        prefill = T >= 1024 and "GOK_PREFILL_WS" not in os.environ  # the prefill GEMM without warp specialization
+        prefill = T >= 1024 and "GOK_PREFILL_WS" not in os.environ  # the prefill GEMM's variants, beside
         ckpt = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *ckpt_args, 1.702, 7.0) for x in xs]
         bf16 = [lambda x=x: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],
                                        deq["down"], packed["down_bias"], 1.702, 7.0)[0] for x in xs]

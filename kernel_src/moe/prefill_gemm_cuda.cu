@@ -330,7 +330,7 @@ void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStrea
 }
 
 
-// --- Warp-specialized variant for 128-row blocks (GOK_PREFILL_WS=0: the kernel above) --------------------------------
+// --- Warp-specialized variant for 128-row blocks (GOK_PREFILL_WS=256 or 192; ws_tile) ------------------------------
 // Why: the kernel above dequantizes into A registers that its own wgmmas must have finished reading, so each
 // warpgroup alternates between dequantizing and waiting; ncu showed it latency-bound (1.41x our bf16 block at
 // T = 4096 on the H100, 2026-12-07). Here one warpgroup produces and two consume, as in a TMA GEMM:
@@ -575,12 +575,13 @@ void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
 }  // namespace ws
 
 // The kernel for 128-row blocks, from GOK_PREFILL_WS (read per call, so one process can compare them; CUDA graphs keep
-// the kernel they captured): unset or 256: warp-specialized, 256-row tiles; 192: 192-row tiles; 0: the kernel above.
+// the kernel they captured): unset or 0: the register-dequantizing kernel above; 256 / 192: warp-specialized with
+// 256- / 192-row tiles (opt-in until measured on a GPU: built 2026-12-07, no device came that session).
 int ws_tile() {
   const char* env = std::getenv("GOK_PREFILL_WS");
-  if (env == nullptr) return 256;
-  if (env[0] == '0') return 0;
-  return std::strcmp(env, "192") == 0 ? 192 : 256;
+  if (env == nullptr) return 0;
+  if (std::strcmp(env, "256") == 0) return 256;
+  return std::strcmp(env, "192") == 0 ? 192 : 0;
 }
 }  // namespace
 
