@@ -410,7 +410,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
   }
   if (tid == 0) {
     for (int s = 0; s < kStages; ++s) {
-      gok::mbar_init(full + s, 256);
+      gok::mbar_init(full + s, 128);
       gok::mbar_init(empty + s, 256);
     }
   }
@@ -460,7 +460,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
       }
     };
     load_w(0);
-    int s = 0;
+    int s = 0, prev = 0;
     uint32_t phase = 0;
     for (int kt = 0; kt < nk; ++kt) {
       gok::mbar_wait(empty + s, phase ^ 1u);  // the consumers are done with this stage's previous round
@@ -469,7 +469,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
 #pragma unroll
       for (int i = 0; i < 8; ++i)
         gok::cp_async16(x_dst + st + i * 16 * 128, a_next + a_off[i], k_left > 0 && (a_ok >> i & 1u));
-      gok::mbar_arrive_cp_async(full + s);
+      gok::cp_async_commit();
       a_next += 128;
       uint4 c[U];
       uint32_t cs[U];
@@ -491,14 +491,23 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
         else
           store_block<false>(row_addr, sw, wb, c[i], cs[i]);
       }
-      gok::fence_proxy_async_smem();  // the stores, visible to the consumers' wgmmas
-      gok::mbar_arrive(full + s);
+      // The previous stage is complete once its copies have landed: this thread's copies and stores made visible to
+      // the async proxy by the thread itself (as in the kernel above), then one arrival. (A cp.async arrival on the
+      // barrier with the fence on the consumers' side read stale rows: H100, 2026-12-07.)
+      if (kt > 0) {
+        gok::cp_async_wait<1>();
+        gok::fence_proxy_async_smem();
+        gok::mbar_arrive(full + prev);
+      }
+      prev = s;
       if (++s == kStages) {
         s = 0;
         phase ^= 1u;
       }
     }
-    gok::cp_async_wait<0>();  // no copy in flight when the producer's threads exit
+    gok::cp_async_wait<0>();
+    gok::fence_proxy_async_smem();
+    gok::mbar_arrive(full + prev);
     return;
   }
 
@@ -511,7 +520,6 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
   uint32_t phase = 0;
   for (int kt = 0; kt < nk; ++kt) {
     gok::mbar_wait(full + s, phase);
-    gok::fence_proxy_async_smem();  // the cp.async rows (generic proxy) before wgmma reads them
     const uint32_t st = base + s * kStageBytes;
     const uint64_t da = gok::wgmma_desc_sw128(st + cw * 64 * 128);
     const uint64_t db = gok::wgmma_desc_sw128(st + kXBytes);
