@@ -4,11 +4,11 @@ kernel (GOK_PREFILL_WS unset) and our bf16 block on the dequantized weights: 20b
 (CUDA graph, TFLOP/s of the real rows, and its outputs against the default's), then the whole block (router included)
 at T = 1024 and 4096.
 
-Why: its one run (H100, 19:09 UTC, with a producer whose cp.async arrived on the stage barrier and read stale rows)
-took 2,107 / 2,402 us for the block at T = 4096 against the default's 2,054 (bf16 block 1,563); the design was predicted
-near the bf16 block. Predicted for the fixed version (the producer fences its own landed copies and arrives one stage
-late): the same or slower than that run, unless the stale-data run was slowed by its NaNs. If so, `--ncu` tells what
-holds it: run under
+Why: its one run (H100, 19:09 UTC, wrong outputs: activation rows written at twice the shared-memory base, and
+cp.async arriving on the stage barrier) took 2,107 / 2,402 us for the block at T = 4096 against the default's 2,054
+(bf16 block 1,563); the design was predicted near the bf16 block. Predicted for the fixed version (rows where they
+belong; the producer fences its own landed copies and arrives one stage late): the same or slower than that run. If
+so, `--ncu` tells what holds it: run under
 
     ncu --set full -k regex:prefill_ws --launch-skip 2 --launch-count 2 python3 probes/prefill_ws.py --ncu
 

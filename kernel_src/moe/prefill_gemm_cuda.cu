@@ -429,7 +429,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
       a_off[i] = pos >= 0 ? static_cast<uint32_t>(arow * p.stride_a * 2 + c8 * 16) : 0u;
       a_ok |= (pos >= 0 ? 1u : 0u) << i;
     }
-    const uint32_t x_dst = base + (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);
+    const uint32_t x_dst = (tid >> 3) * 128 + ((c8 ^ ((tid >> 3) & 7)) << 4);  // offset in a stage's activations
     const char* a_next = reinterpret_cast<const char*>(p.a);
     // Weights: MX block wb = tid & 1 of tile rows (tid >> 1) + 64 i, i < U (BN / 64 units of 4 words per thread,
     // the same for 256- and 192-row tiles; lanes 2r, 2r + 1 read one row's 32 bytes of a stage). Rows past N are
@@ -492,8 +492,10 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
           store_block<false>(row_addr, sw, wb, c[i], cs[i]);
       }
       // The previous stage is complete once its copies have landed: this thread's copies and stores made visible to
-      // the async proxy by the thread itself (as in the kernel above), then one arrival. (A cp.async arrival on the
-      // barrier with the fence on the consumers' side read stale rows: H100, 2026-12-07.)
+      // the async proxy by the thread itself (as in the kernel above), then one arrival. (The first version let
+      // cp.async arrive on the barrier and fenced on the consumers' side; its wrong outputs on the H100, 2026-12-07,
+      // also had a second cause, the activation rows written at twice the shared-memory base: which one mattered is
+      // not known, so the writer-side fence of the proven pattern stays.)
       if (kt > 0) {
         gok::cp_async_wait<1>();
         gok::fence_proxy_async_smem();
