@@ -113,6 +113,27 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[96], uint64_t da, uint64_t d
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
+// One output pair of either kernel's epilogue: weight rows n (even, < N) and n + 1 (n1: n + 1 < N) for slot row t of the
+// block (pos: its slot) with the bias added. GEMM 1: the clamped SwiGLU of gate v0 / up v1 into act row row0 + t;
+// GEMM 2: both columns times the slot's top-k weight wt into y row pos.
+template <bool FIRST>
+__device__ __forceinline__ void store_pair(const PrefillParams& p, int64_t row0, int t, int pos, float wt, int n, bool n1,
+                                           float v0, float v1) {
+  if constexpr (FIRST) {
+    const float gate = isnan(v0) ? v0 : fminf(v0, p.limit);
+    const float up = isnan(v1) ? v1 : fminf(fmaxf(v1, -p.limit), p.limit);
+    p.out[(row0 + t) * p.stride_out + n / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
+  } else {
+    __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
+    if (p.pair_stores && n1) {  // one 4-byte store
+      *reinterpret_cast<__nv_bfloat162*>(o + n) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
+    } else {
+      o[n] = __float2bfloat16_rn(v0 * wt);
+      if (n1) o[n + 1] = __float2bfloat16_rn(v1 * wt);
+    }
+  }
+}
+
 // The scale factors of a stage: f[0 / 1]: row 2g, MX block 0 / 1; f[2 / 3]: row 2g + 1 (s*: low byte block 0).
 template <bool TWO_STEP>
 __device__ __forceinline__ void stage_factors(uint32_t (&f)[4], uint32_t s0, uint32_t s1) {
@@ -293,24 +314,9 @@ __global__ void __launch_bounds__(kThreads, 2) prefill_gemm_kernel(const Prefill
     for (int cc = 0; cc < 2; ++cc) {
       const int t = 8 * j + 2 * c + cc;
       const int pos = pos_s[t];
-      if (pos < 0) continue;
-      const float v0 = acc[4 * j + cc] + b0, v1 = acc[4 * j + 2 + cc] + b1;
-      if constexpr (FIRST) {
-        if (r1 >= p.n) continue;  // N = 2I is even: r0 < N implies r1 < N
-        float gate = v0, up = v1;
-        gate = isnan(gate) ? gate : fminf(gate, p.limit);
-        up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
-        p.out[(row0 + t) * p.stride_out + r0 / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
-      } else {
-        const float wt = wt_s[t];
-        __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
-        if (p.pair_stores && r1 < p.n) {  // r0 is even: one 4-byte store
-          *reinterpret_cast<__nv_bfloat162*>(o + r0) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
-        } else {
-          if (r0 < p.n) o[r0] = __float2bfloat16_rn(v0 * wt);
-          if (r1 < p.n) o[r1] = __float2bfloat16_rn(v1 * wt);
-        }
-      }
+      if (pos < 0 || r0 >= p.n) continue;  // r0 is even (and 2I too: r0 < N implies r1 < N in GEMM 1)
+      store_pair<FIRST>(p, row0, t, pos, FIRST ? 0.f : wt_s[t], r0, r1 < p.n, acc[4 * j + cc] + b0,
+                        acc[4 * j + 2 + cc] + b1);
     }
   }
 #endif
@@ -554,22 +560,8 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
       const int t = 64 * cw + 16 * q + g + 8 * h;
       const int pos = pos_s[t];
       if (pos < 0) continue;
-      const float v0 = acc[4 * j + 2 * h] + b0, v1 = acc[4 * j + 2 * h + 1] + b1;
-      if constexpr (FIRST) {
-        float gate = v0, up = v1;
-        gate = isnan(gate) ? gate : fminf(gate, p.limit);
-        up = isnan(up) ? up : fminf(fmaxf(up, -p.limit), p.limit);
-        p.out[(row0 + t) * p.stride_out + n / 2] = __float2bfloat16_rn((up + 1.f) * gate * sigmoid_f(p.alpha * gate));
-      } else {
-        const float wt = wt_s[t];
-        __nv_bfloat16* o = p.out + static_cast<int64_t>(pos) * p.stride_out;
-        if (p.pair_stores && n1) {
-          *reinterpret_cast<__nv_bfloat162*>(o + n) = __floats2bfloat162_rn(v0 * wt, v1 * wt);
-        } else {
-          o[n] = __float2bfloat16_rn(v0 * wt);
-          if (n1) o[n + 1] = __float2bfloat16_rn(v1 * wt);
-        }
-      }
+      store_pair<FIRST>(p, row0, t, pos, FIRST ? 0.f : wt_s[t], n, n1, acc[4 * j + 2 * h] + b0,
+                        acc[4 * j + 2 * h + 1] + b1);
     }
   }
 #endif
