@@ -477,6 +477,17 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
         gok::cp_async16(x_dst + st + i * 16 * 128, a_next + a_off[i], k_left > 0 && (a_ok >> i & 1u));
       gok::cp_async_commit();
       a_next += 128;
+      // The previous stage is complete once its copies have landed (issued an iteration ago; its weights were stored
+      // then): this thread's copies and stores made visible to the async proxy by the thread itself (as in the kernel
+      // above), then one arrival, before this stage's dequantization. (The first version let cp.async arrive on the
+      // barrier and fenced on the consumers' side; its wrong outputs on the H100, 2026-12-07, also had a second cause,
+      // the activation rows written at twice the shared-memory base: which one mattered is not known, so the
+      // writer-side fence of the proven pattern stays.)
+      if (kt > 0) {
+        gok::cp_async_wait<1>();
+        gok::fence_proxy_async_smem();
+        gok::mbar_arrive(full + prev);
+      }
       uint4 c[U];
       uint32_t cs[U];
 #pragma unroll
@@ -496,16 +507,6 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
           store_block<true>(row_addr, sw, wb, c[i], cs[i]);
         else
           store_block<false>(row_addr, sw, wb, c[i], cs[i]);
-      }
-      // The previous stage is complete once its copies have landed: this thread's copies and stores made visible to
-      // the async proxy by the thread itself (as in the kernel above), then one arrival. (The first version let
-      // cp.async arrive on the barrier and fenced on the consumers' side; its wrong outputs on the H100, 2026-12-07,
-      // also had a second cause, the activation rows written at twice the shared-memory base: which one mattered is
-      // not known, so the writer-side fence of the proven pattern stays.)
-      if (kt > 0) {
-        gok::cp_async_wait<1>();
-        gok::fence_proxy_async_smem();
-        gok::mbar_arrive(full + prev);
       }
       prev = s;
       if (++s == kStages) {
