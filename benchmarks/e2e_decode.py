@@ -224,33 +224,26 @@ def resolved(cfg) -> dict:
     return {k: (list(v) if isinstance(v, tuple) else v) for k in _RESOLVED if (v := getattr(cfg, k, None)) is not None}
 
 
-def cb_profile(model, requests, config, device, n: int = 25) -> dict:
+def cb_profile(model, requests, config, n: int = 25) -> dict:
     """One more run of ``requests`` under torch.profiler (after the timed one: graphs captured): where the wall time
-    goes. GPU busy = union of the GPU's kernel / copy intervals; the kernels summed by name (largest first); the
-    runtime calls that launch work or wait, counted over all threads (CUPTI sees the manager's thread too)."""
-    from profile_decode import _GRAPH_LAUNCHES, _KERNEL_LAUNCHES, _SYNCS, _union
+    goes. GPU busy = union of the GPU's kernel / copy intervals; the kernels summed by name (profile_decode's
+    kernel_table, largest first); the runtime calls that launch work or wait, counted over all threads (CUPTI sees the
+    manager's thread too)."""
+    from profile_decode import _GRAPH_LAUNCHES, _KERNEL_LAUNCHES, _SYNCS, _union, kernel_table
 
     with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU,
                                             torch.profiler.ProfilerActivity.CUDA]) as prof:
         wall, _ = cb_run(model, requests, config())
     events = list(prof.events())
     gpu = [e for e in events if e.device_type != torch.autograd.DeviceType.CPU and e.time_range.elapsed_us() > 0]
-    cpu = [e for e in events if e.device_type == torch.autograd.DeviceType.CPU]
-    totals: dict[str, list] = {}
-    for e in gpu:
-        t = totals.setdefault(e.name[:90], [0.0, 0])
-        t[0] += e.time_range.elapsed_us()
-        t[1] += 1
-    rows = sorted(totals.items(), key=lambda kv: -kv[1][0])
-    top = [dict(kernel=k, ms=round(us / 1e3, 2), calls=c) for k, (us, c) in rows[:n]]
-    if rows[n:]:
-        top.append(dict(kernel=f"({len(rows) - n} other kernels)", ms=round(sum(v[0] for _, v in rows[n:]) / 1e3, 2),
-                        calls=sum(v[1] for _, v in rows[n:])))
-    count = lambda names: sum(1 for e in cpu if e.name in names)  # noqa: E731
+    cpu_names = [e.name for e in events if e.device_type == torch.autograd.DeviceType.CPU]
+    top = [dict(kernel=r["kernel"], ms=round(r["us_per_step"] / 1e3, 2), calls=int(r["per_step"]))
+           for r in kernel_table(prof, float("-inf"), 1, skip=(), n=n)]  # one "step": the whole run
     return dict(wall_s=round(wall, 3), gpu_busy_s=round(_union((e.time_range.start, e.time_range.end) for e in gpu) / 1e6, 3),
                 kernel_sum_s=round(sum(e.time_range.elapsed_us() for e in gpu) / 1e6, 3),
-                graph_launches=count(_GRAPH_LAUNCHES), kernel_launches=count(_KERNEL_LAUNCHES),
-                syncs_and_copies=count(_SYNCS), top_kernels=top)
+                graph_launches=sum(n in _GRAPH_LAUNCHES for n in cpu_names),
+                kernel_launches=sum(n in _KERNEL_LAUNCHES for n in cpu_names),
+                syncs_and_copies=sum(n in _SYNCS for n in cpu_names), top_kernels=top)
 
 
 def _cb_measure(kernel, name, model, requests, config, device, profile_it: bool = False) -> dict:
@@ -265,7 +258,7 @@ def _cb_measure(kernel, name, model, requests, config, device, profile_it: bool 
         settings = {}
         wall, results = cb_run(model, requests, config(), settings)
         total = sum(len(results[i]) for i in range(len(requests)))
-        profile = cb_profile(model, requests, config, device) if profile_it else None
+        profile = cb_profile(model, requests, config) if profile_it else None
         agree_hits = agree_total = 0
         with torch.inference_mode():
             for i, (p, _) in enumerate(requests):

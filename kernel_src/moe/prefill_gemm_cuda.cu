@@ -346,10 +346,11 @@ void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStrea
 //     are read from global memory while it waits for a free stage;
 //   consumers (warpgroups 1, 2): token rows 64j .. 64j + 63 of the block against all BN weight rows, four wgmma
 //     m64nBNk16 (both operands in shared memory) per stage; the epilogue as above.
-// Tokens are the MMA's M here (weights are N), so each dequantized weight value feeds 128 tokens' MACs, and the
-// producer's issue slots per stage (BN / 16 words per thread) are ~20% of the stage's tensor-core cycles. Stages:
-// full[s] completes when the producer's 128 threads have stored their weights and their cp.asyncs have landed (256
-// arrivals); empty[s] when both consumers' wgmmas that read stage s are done (256 arrivals).
+// Tokens are the MMA's M here (weights are N), so each dequantized weight value feeds 128 tokens' MACs; the producer
+// issues ~350 instructions per thread and stage (BN / 16 words; SASS count at BN = 256) against 1,024 tensor-core
+// cycles of the consumers' wgmmas. Stages: full[s] completes when each of the producer's 128 threads has seen its
+// copies of the stage land and fenced them and its stores (128 arrivals); empty[s] when both consumers' wgmmas that
+// read stage s are done (256 arrivals).
 namespace ws {
 constexpr int kThreads = 384;
 constexpr int kBM = 128;                       // token rows (the row block)
