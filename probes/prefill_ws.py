@@ -29,7 +29,7 @@ from harness import median_us_graph  # noqa: E402
 
 H = I = 2880
 E, K = 32, 4
-VARIANTS = ("0", "256", "192")  # GOK_PREFILL_WS: the default kernel, warp-specialized with 256- / 192-row tiles
+VARIANTS = ("0", "256", "256-2", "192")  # GOK_PREFILL_WS: the default kernel; warp-specialized with 256-row tiles (lead 1, 2), 192
 
 
 def weights(kernel, g):
@@ -80,7 +80,8 @@ def gemms_alone(kernel, mx, x, rw, rb) -> dict:
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("probe_out"))
-    ap.add_argument("--ncu", action="store_true", help="only two blocks at T = 4096 with GOK_PREFILL_WS=256 (for ncu)")
+    ap.add_argument("--ncu", action="store_true", help="only two blocks at T = 4096 with GOK_PREFILL_WS=--variant (ncu)")
+    ap.add_argument("--variant", default="256", choices=VARIANTS[1:])
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = harness.load_kernel()
@@ -90,7 +91,7 @@ def main():
     mx, deq = weights(kernel, g)
     mx_args = (*mx["gate_up"], *mx["down"])
     if args.ncu:
-        os.environ["GOK_PREFILL_WS"] = "256"
+        os.environ["GOK_PREFILL_WS"] = args.variant
         x = torch.randn(4096, H, device="cuda", generator=g).to(torch.bfloat16)
         for _ in range(2):
             kernel.moe_mxfp4(x, rw, rb, K, *mx_args)

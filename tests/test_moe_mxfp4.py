@@ -468,7 +468,7 @@ def _well_posed(h, h_abs, k):
 @pytest.mark.parametrize("block_m", [64, 128])
 @pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("ws", ["0", "256", "192"], ids=["regs", "ws256", "ws192"])
+@pytest.mark.parametrize("ws", ["0", "256", "256-2", "192"], ids=["regs", "ws256", "ws256lead2", "ws192"])
 def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias, ws, monkeypatch):
     """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers;
     128-row blocks also warp-specialized with 256- or 192-row tiles: GOK_PREFILL_WS) on their own, as the decode test

@@ -390,7 +390,9 @@ __device__ __forceinline__ void store_zero_block(uint32_t row_addr, int sw, int 
                  : "memory");
 }
 
-template <int BN, bool FIRST>
+// LEAD: how many stages ahead the producer loads its weight words, and how many stages late it publishes a stage
+// (its activation copies get that long to land). 1 as first built; 2 to test the suspected limit (decisions-moe.md).
+template <int BN, int LEAD, bool FIRST>
 __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillParams p) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using Tl = Tile<BN>;
@@ -454,20 +456,22 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
       wq[i] = reinterpret_cast<const uint4*>(p.w) + row * kb + wb;  // one uint4 = one MX block's 4 words
       sq[i] = p.s + row * kb + wb;
     }
-    uint4 q[U];      // the next stage's block of each unit
-    uint32_t sc[U];  // and its scale byte
-    auto load_w = [&](int kt) {
+    static_assert(LEAD == 1 || LEAD == 2, "one or two stages of lead");
+    uint4 q[U], q2[U];         // the next stage's block of each unit (LEAD 2: q2 the one after)
+    uint32_t sc[U], sc2[U];    // and their scale bytes
+    auto load_w = [&](int kt, uint4(&qq)[U], uint32_t(&ss)[U]) {
       if (2 * kt + wb >= kb) return;  // block 1 of a half stage (K / 32 odd): stored as zeros
 #pragma unroll
       for (int i = 0; i < U; ++i) {
         if (ok >> i & 1u) {
-          q[i] = __ldg(wq[i] + 2 * kt);
-          sc[i] = __ldg(sq[i] + 2 * kt);
+          qq[i] = __ldg(wq[i] + 2 * kt);
+          ss[i] = __ldg(sq[i] + 2 * kt);
         }
       }
     };
-    load_w(0);
-    int s = 0, prev = 0;
+    load_w(0, q, sc);
+    if (LEAD == 2 && nk > 1) load_w(1, q2, sc2);
+    int s = 0;
     uint32_t phase = 0;
     for (int kt = 0; kt < nk; ++kt) {
       gok::mbar_wait(empty + s, phase ^ 1u);  // the consumers are done with this stage's previous round
@@ -478,16 +482,16 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
         gok::cp_async16(x_dst + st + i * 16 * 128, a_next + a_off[i], k_left > 0 && (a_ok >> i & 1u));
       gok::cp_async_commit();
       a_next += 128;
-      // The previous stage is complete once its copies have landed (issued an iteration ago; its weights were stored
-      // then): this thread's copies and stores made visible to the async proxy by the thread itself (as in the kernel
-      // above), then one arrival, before this stage's dequantization. (The first version let cp.async arrive on the
-      // barrier and fenced on the consumers' side; its wrong outputs on the H100, 2026-12-07, also had a second cause,
-      // the activation rows written at twice the shared-memory base: which one mattered is not known, so the
+      // Stage kt - LEAD is complete once its copies have landed (its weights were stored when it was issued): this
+      // thread's copies and stores made visible to the async proxy by the thread itself (as in the kernel above),
+      // then one arrival, before this stage's dequantization. (The first version let cp.async arrive on the barrier
+      // and fenced on the consumers' side; its wrong outputs on the H100, 2026-12-07, also had a second cause, the
+      // activation rows written at twice the shared-memory base: which one mattered is not known, so the
       // writer-side fence of the proven pattern stays.)
-      if (kt > 0) {
-        gok::cp_async_wait<1>();
+      if (kt >= LEAD) {
+        gok::cp_async_wait<LEAD>();
         gok::fence_proxy_async_smem();
-        gok::mbar_arrive(full + prev);
+        gok::mbar_arrive(full + (kt - LEAD) % kStages);
       }
       uint4 c[U];
       uint32_t cs[U];
@@ -495,8 +499,17 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
       for (int i = 0; i < U; ++i) {
         c[i] = q[i];
         cs[i] = sc[i];
+        if constexpr (LEAD == 2) {
+          q[i] = q2[i];
+          sc[i] = sc2[i];
+        }
       }
-      if (kt + 1 < nk) load_w(kt + 1);
+      if (kt + LEAD < nk) {
+        if constexpr (LEAD == 2)
+          load_w(kt + 2, q2, sc2);
+        else
+          load_w(kt + 1, q, sc);
+      }
       const bool in_k = 2 * kt + wb < kb;
 #pragma unroll
       for (int i = 0; i < U; ++i) {
@@ -509,7 +522,6 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
         else
           store_block<false>(row_addr, sw, wb, c[i], cs[i]);
       }
-      prev = s;
       if (++s == kStages) {
         s = 0;
         phase ^= 1u;
@@ -517,7 +529,7 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
     }
     gok::cp_async_wait<0>();
     gok::fence_proxy_async_smem();
-    gok::mbar_arrive(full + prev);
+    for (int kt = nk > LEAD ? nk - LEAD : 0; kt < nk; ++kt) gok::mbar_arrive(full + kt % kStages);
     return;
   }
 
@@ -569,23 +581,25 @@ __global__ void __launch_bounds__(kThreads, 1) prefill_ws_kernel(const PrefillPa
 #endif
 }
 
-template <int BN, bool FIRST>
+template <int BN, int LEAD, bool FIRST>
 void launch(const PrefillParams& p, int nb, int device, cudaStream_t stream) {
   constexpr int smem = Tile<BN>::kSmemBytes;
-  gok::allow_dynamic_smem(prefill_ws_kernel<BN, FIRST>, smem, device);
+  gok::allow_dynamic_smem(prefill_ws_kernel<BN, LEAD, FIRST>, smem, device);
   const dim3 grid((p.n + BN - 1) / BN, nb, 1);
-  gok::launch_pdl(prefill_ws_kernel<BN, FIRST>, grid, dim3(kThreads, 1, 1), smem, stream, p);
+  gok::launch_pdl(prefill_ws_kernel<BN, LEAD, FIRST>, grid, dim3(kThreads, 1, 1), smem, stream, p);
 }
 }  // namespace ws
 
 // The kernel for 128-row blocks, from GOK_PREFILL_WS (read per call, so one process can compare them; CUDA graphs keep
 // the kernel they captured): unset or 0: the register-dequantizing kernel above; 256 / 192: warp-specialized with
-// 256- / 192-row tiles (opt-in until measured on a GPU: built 2026-12-07, no device came that session).
+// 256- / 192-row tiles; 256-2: 256-row tiles with two stages of producer lead (opt-in until measured on a GPU: built
+// 2026-12-07, no correct run yet). Returns tile rows * 10 + lead.
 int ws_tile() {
   const char* env = std::getenv("GOK_PREFILL_WS");
   if (env == nullptr) return 0;
-  if (std::strcmp(env, "256") == 0) return 256;
-  return std::strcmp(env, "192") == 0 ? 192 : 0;
+  if (std::strcmp(env, "256") == 0) return 2561;
+  if (std::strcmp(env, "256-2") == 0) return 2562;
+  return std::strcmp(env, "192") == 0 ? 1921 : 0;
 }
 }  // namespace
 
@@ -640,10 +654,12 @@ void moe_gemm_prefill_mxfp4(const at::Tensor& a, const at::Tensor& w, const at::
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const int dev = a.get_device(), nbi = static_cast<int>(nb);
   const int tile = bm == 128 ? ws_tile() : 0;
-  if (tile == 256)
-    first ? ws::launch<256, true>(p, nbi, dev, stream) : ws::launch<256, false>(p, nbi, dev, stream);
-  else if (tile == 192)
-    first ? ws::launch<192, true>(p, nbi, dev, stream) : ws::launch<192, false>(p, nbi, dev, stream);
+  if (tile == 2561)
+    first ? ws::launch<256, 1, true>(p, nbi, dev, stream) : ws::launch<256, 1, false>(p, nbi, dev, stream);
+  else if (tile == 2562)
+    first ? ws::launch<256, 2, true>(p, nbi, dev, stream) : ws::launch<256, 2, false>(p, nbi, dev, stream);
+  else if (tile == 1921)
+    first ? ws::launch<192, 1, true>(p, nbi, dev, stream) : ws::launch<192, 1, false>(p, nbi, dev, stream);
   else if (bm == 128)
     launch_bm<128, 4>(p, nbi, first, dev, stream);
   else
