@@ -16,15 +16,11 @@ rate), both ceilings measured in the same run.
 MXFP4 rows (``mxfp4_rows``): the block with the checkpoint's MXFP4 experts (``moe_with_scores_mxfp4``, router
 included, CUDA-graph replay) at T = 1, 4, 64, 1024, 4096, beside our bf16 block on exactly the dequantized
 weights (same router, same input); floor as above with (H*2I + I*H) * (1/2 + 1/32) bytes per expert (4-bit
-values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4. From T = 1024
-also the prefill GEMM's other kernels (PREFILL_VARIANTS: GOK_PREFILL_WS=256 / 192, warp-specialized with 256- /
-192-row weight tiles) beside the default (the weights dequantized into each warpgroup's own A registers), unless the
-run sets that switch.
+values + one scale byte per 32). Weights: random normal (std 0.02) quantized with quantize_mxfp4.
 """
 
 from __future__ import annotations
 
-import os
 
 import torch
 
@@ -153,9 +149,6 @@ def run(kernel, ceilings: dict, quick: bool) -> list[dict]:
 
 
 MXFP4_TOKENS = (1, 4, 64, 1024, 4096)
-# The prefill GEMM's other kernels for 128-row blocks (GOK_PREFILL_WS values), measured beside the default from T = 1024.
-PREFILL_VARIANTS = {"256": "warp-specialized prefill GEMM, 256-row tiles",
-                    "192": "warp-specialized prefill GEMM, 192-row tiles"}
 MXFP4_TARGET_US = {1: 25, 4: 60, 64: 150, 4096: 1533}  # T=4096: no slower than our bf16 block (H200, 1,533 us)
 
 
@@ -220,7 +213,6 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
         n_sets = rotation(int(E * (1 - (1 - K / E) ** T) * (H * 2 * I + I * H) * (0.5 + 1 / 32)))
         xs = [torch.randn(T, H, device="cuda", generator=g).to(torch.bfloat16) for _ in range(n_sets)]
         ours = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *args, 1.702, 7.0) for x in xs]
-        prefill = T >= 1024 and "GOK_PREFILL_WS" not in os.environ  # the prefill GEMM's variants, beside
         ckpt = [lambda x=x: mx.moe_with_scores_mxfp4(x, router_w, router_b, K, *ckpt_args, 1.702, 7.0) for x in xs]
         bf16 = [lambda x=x: kernel.moe(x, router_w, router_b, K, deq["gate_up"], packed["gate_up_bias"],
                                        deq["down"], packed["down_bias"], 1.702, 7.0)[0] for x in xs]
@@ -232,14 +224,6 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
             state = dict(harness.LAST_GPU_STATE) if T >= 1024 else {}
             us_eager = median_us(ours[0])
             us_bf16 = median_us_graph(bf16, replays=40)
-            variants = {}  # GOK_PREFILL_WS value: (µs, rel. err.)
-            for v in PREFILL_VARIANTS if prefill else ():
-                os.environ["GOK_PREFILL_WS"] = v
-                try:
-                    v_err = ((ours[0]()[0].float() - ref.float()).abs().max() / ref.float().abs().max()).item()
-                    variants[v] = (median_us_graph(ours, replays=40), v_err)
-                finally:
-                    os.environ.pop("GOK_PREFILL_WS")
             if T < 1024:
                 ckpt_err = (ckpt[0]()[0].float() - out.float()).abs().max().item()
                 us_ckpt = median_us_graph(ckpt, replays=40)
@@ -262,11 +246,6 @@ def mxfp4_rows(kernel, ceilings: dict, quick: bool) -> list[dict]:
         rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, kernel words (CUDA graph)", us, floor_mxfp4(ceilings, T),
                         eager_us=round(us_eager, 2), vs_our_bf16=round(us_bf16 / us, 2), input_sets=n_sets,
                         rel_err_vs_bf16_on_dequantized=f"{err:.1e}", **extra, **state))
-        for v, (us_v, v_err) in variants.items():
-            rows.append(row("moe", f"T={T}", f"ours MXFP4 MoeMLP, kernel words, {PREFILL_VARIANTS[v]} "
-                            f"(GOK_PREFILL_WS={v}; CUDA graph)", us_v, floor_mxfp4(ceilings, T),
-                            vs_default=round(us / us_v, 2), vs_our_bf16=round(us_bf16 / us_v, 2),
-                            rel_err_vs_bf16_on_dequantized=f"{v_err:.1e}"))
         if T < 1024:
             rows.append(row("moe", f"T={T}", "ours MXFP4 MoeMLP, checkpoint's bytes (CUDA graph)", us_ckpt,
                             floor_mxfp4(ceilings, T), max_abs_diff_vs_kernel_words=f"{ckpt_err:.1e}"))

@@ -250,12 +250,12 @@ def _route(T, E, k, device, skew=None):
     return torch.softmax(top.values, -1), top.indices.int()
 
 
-def _ref(kernel, x, ids, w, p):
+def _ref(kernel, x, ids, w, p, gemm1_dtype=torch.float64):
     d = lambda t: None if t is None else t.double()  # noqa: E731
     # float64 on the tensors' device (on CUDA: 6 GB of float64 weights at 20b shapes, seconds on the CPU)
     return kernel.reference.moe_experts_fp8(
         x, ids, w.double(), p["gate_up_fp8"], p["gate_up_scale"], d(p["gate_up_bias"]), p["down_fp8"],
-        p["down_scale"], d(p["down_bias"]), ALPHA, LIMIT, act_dtype=x.dtype)
+        p["down_scale"], d(p["down_bias"]), ALPHA, LIMIT, act_dtype=x.dtype, gemm1_dtype=gemm1_dtype)
 
 
 @pytest.mark.parametrize("T", [0, 1, 3, 64, 300])
@@ -275,8 +275,11 @@ def test_moe_experts_fp8_vs_reference(kernel, device, T, granularity):
     # Measured up to 3.6e-2 max-relative at T = 64 / 300 (and one failure at 3e-2 in a GPU run of 2026-12-06): the
     # max-relative bound is 5e-2; the Frobenius error, which one flipped code barely moves, stays at 1e-2.
     assert rel_err(out, ref) <= 5e-2
-    if T:
-        assert fro_rel(out, ref) <= 1e-2
+    # Few tokens: the Frobenius error is no average, and one flipped act code moves it. 200 one-token draws (H200,
+    # 2026-12-07, probes/fp8_one_token_error.py in git history): 7 over 1e-2 of the float64 chain (up to 4.2e-2), each
+    # within 1.7e-3 of the same chain with GEMM 1 summed in float32 (4.2e-3 over all draws). Either order is right.
+    if T and fro_rel(out, ref) > 1e-2:
+        assert fro_rel(out, _ref(kernel, x, ids, w, p, gemm1_dtype=torch.float32)) <= 1e-2
 
 
 @pytest.mark.parametrize("granularity", ["channel", "block"])

@@ -468,18 +468,14 @@ def _well_posed(h, h_abs, k):
 @pytest.mark.parametrize("block_m", [64, 128])
 @pytest.mark.parametrize("T,skew", [(1, None), (37, None), (300, 3), (700, None)])
 @pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("ws", ["0", "256", "256-2", "192"], ids=["regs", "ws256", "ws256lead2", "ws192"])
-def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias, ws, monkeypatch):
-    """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers;
-    128-row blocks also warp-specialized with 256- or 192-row tiles: GOK_PREFILL_WS) on their own, as the decode test
+def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
+    """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
+    on their own, as the decode test
     above: K with a half stage (odd: K = 160 / 96), N past the 128- and 256-row tiles, every
     slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
     dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
     (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32
     accumulation bound and the underflow below 2^-126."""
-    if ws != "0" and block_m != 128:
-        pytest.skip("GOK_PREFILL_WS picks the kernel of 128-row blocks only")
-    monkeypatch.setenv("GOK_PREFILL_WS", ws)
     s = BIG if shape == "big" else ODD
     H, I, E, k = s["H"], s["I"], s["E"], s["k"]
     ops = kernel._ops.ops

@@ -266,10 +266,13 @@ def moe_experts_fp8(
     limit: float,
     *,
     act_dtype: torch.dtype,
+    gemm1_dtype: torch.dtype = torch.float64,
 ) -> torch.Tensor:
     """``moe_experts`` as the FP8 kernels compute it, in float64: the tokens quantized per row (``pad_quant_fp8``),
     the weights ``quant.fp8.dequantize_fp8``, the SwiGLU activations rounded to ``act_dtype`` and quantized per row
-    again before the down projection, each weighted expert output rounded to ``act_dtype``, summed."""
+    again before the down projection, each weighted expert output rounded to ``act_dtype``, summed.
+    ``gemm1_dtype=torch.float32``: the gate/up products summed in float32, as a GPU sums them; the requantized act
+    codes (and so the outputs, by up to ~4e-2 at one token) follow that rounding (docs/moe.md "FP8 accuracy")."""
     from .quant.fp8 import dequantize_fp8, quantize_rows
 
     def deq_rows(v):
@@ -283,7 +286,7 @@ def moe_experts_fp8(
     ids = topk_ids.long()
     for e in torch.unique(ids).tolist():
         tok, slot = torch.where(ids == e)
-        gu = x[tok] @ w1[e]
+        gu = (x[tok].to(gemm1_dtype) @ w1[e].to(gemm1_dtype)).to(torch.float64)
         if gate_up_bias is not None:
             gu = gu + gate_up_bias[e].to(torch.float64)
         act = moe_swiglu(gu, alpha, limit).to(act_dtype)
