@@ -2,7 +2,8 @@
 """Every Triton attention variant under TRITON_INTERPRET=1 (CPU, no GPU) against the float64
 reference: the general kernel's prefill configurations (aligned / unaligned window start, narrow diagonal
 blocks, one masked loop), the sliding-window kernel `_window_fwd`, split decode with the separate
-`_combine` and with the fused last-program merge, and the Sq = 1 decode kernel `_decode`.
+`_combine` and with the fused last-program merge, the Sq = 1 decode kernel `_decode`; and the paged-cache
+read-back of a sliding layer (`_triton_paged_kv.py`) against transformers' index_select + masked_scatter.
 
     TRITON_INTERPRET=1 python scripts/attn_interpret_check.py
 """
@@ -117,4 +118,34 @@ for splits in (2, 3, 5):
 decode(2, 1, 128, True, False, 4, (-1, -1))
 decode(2, 1, 128, False, False, 3, (40, 40))
 decode(2, 1, 128, True, False, 3, (40, 40))
+
+
+def paged_window(pasts, q_lens, pad_reads, heads=HKV, d=D, rows=64, sentinel=1):
+    """Read rows of a sliding layer as transformers lists them (cached rows, then one sentinel per new token;
+    trash row 0 as padding) through `paged_window_kv_cuda`, bit for bit against index_select + masked_scatter."""
+    read, cu_k, cu_q = [], [0], [0]
+    for past, q in zip(pasts, q_lens):
+        read += (torch.randperm(rows - 2)[:past] + 2).tolist() + [sentinel] * q
+        cu_k.append(cu_k[-1] + past + q)
+        cu_q.append(cu_q[-1] + q)
+    read = torch.tensor(read + [0] * pad_reads, dtype=torch.int32)
+    kc, vc = torch.randn(rows, heads, d), torch.randn(rows, heads, d)
+    kn, vn = (torch.randn(1, heads, cu_q[-1], d).squeeze(0).transpose(0, 1) for _ in range(2))
+    got = pk.paged_window_kv_cuda(kc, vc, kn, vn, read, torch.tensor(cu_k, dtype=torch.int32),
+                                  torch.tensor(cu_q, dtype=torch.int32), sentinel)
+    mask = (read == sentinel)[:, None, None]
+    for g, cache, new in zip(got, (kc, vc), (kn, vn)):
+        exp = cache.index_select(0, read).masked_scatter_(mask, new)
+        ok = torch.equal(g, exp)
+        print(f"{'ok ' if ok else 'BAD'} paged_window_kv pasts={pasts} q_lens={q_lens} pad={pad_reads} heads={heads}",
+              flush=True)
+        if not ok:
+            sys.exit(1)
+
+
+pk = load("attention/_triton_paged_kv.py")
+paged_window([5, 0, 7], [1, 4, 1], 0)
+paged_window([7] * 20, [1] * 20, 9)
+paged_window([30, 2], [3, 17], 40)
+paged_window([7, 7], [0, 1], 0, heads=3, d=16)
 print(f"all ok, worst rel. err {worst:.1e}")

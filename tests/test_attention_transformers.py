@@ -152,10 +152,11 @@ def test_rotary_kernelized(kernel, device):
     assert rel_err(got[valid], expected[valid]) < 2e-2
 
 
-def test_continuous_batching_manager_with_our_layers(kernel, device, tmp_path):
+def test_continuous_batching_manager_with_our_layers(kernel, device, tmp_path, monkeypatch):
     """What a server runs (examples/serve.md): an MXFP4 checkpoint loaded with every layer of ours, attention
     switched to the continuous-batching alias, a ContinuousBatchingManager serving a streamed request next to two
-    others; each gets what generate() gives with our attention."""
+    others; each gets what generate() gives with our attention. Under 5.25 the sliding layers' cache reads go
+    through ``paged_window_kv`` (layers._paged_window_update), not transformers' masked_scatter."""
     from tiny_checkpoint import write_tiny_checkpoint
     from transformers import AutoTokenizer, GenerationConfig
 
@@ -170,6 +171,9 @@ def test_continuous_batching_manager_with_our_layers(kernel, device, tmp_path):
                                    eos_token_id=-1)[0, len(p):].tolist() for p in prompts]
     model.set_attn_implementation(routes.attention_implementation(continuous_batching=True))
     assert model.config._attn_implementation == ALIAS
+    paged = kernel.layers.paged_window_kv
+    window_reads = []
+    monkeypatch.setattr(kernel.layers, "paged_window_kv", lambda *a: window_reads.append(1) or paged(*a))
     manager = model.init_continuous_batching(
         generation_config=GenerationConfig(max_new_tokens=10, do_sample=False, eos_token_id=-1, pad_token_id=0))
     manager.start()
@@ -193,6 +197,8 @@ def test_continuous_batching_manager_with_our_layers(kernel, device, tmp_path):
 
     assert "gpt_oss_kernels" in fau._flash_varlen_fn.__module__, fau._flash_varlen_fn
     assert len(steps) == 10 and all(len(s) == i + 1 for i, s in enumerate(steps))  # one token per streamed step
+    if int(transformers.__version__.split(".")[1]) >= 25:  # 5.22-5.24 update the cache in their paged wrapper
+        assert window_reads  # the worker thread's forward took our sliding-layer read-back
     if device == "cpu":  # fp32: token for token
         assert got == expected
     else:  # bf16, paged against the dynamic cache: the same first token (later ones may flip on a near-tie)

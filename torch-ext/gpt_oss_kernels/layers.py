@@ -23,6 +23,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .attention.paged_kv import paged_window_kv
 from .attention.projection import multi_linear
 from .attention.rotary import rotary_pos_emb as _rotary_pos_emb
 from .moe.block import expert_format, experts_forward, moe_block
@@ -131,6 +132,32 @@ def _plain_linears(*modules: nn.Module) -> bool:
 _O_PROJ_KERNEL_ROWS = 8
 
 
+def _paged_window_update(cache, k, v, layer_idx: int, kwargs: dict):
+    """``cache.update(k, v, layer_idx, kwargs=kwargs)``, except for a sliding layer of transformers' paged cache
+    (continuous batching, index path) with rows to read: there the rows it reads and the new ones come from one
+    ``paged_window_kv`` launch instead of its ``index_select`` + ``masked_scatter_`` (attention/paged_kv.py says
+    why), then the new rows are written as it writes them; ``kwargs`` are updated as it updates them. Anything
+    else (another cache, the block-table path, a full layer, a transformers without these attributes) is
+    transformers' own update."""
+    table = getattr(cache, "layer_to_allocator", None)
+    alloc = table.get(layer_idx) if isinstance(table, dict) else None
+    if (alloc is None or getattr(alloc, "layer_type", None) != "sliding_attention" or kwargs.get("block_table") is not None
+            or not hasattr(alloc, "_kv_token_views") or not hasattr(alloc, "sentinel_index")
+            or not isinstance(kwargs.get("read_index"), (list, tuple)) or "cu_seq_lens_q" not in kwargs
+            or kwargs["read_index"][alloc.index].numel() == 0):
+        return cache.update(k, v, layer_idx, kwargs=kwargs)
+    kwargs["cu_seq_lens_k"] = kwargs["cu_seq_lens_k"][alloc.layer_type].to(torch.int32)
+    kwargs["max_length_k"] = kwargs["max_length_k"][alloc.layer_type]
+    read_index, write_index = kwargs["read_index"][alloc.index], kwargs["write_index"][alloc.index]
+    k_cache, v_cache = alloc._kv_token_views[layer_idx]
+    k_new, v_new = (t.squeeze(0).transpose(0, 1) for t in (k, v))  # (tokens, heads, head_dim)
+    k_rows, v_rows = paged_window_kv(k_cache, v_cache, k_new, v_new, read_index, kwargs["cu_seq_lens_k"],
+                                     kwargs["cu_seq_lens_q"], alloc.sentinel_index)
+    k_cache.index_copy_(0, write_index, k_new)  # after the read: a new row may take the slot of one just read
+    v_cache.index_copy_(0, write_index, v_new)
+    return k_rows.transpose(0, 1).unsqueeze(0), v_rows.transpose(0, 1).unsqueeze(0)
+
+
 class Attention(nn.Module):
     """GptOssAttention's forward with q, k and v projected by one ``multi_linear`` (one kernel launch at decode
     sizes, where cuBLAS runs three split-K GEMVs) and o_proj by another, and this package's rotary. The cache
@@ -166,7 +193,7 @@ class Attention(nn.Module):
         else:
             q, k = _rotary_pos_emb(q, k, cos, sin)
             if cache is not None:
-                k, v = cache.update(k, v, self.layer_idx, kwargs=kwargs)
+                k, v = _paged_window_update(cache, k, v, self.layer_idx, kwargs)
             elif past_key_values is not None:
                 k, v = past_key_values.update(k, v, self.layer_idx)
         attention = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
