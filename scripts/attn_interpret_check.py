@@ -148,4 +148,12 @@ paged_window([5, 0, 7], [1, 4, 1], 0)
 paged_window([7] * 20, [1] * 20, 9)
 paged_window([30, 2], [3, 17], 40)
 paged_window([7, 7], [0, 1], 0, heads=3, d=16)
+# rows nothing stands behind (outside the cache, a sentinel among the cached rows): NaN, no read
+kc, vc, kn, vn = torch.randn(8, 1, 16), torch.randn(8, 1, 16), torch.randn(1, 1, 16), torch.randn(1, 1, 16)
+rows = pk.paged_window_kv_cuda(kc, vc, kn, vn, torch.tensor([99, 1, 3, 1], dtype=torch.int32),
+                               torch.tensor([0, 4], dtype=torch.int32), torch.tensor([0, 1], dtype=torch.int32), 1)[0]
+ok = rows[:2].isnan().all() and torch.equal(rows[2], kc[3]) and torch.equal(rows[3], kn[0])
+print(f"{'ok ' if ok else 'BAD'} paged_window_kv NaN rows", flush=True)
+if not ok:
+    sys.exit(1)
 print(f"all ok, worst rel. err {worst:.1e}")

@@ -71,6 +71,10 @@ def test_paged_window_kv_no_reads_and_bad_rows(kernel, device):
     got_k, got_v = _call(kernel, k_cache, v_cache, k_new, v_new, bad, cu_k, cu_q)
     assert got_k[:2].isnan().all() and got_v[:2].isnan().all()
     assert torch.equal(got_k[2:], _transformers_rows(k_cache, v_cache, k_new, v_new, read)[0][2:])
+    bad = read.clone()
+    bad[0] = SENTINEL  # a sentinel among the cached rows: no new token stands behind it
+    got_k, got_v = _call(kernel, k_cache, v_cache, k_new, v_new, bad, cu_k, cu_q)
+    assert got_k[0].isnan().all() and got_v[0].isnan().all() and not got_k[1:].isnan().any()
 
 
 def test_paged_window_kv_rejects_bad_arguments(kernel, device):

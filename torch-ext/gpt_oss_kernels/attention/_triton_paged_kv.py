@@ -24,8 +24,9 @@ def _window_kv(
     seg = tl.sum((ends_k[None, :] <= r[:, None]).to(tl.int32), axis=1)  # segments ended at or before r
     segc = tl.minimum(seg, n_seg - 1)
     new_row = (r - tl.load(CuK + 1 + segc) + tl.load(CuQ + 1 + segc)).to(tl.int64)
-    is_new = (idx == sentinel) & (seg < n_seg) & (new_row >= 0) & (new_row < n_new)
-    from_cache = ~is_new & (idx >= 0) & (idx < n_cache)
+    sent = idx == sentinel
+    is_new = sent & (seg < n_seg) & (new_row >= 0) & (new_row < n_new)
+    from_cache = ~sent & (idx >= 0) & (idx < n_cache)
     ok = is_new | from_cache
 
     c = tl.arange(0, HD_P2)

@@ -11,7 +11,8 @@ sequence ``b`` is ``r - cu_seqlens_k[b + 1] + cu_seqlens_q[b + 1]`` (the segment
 its ``q_len`` new tokens), so one kernel writes K and V rows in read order with no scan and no host sync.
 
 Rows of ``read_index`` past the last segment (padding for CUDA graphs) are read from the cache like the others
-(transformers points them at a trash row). A read index outside the cache gives NaN rows, never a stray read.
+(transformers points them at a trash row). A read index outside the cache, or a sentinel with no new token behind it,
+gives NaN rows, never a stray read.
 """
 
 from __future__ import annotations
@@ -57,9 +58,10 @@ def _torch(k_cache, v_cache, k_new, v_new, read_index, cu_seqlens_k, cu_seqlens_
     in_seg = seg < n_seg
     segc = seg.clamp(max=max(n_seg - 1, 0))
     new_row = r - ends_k[segc] + ends_q[segc] if n_seg else torch.zeros_like(r)
-    is_new = (idx == sentinel) & in_seg & (new_row >= 0) & (new_row < k_new.shape[0])
+    sent = idx == sentinel
+    is_new = sent & in_seg & (new_row >= 0) & (new_row < k_new.shape[0])
     n_cache = min(k_cache.shape[0], v_cache.shape[0])  # transformers' K and V views of a layer differ in length
-    ok = is_new | ((idx >= 0) & (idx < n_cache))
+    ok = is_new | (~sent & (idx >= 0) & (idx < n_cache))
     outs = []
     for cache, new in ((k_cache, k_new), (v_cache, v_new)):
         rows = cache.index_select(0, torch.where(ok & ~is_new, idx, 0).clamp(0, max(n_cache - 1, 0)))
