@@ -21,7 +21,6 @@ values + one scale byte per 32). Weights: random normal (std 0.02) quantized wit
 
 from __future__ import annotations
 
-
 import torch
 
 import harness

@@ -470,8 +470,7 @@ def _well_posed(h, h_abs, k):
 @pytest.mark.parametrize("bias", [True, False])
 def test_moe_gemm_prefill_mxfp4_vs_float64(kernel, shape, block_m, T, skew, bias):
     """The CUDA prefill GEMMs (64- / 128-row blocks, kernel words, wgmma with the weights dequantized in registers)
-    on their own, as the decode test
-    above: K with a half stage (odd: K = 160 / 96), N past the 128- and 256-row tiles, every
+    on their own, as the decode test above: K with a half stage (odd: K = 160 / 96), N past the 128-row tile, every
     slot of an expert in one block or many (skew), scale bytes 0 / 1 / 127 / 200 on 30% of the blocks (two-step
     dequantization above 128). The SwiGLU rows are held to float64 where their float32 sums are well posed
     (_well_posed: at least 90% of them), the output rows element by element to bf16 rounding plus the float32

@@ -1,5 +1,5 @@
 // Device helpers shared by the hand-written kernels: cp.async, ldmatrix, mma.m16n8k16, bf16 / fp16 packing
-// (sm_80+ PTX), wgmma descriptors and fences (sm_90a), and mbarriers (sm_90).
+// (sm_80+ PTX), and wgmma descriptors and fences (sm_90a).
 #pragma once
 
 #include <cuda_bf16.h>

@@ -90,7 +90,7 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[64], const uint32_t (&a)[4],
 
 __device__ __forceinline__ float sigmoid_f(float v) { return 1.f / (1.f + __expf(-v)); }
 
-// One output pair of either kernel's epilogue: weight rows n (even, < N) and n + 1 (n1: n + 1 < N) for slot row t of the
+// One output pair of the epilogue: weight rows n (even, < N) and n + 1 (n1: n + 1 < N) for slot row t of the
 // block (pos: its slot) with the bias added. GEMM 1: the clamped SwiGLU of gate v0 / up v1 into act row row0 + t;
 // GEMM 2: both columns times the slot's top-k weight wt into y row pos.
 template <bool FIRST>
@@ -311,7 +311,6 @@ template <int BM, int S>
 void launch_bm(const PrefillParams& p, int nb, bool first, int device, cudaStream_t stream) {
   first ? launch<BM, true, S>(p, nb, device, stream) : launch<BM, false, S>(p, nb, device, stream);
 }
-
 
 }  // namespace
 

@@ -49,7 +49,7 @@ def _check(k_cache, v_cache, k_new, v_new, read_index, cu_seqlens_k, cu_seqlens_
 
 
 def _torch(k_cache, v_cache, k_new, v_new, read_index, cu_seqlens_k, cu_seqlens_q, sentinel):
-    """The same rows in torch (CPU, and the reference of the tests)."""
+    """The same rows in torch (the CPU path, and CUDA tensors whose head_dim is not contiguous)."""
     n_seg = cu_seqlens_k.numel() - 1
     idx = read_index.long()
     r = torch.arange(idx.numel(), device=idx.device)
@@ -76,8 +76,8 @@ def paged_window_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k_new: torch.T
                     sentinel: int) -> tuple[torch.Tensor, torch.Tensor]:
     """K and V rows (read_index.numel(), heads, head_dim) in read order: cache row ``read_index[r]``, or for a
     ``sentinel`` entry the new token it stands for (see the module docstring). k_cache / v_cache (rows, heads,
-    head_dim; a row id is valid below both lengths), k_new / v_new (tokens, heads, head_dim), head_dim contiguous; cu_seqlens_k / cu_seqlens_q the
-    read and query segments (sequences + 1 entries)."""
+    head_dim; a row id is valid below both lengths), k_new / v_new (tokens, heads, head_dim); cu_seqlens_k /
+    cu_seqlens_q the read and query segments (sequences + 1 entries)."""
     _check(k_cache, v_cache, k_new, v_new, read_index, cu_seqlens_k, cu_seqlens_q)
     if k_cache.device.type != "cuda" or any(t.stride(2) != 1 for t in (k_cache, v_cache, k_new, v_new)):
         return _torch(k_cache, v_cache, k_new, v_new, read_index, cu_seqlens_k, cu_seqlens_q, sentinel)
