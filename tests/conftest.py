@@ -56,6 +56,27 @@ def device(kernel) -> str:
     return "cuda" if HAS_CUDA else "cpu"
 
 
+@pytest.fixture
+def local_kernels(monkeypatch):
+    """Resolve our repo id to this checkout's build (offline), as a user with a local build would."""
+    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
+
+
+@pytest.fixture
+def accelerator_or_cpu(kernel, device, monkeypatch):
+    """For transformers' own ``from_pretrained(..., kernel_config=...)``. On the GPU: cuda. On the CPU:
+    transformers' KernelConfig refuses the device, so let the CPU through its device check to run the route's
+    mechanics (layouts, fusion, key renaming, kernelize) in CI. transformers keeps a load's class patches for
+    every later load in the process: drop them afterwards."""
+    if device == "cpu":
+        from transformers.utils import kernel_config as kc
+
+        monkeypatch.setattr(kc, "KERNELS_SUPPORTED_DEVICE_TYPES", [*kc.KERNELS_SUPPORTED_DEVICE_TYPES, "cpu"])
+    yield device
+    routes = kernel.integrations.routes
+    routes._unregister(routes._our_patches())
+
+
 @pytest.fixture(scope="session")
 def ref(kernel):
     return kernel.reference

@@ -115,6 +115,66 @@ def test_mxfp4_state_dict_and_save_pretrained_give_the_checkpoint_bytes(kernel, 
         assert torch.equal(again(ids).logits, ours(ids).logits)
 
 
+@pytest.mark.parametrize("fmt", ["mxfp4", "fp8"])
+def test_quantized_checkpoint_through_transformers_kernel_config(kernel, checkpoint, accelerator_or_cpu, local_kernels,
+                                                                 tmp_path, fmt):
+    """transformers' own from_pretrained with our KernelConfig and ``checkpoint_config(path)``: the experts load as
+    stored into our layout (MXFP4 blocks as kernel words after the load, as our from_pretrained gives them; no
+    quantizer, no gpt-oss-triton-kernels) and the model computes exactly what our from_pretrained's model computes."""
+    from transformers import AutoModelForCausalLM
+
+    from conftest import REPO_ID
+    from tiny_checkpoint import write_fp8_checkpoint
+
+    device = accelerator_or_cpu
+    model, path = checkpoint
+    if fmt == "fp8":
+        path = write_fp8_checkpoint(model, tmp_path / "tiny-fp8")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    config = kernel.checkpoint_config(path)
+    assert config.gpt_oss_kernels_experts == fmt and not hasattr(config, "quantization_config")
+    theirs = AutoModelForCausalLM.from_pretrained(path, config=config, device_map=device, dtype=dtype, use_kernels=True,
+                                                  kernel_config=kernel.kernel_config(), attn_implementation=REPO_ID)
+    assert getattr(theirs, "hf_quantizer", None) is None
+    for layer in theirs.model.layers:
+        ex = layer.mlp.experts
+        assert type(ex) is kernel.layers.MoeExpertsLayout and kernel.layers.expert_format(ex) == fmt
+        if fmt == "mxfp4":
+            assert ex.gate_up_proj_blocks.dtype == torch.uint32
+    assert not any(p.is_floating_point() and p.dim() == 3 and p.element_size() > 1 for p in theirs.parameters()), \
+        "a full-size float expert copy"
+    ours = kernel.from_pretrained(path, device=device, dtype=dtype)
+    ids = torch.randint(1, model.config.vocab_size, (4, 16), device=device)
+    with torch.inference_mode():
+        got = theirs(ids).logits
+        assert torch.equal(got, ours(ids).logits)
+    if fmt == "mxfp4":
+        with torch.inference_mode(), record_ops() as names:
+            theirs(ids)
+        assert [op for op in OPS if not dispatched(names, kernel, op)] == []
+
+
+def test_transformers_quantizer_in_our_place_is_an_error(kernel, checkpoint):
+    """Loaded without ``checkpoint_config`` where Triton is installed, transformers' quantizer takes an MXFP4
+    checkpoint before any KernelConfig is read: 5.25 builds its own MoE block (our KernelConfig then raises, naming
+    the fix), 5.22-5.24 dequantize the experts into our bf16 layout under ``use_kernels`` (it warns). (Without
+    Triton, as on the CPU, both drop the quantizer and the blocks load into our layout as stored.)"""
+    model, path = checkpoint
+    check = kernel.integrations.routes._check_experts_not_quantized_by_transformers
+    mxfp4 = kernel.from_pretrained(path, device="cpu")
+    bf16 = kernel.from_pretrained(None, config=model.config, state_dict=model.state_dict(), device="cpu")
+    for m in (mxfp4, bf16):
+        check(m)  # no quantizer: nothing to say
+        m.hf_quantizer = object()
+        m.config.quantization_config = {"quant_method": "mxfp4"}
+    check(mxfp4)  # our MXFP4 layout in place
+    with pytest.warns(UserWarning, match="dequantized this MXFP4 checkpoint's experts to bf16.*checkpoint_config"):
+        check(bf16)
+    mxfp4.model.layers[0].mlp = torch.nn.Identity()
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.mlp \(Identity\).*checkpoint_config\(path\)"):
+        check(mxfp4)
+
+
 def test_mxfp4_greedy_matches_dequantized_model(kernel, device, checkpoint):
     model, path = checkpoint
     dtype = torch.bfloat16 if device == "cuda" else torch.float32

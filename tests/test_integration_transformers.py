@@ -138,26 +138,6 @@ def test_check_kernelized_names_what_is_missing(kernel):
 # --- transformers' own from_pretrained with kernel_config() -------------------------------------------
 
 
-@pytest.fixture
-def local_kernels(monkeypatch):
-    """Resolve our repo id to this checkout's build (offline), as a user with a local build would."""
-    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
-
-
-@pytest.fixture
-def accelerator_or_cpu(kernel, device, monkeypatch):
-    """On the GPU: cuda. On the CPU: transformers' KernelConfig refuses the device, so let the CPU through its
-    device check to run the route's mechanics (layouts, fusion, key renaming, kernelize) in CI. transformers
-    keeps a load's class patches for every later load in the process: drop them afterwards."""
-    if device == "cpu":
-        from transformers.utils import kernel_config as kc
-
-        monkeypatch.setattr(kc, "KERNELS_SUPPORTED_DEVICE_TYPES", [*kc.KERNELS_SUPPORTED_DEVICE_TYPES, "cpu"])
-    yield device
-    routes = kernel.integrations.routes
-    routes._unregister(routes._our_patches())
-
-
 @pytest.mark.parametrize("fused", [True, False], ids=["fused", "unfused"])
 def test_transformers_from_pretrained_with_kernel_config(kernel, accelerator_or_cpu, local_kernels, tmp_path, fused):
     from transformers import AutoModelForCausalLM

@@ -16,10 +16,11 @@ from .quant import dequantize_fp8, pad_quant_fp8, quantize_experts_fp8, quantize
 from .attention import flash_attn_func, flash_attn_varlen_func, flash_attn_with_kvcache, rotary_pos_emb  # attention
 from .attention import multi_linear  # attention
 from .norm import fused_add_rms_norm, rms_norm
-from .integrations import DecodeRunner, from_pretrained, kernel_config
+from .integrations import DecodeRunner, checkpoint_config, from_pretrained, kernel_config
 
 __all__ = [
     "DecodeRunner",
+    "checkpoint_config",
     "convert_checkpoint",
     "flash_attn_func",  # attention
     "flash_attn_varlen_func",  # attention

@@ -57,10 +57,12 @@ def kernel_config(repo_id: str = REPO_ID, *, version: int | None = None, revisio
     ``fused``: the post-attention RMSNorm and the MoE block as one module (``NormMoeMLP``); otherwise
     ``MoeMLP`` replaces GptOssMLP alone. ``kernels`` resolves the repository: ``version`` (default 1) or
     ``revision``; a local build through ``LOCAL_KERNELS="<repo_id>=/path/to/checkout"`` (then the default is
-    ``revision="v1"``, which kernels 0.17 needs offline and 0.19 accepts). For MXFP4 checkpoints use
-    ``from_pretrained`` (transformers' MXFP4 quantizer would replace the MoE block first).
-    The config also makes ``generate(..., cache_implementation="static")`` correct with our attention
-    (``register_static_cache_mask`` once the model is loaded).
+    ``revision="v1"``, which kernels 0.17 needs offline and 0.19 accepts). MXFP4 / FP8 checkpoints (openai/gpt-oss
+    as it ships) also need ``config=checkpoint_config(path)`` in that call: transformers' quantizer reads the
+    checkpoint's config before any KernelConfig (a ``ValueError`` after the load says so if it took the MoE block).
+    Once the model is loaded the config makes ``generate(..., cache_implementation="static")`` correct with our
+    attention (``register_static_cache_mask``) and turns MXFP4 blocks into kernel words, as ``from_pretrained``
+    does.
     """
     if version is not None and revision is not None:
         raise ValueError(f"pass version or revision, not both (got version={version!r}, revision={revision!r})")
@@ -87,20 +89,92 @@ _KERNEL_CONFIG_CLASS = None
 
 
 def _kernel_config_class():
-    """transformers' ``KernelConfig`` plus one step: when ``set_use_kernels`` maps the loaded model (after
-    transformers registered its flash mask for our attention at load), ``register_static_cache_mask`` for the
-    model's attention name, so ``generate(..., cache_implementation="static")`` is correct on this route too."""
+    """transformers' ``KernelConfig`` plus what our ``from_pretrained`` does once the checkpoint is loaded, run when
+    ``set_use_kernels`` maps the loaded model (after transformers registered its flash mask for our attention):
+    ``register_static_cache_mask`` for the model's attention name, so ``generate(...,
+    cache_implementation="static")`` is correct on this route too; MXFP4 experts to kernel words; and a
+    ``ValueError`` when transformers' MXFP4 quantizer took the experts (the config was not
+    ``checkpoint_config(path)``)."""
     global _KERNEL_CONFIG_CLASS
     if _KERNEL_CONFIG_CLASS is None:
         from transformers import KernelConfig
 
         class GptOssKernelConfig(KernelConfig):
             def create_compatible_mapping(self, model, *args, **kwargs):
+                _check_experts_not_quantized_by_transformers(model)
                 register_static_cache_mask(getattr(model.config, "_attn_implementation", None))
+                _use_kernel_words(model)
                 return super().create_compatible_mapping(model, *args, **kwargs)
 
         _KERNEL_CONFIG_CLASS = GptOssKernelConfig
     return _KERNEL_CONFIG_CLASS
+
+
+def checkpoint_config(model_id_or_path: str | os.PathLike | None = None, *, config=None, **hub_kwargs):
+    """The checkpoint's config as our layouts load it, for transformers' own ``from_pretrained(path,
+    config=checkpoint_config(path), use_kernels=True, kernel_config=kernel_config())``.
+
+    A checkpoint whose experts are MXFP4 (openai/gpt-oss as it ships) or FP8 names its format in
+    ``quantization_config``, and transformers then builds its own quantizer before any KernelConfig is read
+    (its ``Mxfp4GptOssMLP`` with another Hub kernel in place of our MoE block, or, without Triton and in 5.22-5.24,
+    the experts dequantized to bf16). Here that config goes and the format is recorded instead
+    (``gpt_oss_kernels_experts``, and ``gpt_oss_kernels_fp8_granularity``), so ``layers.MoeExpertsLayout`` holds the
+    checkpoint's tensors as stored. A bf16 checkpoint's config comes back as it is (a copy).
+    ``config``: a config already loaded (then no path is needed); ``hub_kwargs``: ``revision``, ``token``, ...
+    for ``AutoConfig.from_pretrained``.
+    """
+    if config is None:
+        if model_id_or_path is None:
+            raise ValueError("checkpoint_config: pass the checkpoint's path or Hub id, or config=")
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(model_id_or_path, **hub_kwargs)
+    if getattr(config, "model_type", None) != "gpt_oss":
+        where = f" from {model_id_or_path}" if model_id_or_path is not None else ""
+        raise ValueError(f"gpt-oss-kernels loads GPT-OSS checkpoints, got model_type "
+                         f"{getattr(config, 'model_type', None)!r}{where}")
+    config = copy.deepcopy(config)
+    config.gpt_oss_kernels_experts = layers.experts_format_of(config)
+    if config.gpt_oss_kernels_experts == "fp8":
+        config.gpt_oss_kernels_fp8_granularity = layers.fp8_granularity_of(config)
+    if config.gpt_oss_kernels_experts in ("mxfp4", "fp8") and hasattr(config, "quantization_config"):
+        del config.quantization_config  # our layout holds the quantized experts, not transformers' quantizer
+    return config
+
+
+def _check_experts_not_quantized_by_transformers(model) -> None:
+    """After transformers' ``from_pretrained`` with our KernelConfig: ``ValueError`` when its quantizer put its own
+    MoE block in place of ours (a quantized checkpoint loaded without ``checkpoint_config``); a warning when it
+    dequantized MXFP4 experts into our bf16 layout (it works, at 3.8x the experts' memory)."""
+    if getattr(model, "hf_quantizer", None) is None:
+        return
+    method = layers._quantization_config(model.config).get("quant_method")
+    method = str(getattr(method, "value", method))
+    if method not in ("mxfp4", "fp8"):
+        return
+    fix = ("pass config=gpt_oss_kernels.checkpoint_config(path) to from_pretrained (or load with "
+           "gpt_oss_kernels.from_pretrained)")
+    foreign = [f"{name} ({type(m).__name__})" for name, m in model.named_modules()
+               if name.endswith(".mlp") and not isinstance(m, (layers.MoeMLPLayout, layers.NormMoeMLPLayout))]
+    if foreign:
+        raise ValueError(f"this {method} checkpoint's experts were taken by transformers' quantizer, not our layers "
+                         f"({', '.join(foreign[:2])}{', ...' if len(foreign) > 2 else ''}): {fix}")
+    if method == "mxfp4" and any(isinstance(m, layers.MoeExpertsLayout) and layers.expert_format(m) == "bf16"
+                                 for m in model.modules()):
+        import warnings
+
+        warnings.warn(f"transformers dequantized this MXFP4 checkpoint's experts to bf16 (3.8x their memory); for "
+                      f"the experts as stored, {fix}", stacklevel=3)
+
+
+def _use_kernel_words(model) -> None:
+    """MXFP4 experts' blocks -> kernel words (the decode and prefill GEMMs' layout), as our ``from_pretrained`` does
+    once loaded; not under transformers' tensor / expert parallelism (its hooks swap those parameters by shard)."""
+    if any(getattr(m, "_is_hooked", False) for m in model.modules()):
+        return
+    for m in model.modules():
+        if isinstance(m, layers.MoeExpertsLayout):
+            m.use_kernel_words()
 
 
 def attention_implementation(continuous_batching: bool = False) -> str:
@@ -296,21 +370,10 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
     ``quant.fp8.quantize_experts_fp8``) load the same way into our FP8 layout.
     """
     from kernels import Mode, kernelize, use_kernel_mapping
-    from transformers import AutoConfig, GptOssForCausalLM
+    from transformers import GptOssForCausalLM
 
     hub = {k: kwargs[k] for k in _HUB_KWARGS if k in kwargs}
-    config = kwargs.pop("config", None)
-    if config is None:
-        config = AutoConfig.from_pretrained(model_id_or_path, **hub)
-    if getattr(config, "model_type", None) != "gpt_oss":
-        raise ValueError(f"from_pretrained loads GPT-OSS checkpoints, got model_type "
-                         f"{getattr(config, 'model_type', None)!r} from {model_id_or_path}")
-    config = copy.deepcopy(config)
-    config.gpt_oss_kernels_experts = layers.experts_format_of(config)
-    if config.gpt_oss_kernels_experts == "fp8":
-        config.gpt_oss_kernels_fp8_granularity = layers.fp8_granularity_of(config)
-    if config.gpt_oss_kernels_experts in ("mxfp4", "fp8") and hasattr(config, "quantization_config"):
-        del config.quantization_config  # our layout holds the quantized experts, not transformers' quantizer
+    config = checkpoint_config(model_id_or_path, config=kwargs.pop("config", None), **hub)
     if attention and "attn_implementation" not in kwargs:
         kwargs["attn_implementation"] = attention_implementation()
     distributed = [k for k in _DISTRIBUTED_KWARGS if kwargs.get(k) is not None]
@@ -350,9 +413,7 @@ def from_pretrained(model_id_or_path: str | os.PathLike, *, device: str | None =
         module.forward = hook
     check_kernelized(model, names)
     if not distributed:  # (distributed: transformers' hooks swap the experts' parameters by shard, keep its bytes)
-        for module in model.modules():
-            if isinstance(module, layers.MoeExpertsLayout):
-                module.use_kernel_words()  # MXFP4 experts: the decode GEMM's layout, in place (no-op otherwise)
+        _use_kernel_words(model)  # MXFP4 experts: the decode GEMM's layout, in place (no-op otherwise)
     return model
 
 
