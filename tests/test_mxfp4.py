@@ -109,6 +109,22 @@ def test_quantize_bad_input(kernel):
         kernel.dequantize_mxfp4(torch.zeros(1, 2, 1, 16, dtype=torch.uint8), torch.zeros(1, 2, 2, dtype=torch.uint8))
 
 
+def test_quantize_in_expert_groups_equals_one_pass(kernel, monkeypatch):
+    """Large weights are quantized a few experts at a time (bounded float64 temporaries): the same bytes as one
+    pass, for a group size that does not divide E, and non-finite values are still refused."""
+    import sys
+
+    mod = sys.modules[kernel.quantize_mxfp4.__module__]
+    w = torch.randn(7, 64, 24) * torch.logspace(-3, 3, 7)[:, None, None]
+    whole = kernel.quantize_mxfp4(w)
+    monkeypatch.setattr(mod, "_QUANTIZE_CHUNK", 3 * 64 * 24)  # groups of 3, 3, 1
+    grouped = kernel.quantize_mxfp4(w)
+    assert all(torch.equal(a, b) for a, b in zip(whole, grouped))
+    w[6, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite"):
+        kernel.quantize_mxfp4(w)
+
+
 def _rotr(w, c):
     return ((w >> c) | (w << (32 - c))) & 0xFFFFFFFF
 

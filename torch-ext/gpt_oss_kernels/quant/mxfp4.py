@@ -149,6 +149,11 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     return out.view(*prefix, g * 2 * b).transpose(1, 2).contiguous()
 
 
+# Values per quantize_mxfp4 pass: its float64 temporaries take ~10x this in bytes (about 10 GiB here). One pass over
+# a 20b layer's 32 gate_up experts ran an 80 GB H100 out of memory (a 15.8 GiB temporary; 2026-12-07).
+_QUANTIZE_CHUNK = 1 << 27
+
+
 def quantize_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(E, K, N)`` float weights (GptOssExperts' layout, any float dtype) -> ``(blocks (E, N, K/32, 16),
     scales (E, N, K/32))`` uint8, per OCP MX v1.0:
@@ -174,6 +179,10 @@ def quantize_mxfp4(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     e, k, n = w.shape
     if k % BLOCK:
         raise ValueError(f"w's K (dim 1) must be a multiple of {BLOCK}, got shape {tuple(w.shape)}")
+    if e > 1 and e * k * n > _QUANTIZE_CHUNK:  # a few experts at a time: the float64 temporaries stay bounded
+        step = max(1, _QUANTIZE_CHUNK // (k * n))
+        parts = [quantize_mxfp4(w[i:i + step]) for i in range(0, e, step)]
+        return torch.cat([b for b, _ in parts]), torch.cat([s for _, s in parts])
     x = w.detach().to(torch.float64).transpose(1, 2).reshape(e, n, k // BLOCK, BLOCK)  # (E, N, G, 32)
     if not bool(torch.isfinite(x).all()):
         raise ValueError("w has non-finite values: MXFP4 cannot encode them")
