@@ -149,8 +149,8 @@ def dequantize_mxfp4(blocks: torch.Tensor, scales: torch.Tensor, dtype: torch.dt
     return out.view(*prefix, g * 2 * b).transpose(1, 2).contiguous()
 
 
-# Values per quantize_mxfp4 pass: its float64 temporaries take ~10x this in bytes (about 10 GiB here). One pass over
-# a 20b layer's 32 gate_up experts ran an 80 GB H100 out of memory (a 15.8 GiB temporary; 2026-12-07).
+# Values per quantize_mxfp4 pass (a pass holds several float64 copies of its values, 8 bytes each). One pass over a
+# 20b layer's 32 gate_up experts ran an 80 GB H100 out of memory (a 15.8 GiB temporary; 2026-12-07).
 _QUANTIZE_CHUNK = 1 << 27
 
 
