@@ -486,11 +486,11 @@ def test_moe_deterministic(kernel):
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize("T", [1, 3, 16])
-@pytest.mark.parametrize("E,k", [(32, 4), (5, 3), (256, 4)])
+@pytest.mark.parametrize("E,k", [(32, 4), (5, 3), (128, 4), (100, 4), (256, 4)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_moe_prepare_decode_sizes_match_the_ops(kernel, T, E, k, dtype):
-    """moe_prepare at T * k <= 64 (one cluster launch on sm_90 for E <= 64: router GEMM + route + dispatch;
-    E = 256 takes the separate kernels) against the separate ops: F.linear logits, moe_route, moe_dispatch. Same experts
+    """moe_prepare at T * k <= 64 (one cluster launch on sm_90 for E <= 128: router GEMM + route + dispatch;
+    E = 128 is gpt-oss-120b; E = 256 takes the separate kernels) against the separate ops: F.linear logits, moe_route, moe_dispatch. Same experts
     (the logits are rounded to the activation dtype on both paths; a near-tie could flip only where the fp32 sums
     round differently), weights within the one-ulp logit rounding, the same blocks, every slot once in a block of
     its expert."""
