@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-FAMILIES = ("rmsnorm", "moe", "fusion", "attention", "fp8", "projections", "moe_mxfp4")
+FAMILIES = ("rmsnorm", "moe", "fusion", "attention", "fp8", "projections", "moe_120b", "moe_mxfp4")
 
 
 # --- timing -----------------------------------------------------------------------------
