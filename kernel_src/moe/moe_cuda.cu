@@ -544,6 +544,10 @@ bool launch_small_prepare(const at::Tensor& hidden, const at::Tensor& rw, const 
     return false;
   }
   const int dev = hidden.get_device();
+  // E > 64 (gpt-oss-120b): 16 router rows per CTA make the logit loop the long pole above 64 (token, expert) pairs
+  // per CTA (H100, 2026-12-08, E = 128, CUDA graph: T = 1 / 4 / 16 13.0 / 17.8 / 35.5 us against the separate ops'
+  // 21.6 / 22.0 / 22.2), so there the cluster path stops at T * ceil(E / 8) <= 64 (T <= 4 at E = 128).
+  if (e > 64 && t * per > 64) return false;
   if (dev >= 64 || gok::device_info(dev).first < 9) return false;
   static bool attr_set[64][4][2] = {};  // per device, VPL and block size: dynamic shared memory above 48 KB allowed
   const bool many = t * per > kSmallThreadsFew / kWarp;
