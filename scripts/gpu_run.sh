@@ -100,8 +100,9 @@ gpu_tests() {  # gpu_tests LOG [pytest args...]: pytest -m gpu, plain or under c
     # every later test of the file failing on cudaMalloc; 0 invalid accesses reported), and one process for the
     # whole suite after ~190 tests (2026-12-04). Files given with --tests (else every tests/test_*.py) are
     # expanded to their GPU node ids; node ids given are used as they are. tests/conftest.py collects garbage
-    # after each test when GOK_SANITIZE=1. $OUT/sanitize_summary.txt gets each chunk's pytest result, memcheck
-    # error count and seconds.
+    # after each test when GOK_SANITIZE=1, and the MoE / FP8 / MXFP4 files' 20b-shaped tests use 8 experts, not 32
+    # (conftest.gpu_shape; test_moe_mxfp4.py ran out after 2-3 tests per process with 32, H100 2026-12-08).
+    # $OUT/sanitize_summary.txt gets each chunk's pytest result, memcheck error count and seconds.
     local entries=("$@") rc=0 f e files=() chunk=${GOK_SANITIZE_CHUNK:-8}
     [ ${#entries[@]} -gt 0 ] || entries=(tests/test_*.py)
     for e in "${entries[@]}"; do

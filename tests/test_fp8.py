@@ -14,7 +14,7 @@ import sys
 import pytest
 import torch
 
-from conftest import dispatched, poison_allocator, record_ops, rel_err
+from conftest import dispatched, gpu_shape, poison_allocator, record_ops, rel_err
 
 ALPHA, LIMIT = 1.702, 7.0
 BIG = dict(H=2880, I=2880, E=32, k=4)  # gpt-oss-20b
@@ -34,7 +34,7 @@ def fro_rel(out, ref):
 
 
 def _shape_for(device):
-    return BIG if device == "cuda" else SMALL
+    return gpu_shape(BIG) if device == "cuda" else SMALL
 
 
 def _f(t):

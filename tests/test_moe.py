@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import TOL, dispatched, poison_allocator, record_ops, rel_err
+from conftest import TOL, dispatched, gpu_shape, poison_allocator, record_ops, rel_err
 
 ALPHA, LIMIT = 1.702, 7.0
 # gpt-oss-20b shapes on the GPU; small ones on the CPU (CI has 2 cores).
@@ -173,7 +173,7 @@ def test_moe_finalize(kernel, device, dtype, H):
 
 
 def _shape_for(device):
-    return BIG if device == "cuda" else SMALL
+    return gpu_shape(BIG) if device == "cuda" else SMALL
 
 
 @pytest.mark.kernels_ci

@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import dispatched, poison_allocator, record_ops, rel_err
+from conftest import dispatched, gpu_shape, poison_allocator, record_ops, rel_err
 
 ALPHA, LIMIT = 1.702, 7.0
 BIG = dict(H=2880, I=2880, E=32, k=4)  # gpt-oss-20b
@@ -19,7 +19,7 @@ TOL = {torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 
 
 def _shape_for(device):
-    return BIG if device == "cuda" else SMALL
+    return gpu_shape(BIG) if device == "cuda" else SMALL
 
 
 def _packed(kernel, s, device, bias=True, scale=1.0):
