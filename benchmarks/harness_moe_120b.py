@@ -50,7 +50,8 @@ def prepare_120b_rows(kernel, ceilings: dict) -> list[dict]:
             us_sep = median_us_graph(sep, replays=40)
             us_block = median_us_graph(block, replays=40)
         router_floor = floor_us(ceilings, bytes_moved=E_120B * H * 2 + T * H * 2)
-        rows.append(row("moe_120b", f"T={T}", "moe_prepare, E=128 (one cluster launch)", us_one, router_floor,
+        path = "one cluster launch" if T * -(-E_120B // 8) <= 64 else "separate kernels inside the op"  # moe_cuda.cu
+        rows.append(row("moe_120b", f"T={T}", "moe_prepare, E=128", us_one, router_floor, path=path,
                         same_experts_and_blocks_as_separate_ops=same))
         rows.append(row("moe_120b", f"T={T}", "F.linear + moe_route + moe_dispatch, E=128", us_sep, router_floor))
         block_floor = floor_us(ceilings, bytes_moved=touched * (H * 2 * I + I * H) * (0.5 + 1 / 32) + T * H * 4)

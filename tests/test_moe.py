@@ -489,11 +489,11 @@ def test_moe_deterministic(kernel):
 @pytest.mark.parametrize("E,k", [(32, 4), (5, 3), (128, 4), (100, 4), (256, 4)])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_moe_prepare_decode_sizes_match_the_ops(kernel, T, E, k, dtype):
-    """moe_prepare at T * k <= 64 (one cluster launch on sm_90 for E <= 128: router GEMM + route + dispatch;
-    E = 128 is gpt-oss-120b; E = 256 takes the separate kernels) against the separate ops: F.linear logits, moe_route, moe_dispatch. Same experts
-    (the logits are rounded to the activation dtype on both paths; a near-tie could flip only where the fp32 sums
-    round differently), weights within the one-ulp logit rounding, the same blocks, every slot once in a block of
-    its expert."""
+    """moe_prepare at T * k <= 64 (one cluster launch on sm_90 for E <= 64, and for E <= 128 up to T = 4: router
+    GEMM + route + dispatch; E = 128 is gpt-oss-120b; E = 256 takes the separate kernels) against the separate ops:
+    F.linear logits, moe_route, moe_dispatch. Same experts up to one-ulp logit ties (the logits are rounded to the
+    activation dtype on both paths from fp32 sums in different orders), weights within the one-ulp logit rounding,
+    the same blocks, every slot once in a block of its expert."""
     if T * k > 64:
         pytest.skip("not a decode size")
     ops = kernel._ops.ops
