@@ -1,7 +1,7 @@
 """gpt-oss-120b's expert count (E = 128; the other shapes are 20b's) at decode sizes: ``moe_prepare`` (one cluster
-launch: router GEMM, route, dispatch) against the separate ops it replaces (``F.linear``, ``moe_route``,
-``moe_dispatch``: what ran for E > 64 before 2026-12-07), and the whole MXFP4 block with kernel words, CUDA-graph
-replay. Weights: random e2m1 bytes and scale bytes 119-123 (no quantization pass over 128 experts).
+launch for router GEMM, route and dispatch up to T = 4 at this E; the separate kernels above) against the separate
+ops (``F.linear``, ``moe_route``, ``moe_dispatch``: what ran at every size for E > 64 before 2026-12-08), and
+the whole MXFP4 block with kernel words, CUDA-graph replay. Weights: random e2m1 bytes and scale bytes 119-123 (no quantization pass over 128 experts).
 ``python benchmarks/harness.py --only moe_120b``."""
 
 import torch

@@ -415,7 +415,7 @@ void launch_dispatch(const at::Tensor& ids, int64_t num_experts, int64_t block_m
 // barrier CTA 0 routes each token (one warp per token, route_warp,
 // logits rounded to the activation dtype first, as the cuBLAS path's output is) and dispatches: the
 // slots of each expert in slot order, padded to block_m rows, layout as moe_dispatch_kernel.
-// E <= 128 (gpt-oss-120b: 16 router rows per CTA, 92 KB staged with the T <= 16 hidden rows' 92 KB).
+// E <= 128 (gpt-oss-120b: 16 router rows per CTA, 92 KB staged), above E = 64 only up to 64 pairs per CTA (below).
 // Threads per CTA: 256 while every (token, expert) pair of a CTA has its own warp (T * ceil(E / 8) <= 8), 1024 above,
 // where 8 warps each walked several pairs in turn (H100, 2026-12-07, CUDA graph, op alone: T = 16 18.03 -> 13.29 us,
 // T = 4 9.08 -> 8.41; T = 1 7.32 against 7.58 with 1024; unrolling the logit loop changed nothing;
@@ -425,8 +425,8 @@ constexpr int kSmallThreadsFew = 256, kSmallThreadsMany = 1024;
 constexpr int kSmallMaxT = 16;
 constexpr int kSmallMaxM = 64;  // T * k
 constexpr int kSmallMaxE = 128;
-// Staged router rows + hidden rows, bytes; with SmallShared (9.5 KB) under sm_90's 227 KB per block.
-constexpr int kSmallStageMax = 208 * 1024;
+// Staged router rows + hidden rows, bytes (at H = 2880: 138 KB at E = 64, T = 16; 115 KB at E = 128, T = 4).
+constexpr int kSmallStageMax = 160 * 1024;
 
 struct SmallShared {
   float logits[kSmallMaxT * kSmallMaxE];
