@@ -274,8 +274,9 @@ def load_kernel():
     global _KERNEL
     if _KERNEL is None:
         import kernels
+        import torch
 
-        _KERNEL = kernels.get_local_kernel(ROOT / "build")
+        _KERNEL = kernels.get_local_kernel(ROOT / "build", backend=None if torch.cuda.is_available() else "cpu")
     return _KERNEL
 
 

@@ -208,7 +208,7 @@ def markdown(env: dict, ceilings: dict, rows: Sequence[dict]) -> str:
 def load_kernel():
     import kernels
 
-    return kernels.get_local_kernel(ROOT / "build")
+    return kernels.get_local_kernel(ROOT / "build", backend=None if torch.cuda.is_available() else "cpu")
 
 
 def use_anchor_kernel(repo: str = "kernels-community/gpt-oss-triton-kernels") -> Path | None:

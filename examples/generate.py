@@ -98,8 +98,8 @@ def load_kernel():
     from tiny_gpt_oss import BUILD_DIR, REPO_ID
 
     if any(BUILD_DIR.glob("torch*/metadata.json")):
-        return kernels.get_local_kernel(BUILD_DIR)
-    return kernels.get_kernel(REPO_ID, version=1)
+        return kernels.get_local_kernel(BUILD_DIR, backend=None if torch.cuda.is_available() else "cpu")
+    return kernels.get_kernel(REPO_ID, version=1, backend=None if torch.cuda.is_available() else "cpu")
 
 
 def chat(args, dtype: torch.dtype, tmp: str) -> None:

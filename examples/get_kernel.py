@@ -27,7 +27,8 @@ def get_kernel():
 
     if any((ROOT / "build").glob("torch*/metadata.json")) and f"{REPO_ID}=" not in os.environ.get("LOCAL_KERNELS", ""):
         os.environ["LOCAL_KERNELS"] = ":".join(filter(None, [os.environ.get("LOCAL_KERNELS"), f"{REPO_ID}={ROOT}"]))
-    return kernels.get_kernel(REPO_ID, version=1)
+    # backend="cpu" without a GPU: torch built for CUDA (PyPI's default wheel) would make kernels look for a CUDA variant
+    return kernels.get_kernel(REPO_ID, version=1, backend=None if torch.cuda.is_available() else "cpu")
 
 
 def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:

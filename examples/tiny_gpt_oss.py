@@ -60,7 +60,9 @@ def load_kernel():
     """This checkout's local build, loaded through ``kernels`` as users load it."""
     import kernels
 
-    return kernels.get_local_kernel(BUILD_DIR)
+    # backend="cpu" where no GPU is visible: with torch built for CUDA (PyPI's default wheel) kernels would look for
+    # a CUDA variant, and a machine without a GPU builds the CPU one.
+    return kernels.get_local_kernel(BUILD_DIR, backend=None if torch.cuda.is_available() else "cpu")
 
 
 def with_our_kernels(model: GptOssForCausalLM, *, fused: bool = True, attention: bool = True,

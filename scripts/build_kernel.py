@@ -194,6 +194,15 @@ def generated_dir(backend: str) -> Path:
     return d
 
 
+def cxx_standard() -> str:
+    """The C++ standard of the installed torch's own extension build, which its headers need: C++20 from torch 2.12
+    on (2.15's headers refuse C++17), C++17 before (the GPU machine's 2.11)."""
+    import torch
+
+    major, minor = (int(p) for p in torch.__version__.split("+")[0].split(".")[:2])
+    return "c++20" if (major, minor) >= (2, 12) else "c++17"
+
+
 def include_dirs(config: dict, backend: str) -> list[str]:
     dirs = [str(ROOT), str(ROOT / "kernel_src"), str(generated_dir(backend))]
     for k in kernels_for(config, backend):
@@ -205,7 +214,7 @@ def compile_extension(config: dict, backend: str, ops_name: str, archs: list[str
     from torch.utils import cpp_extension
 
     sources = compiled_sources(config["torch"]["src"])
-    cxx_flags = ["-O3", "-std=c++17", f"-D{backend.upper()}_KERNEL"] + config["torch"].get("cxx-flags", [])
+    cxx_flags = ["-O3", f"-std={cxx_standard()}", f"-D{backend.upper()}_KERNEL"] + config["torch"].get("cxx-flags", [])
     cuda_flags: list[str] = []
     for k in kernels_for(config, backend):
         sources += compiled_sources(k["src"])
@@ -213,7 +222,7 @@ def compile_extension(config: dict, backend: str, ops_name: str, archs: list[str
         cuda_flags += k.get("cuda-flags", [])
     if backend == "cuda":
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
-        cuda_flags = ["-O3", "-std=c++17", "-DCUDA_KERNEL", "--use_fast_math", "-lineinfo"] + cuda_flags
+        cuda_flags = ["-O3", f"-std={cxx_standard()}", "-DCUDA_KERNEL", "--use_fast_math", "-lineinfo"] + cuda_flags
 
     build_dir = ROOT / "build" / ".ninja" / backend
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -294,7 +303,7 @@ def check_cuda(config: dict, arch: str = "90a", resource_usage: bool = False) ->
     failures = []
     cu_sources = [s for k in kernels_for(config, "cuda") for s in compiled_sources(k["src"]) if s.endswith(".cu")]
     for src in cu_sources:
-        cmd = [nvcc, "-c", src, "-o", str(out_dir / (Path(src).stem + ".o")), "-std=c++17", "-O3",
+        cmd = [nvcc, "-c", src, "-o", str(out_dir / (Path(src).stem + ".o")), f"-std={cxx_standard()}", "-O3",
                "--use_fast_math", "-DCUDA_KERNEL", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-D_GLIBCXX_USE_CXX11_ABI=1", "--expt-relaxed-constexpr"] + inc_flags
         if resource_usage:
@@ -306,7 +315,7 @@ def check_cuda(config: dict, arch: str = "90a", resource_usage: bool = False) ->
         if r.returncode:
             failures.append(src)
     for src in compiled_sources(config["torch"]["src"]):
-        cmd = ["g++", "-fsyntax-only", "-std=c++17", "-DCUDA_KERNEL", "-DTORCH_EXTENSION_NAME=check", src] + inc_flags
+        cmd = ["g++", "-fsyntax-only", f"-std={cxx_standard()}", "-DCUDA_KERNEL", "-DTORCH_EXTENSION_NAME=check", src] + inc_flags
         print("g++ -fsyntax-only", Path(src).relative_to(ROOT), "(CUDA variant)", flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:

@@ -22,6 +22,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "examples"))  # tiny_gpt_oss: the tiny model built in code
 REPO_ID = "kernels-community/gpt-oss-kernels"
 HAS_CUDA = torch.cuda.is_available()
+# kernels picks the variant for the backend torch was built for. With torch built for CUDA (PyPI's default Linux
+# wheel) on a machine without a GPU, that is a CUDA variant, and this machine builds the CPU one: kernels' loaders
+# then get backend="cpu", and a repository path (LOCAL_KERNELS, LocalLayerRepository) names the variant directory
+# itself (`local_repo`), which kernels loads as it is.
+KERNELS_BACKEND = None if HAS_CUDA else "cpu"
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,7 +53,7 @@ def kernel():
     build = ROOT / "build"
     if not any(build.glob("torch*-*/metadata.json")):
         pytest.exit("no local build: run `python scripts/build_kernel.py` (or `make build`) first", returncode=2)
-    return kernels.get_local_kernel(build)
+    return kernels.get_local_kernel(build, backend=KERNELS_BACKEND)
 
 
 @pytest.fixture(scope="session")
@@ -56,10 +61,16 @@ def device(kernel) -> str:
     return "cuda" if HAS_CUDA else "cpu"
 
 
+def local_repo(kernel) -> Path:
+    """The path a ``LOCAL_KERNELS`` entry or a ``LocalLayerRepository`` gives for this build: the checkout, as the
+    README says; the loaded variant's directory where torch is built for CUDA and no GPU is visible (above)."""
+    return ROOT if HAS_CUDA or torch.version.cuda is None else Path(kernel.__file__).parent
+
+
 @pytest.fixture
-def local_kernels(monkeypatch):
+def local_kernels(kernel, monkeypatch):
     """Resolve our repo id to this checkout's build (offline), as a user with a local build would."""
-    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
+    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={local_repo(kernel)}")
 
 
 @pytest.fixture

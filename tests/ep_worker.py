@@ -87,7 +87,7 @@ def main(build: str, checkpoint: str, out: str, mxfp4_checkpoint: str | None = N
     import kernels
     from transformers.distributed import DistributedConfig
 
-    k = kernels.get_local_kernel(Path(build))
+    k = kernels.get_local_kernel(Path(build), backend=None if torch.cuda.is_available() else "cpu")
     ids = torch.arange(3, 3 + 2 * 21).reshape(2, 21) % 250 + 1
     prompt = ids[:1, :9]
     result = {}

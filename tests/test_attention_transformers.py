@@ -18,7 +18,7 @@ import os
 import pytest
 import torch
 
-from conftest import REPO_ID, ROOT, record_ops, rel_err
+from conftest import REPO_ID, local_repo, record_ops, rel_err
 
 transformers = pytest.importorskip("transformers")
 
@@ -26,9 +26,9 @@ ALIAS = "kernels-community/vllm-flash-attn3"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _local_kernels():
+def _local_kernels(kernel):
     old = os.environ.get("LOCAL_KERNELS")
-    os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={ROOT}:{ALIAS}={ROOT}"
+    os.environ["LOCAL_KERNELS"] = f"{REPO_ID}={local_repo(kernel)}:{ALIAS}={local_repo(kernel)}"
     yield
     if old is None:
         os.environ.pop("LOCAL_KERNELS", None)
@@ -136,7 +136,7 @@ def test_rotary_kernelized(kernel, device):
     with torch.no_grad():
         model.set_attn_implementation("eager")
         expected = model(ids, attention_mask=mask).logits
-        mapping = {"rotary_pos_emb": {device: LocalLayerRepository(ROOT, layer_name="RotaryPosEmb")}}
+        mapping = {"rotary_pos_emb": {device: LocalLayerRepository(local_repo(kernel), layer_name="RotaryPosEmb")}}
         try:
             with use_kernel_mapping(mapping, inherit_mapping=False):
                 kernelize(model, mode=Mode.INFERENCE, device=device)

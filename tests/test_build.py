@@ -15,7 +15,7 @@ import pytest
 import torch
 from packaging.version import Version
 
-from conftest import REPO_ID, ROOT
+from conftest import KERNELS_BACKEND, REPO_ID, ROOT
 
 # build.toml is edition 6, which kernels >= 0.19 reads; kernels 0.17.2 (transformers 5.22's pair)
 # reads editions up to 5 ("unsupported build edition 6"). It still loads the built variants.
@@ -81,7 +81,7 @@ def test_public_api_is_all(kernel):
 def test_get_kernel_with_local_kernels_env(kernel):
     code = (
         "import kernels, torch\n"
-        f"k = kernels.get_kernel({REPO_ID!r}, version=1)\n"
+        f"k = kernels.get_kernel({REPO_ID!r}, version=1, backend={KERNELS_BACKEND!r})\n"
         "x = torch.randn(2, 8); w = torch.ones(8)\n"
         "print(type(k.rms_norm(x, w, 1e-5)).__name__)\n"
     )
@@ -152,10 +152,13 @@ _LOAD_SCRIPT = textwrap.dedent("""
                 return hidden_states
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
+        backend = None if torch.cuda.is_available() else "cpu"  # tests/conftest.py: KERNELS_BACKEND
         for _ in range(2):
-            k = kernels.get_kernel(sys.argv[2], version=1)  # LOCAL_KERNELS
-            assert kernels.get_local_kernel(build) is k
-            repo = kernels.LocalLayerRepository(repo_path=build, layer_name="RMSNorm")
+            k = kernels.get_kernel(sys.argv[2], version=1, backend=backend)  # LOCAL_KERNELS
+            assert kernels.get_local_kernel(build, backend=backend) is k
+            # a layer repository takes no backend: torch built for CUDA without a GPU gets the variant's directory
+            layer_path = build if backend is None or torch.version.cuda is None else Path(k.__file__).parent
+            repo = kernels.LocalLayerRepository(repo_path=layer_path, layer_name="RMSNorm")
             with kernels.use_kernel_mapping({"RMSNorm": {device: repo}}, inherit_mapping=False):
                 model = kernels.kernelize(torch.nn.Sequential(Norm()).to(device), mode=kernels.Mode.INFERENCE,
                                           device=device)

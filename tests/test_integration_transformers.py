@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from conftest import (REPO_ID, ROOT, as_close_as_transformers_bf16, dispatched, next_token_agreement_as_transformers_bf16,
-                      record_ops, rel_err)
+from conftest import (REPO_ID, ROOT, as_close_as_transformers_bf16, dispatched, local_repo,
+                      next_token_agreement_as_transformers_bf16, record_ops, rel_err)
 from tiny_gpt_oss import tiny_model, with_our_kernels
 
 # One op per layer: RMSNorm, the MoE block (router + experts), rotary, attention.
@@ -164,7 +164,7 @@ def test_transformers_from_pretrained_unknown_layer_or_missing_build(kernel, acc
         return AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", device_map=device, use_kernels=True,
                                                     kernel_config=config)
 
-    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={ROOT}")
+    monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={local_repo(kernel)}")
     with pytest.raises(ValueError, match="NoSuchLayer"):
         load({"^GptOssRMSNorm$": (f"{REPO_ID}:NoSuchLayer", {"revision": "v1"})})
     monkeypatch.setenv("LOCAL_KERNELS", f"{REPO_ID}={tmp_path / 'no-build-here'}")
@@ -178,7 +178,8 @@ def test_transformers_use_local_kernel_upstream_bug(kernel, accelerator_or_cpu, 
     from transformers import AutoModelForCausalLM, KernelConfig
 
     _reference(accelerator_or_cpu).save_pretrained(tmp_path / "tiny")
-    config = KernelConfig(kernel_mapping={"^GptOssRMSNorm$": f"{ROOT / 'build'}:RMSNorm"}, use_local_kernel=True)
+    build = ROOT / "build" if local_repo(kernel) == ROOT else local_repo(kernel)
+    config = KernelConfig(kernel_mapping={"^GptOssRMSNorm$": f"{build}:RMSNorm"}, use_local_kernel=True)
     with pytest.raises(AttributeError, match="'tuple' object has no attribute 'split'"):
         AutoModelForCausalLM.from_pretrained(tmp_path / "tiny", device_map=accelerator_or_cpu, use_kernels=True,
                                              kernel_config=config)
