@@ -9,8 +9,10 @@ installed transformers (CI runs this file under 5.25 and 5.22):
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 
 import pytest
 import torch
@@ -185,6 +187,39 @@ def test_transformers_use_local_kernel_upstream_bug(kernel, accelerator_or_cpu, 
                                              kernel_config=config)
 
 
+_CUDA_TORCH_WITHOUT_GPU = textwrap.dedent("""
+    import sys, torch
+    torch.version.cuda = "13.0"  # as PyPI's default wheel says, on this machine without a GPU
+    import kernels
+    sys.path.insert(0, sys.argv[1])
+    from tiny_gpt_oss import BUILD_DIR, tiny_model, with_our_kernels
+    try:
+        kernels.get_local_kernel(BUILD_DIR)
+        raise SystemExit("kernels found a variant for a CUDA-built torch in a CPU build")
+    except FileNotFoundError:
+        pass
+    plain = tiny_model()
+    ours = with_our_kernels(plain)  # backend="cpu"; attention through transformers' loader by repo id
+    ids = torch.arange(1, 9).reshape(1, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(ids).logits, plain(ids).logits, rtol=1e-4, atol=1e-4)
+    print(ours.config._attn_implementation, type(ours.model.layers[0].mlp).__name__)
+""")
+
+
+@pytest.mark.skipif(torch.cuda.is_available() or torch.version.cuda is not None,
+                    reason="simulates a CUDA-built torch on a machine without a GPU from a CPU-built one")
+def test_loads_with_a_cuda_built_torch_and_no_gpu(kernel):
+    """PyPI's default torch is built for CUDA, and kernels then looks for a CUDA variant even where no GPU is
+    visible, while such a machine builds the CPU one (docs/results/2026-12-08-cpu-torch215.md). The examples' loader
+    asks for the CPU variant, and our from_pretrained points transformers' attention loader at the variant's folder,
+    so the tiny model loads and runs every layer of ours; a plain get_local_kernel fails as kernels does."""
+    r = subprocess.run([sys.executable, "-c", _CUDA_TORCH_WITHOUT_GPU, str(ROOT / "examples")], capture_output=True,
+                       text=True, timeout=600, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert r.stdout.split()[-2:] == [REPO_ID, "NormMoeMLPLayout"], r.stdout[-2000:]
+
+
 def test_demo_generates_the_same_tokens(kernel):
     """`make demo`'s job (`generate.py --compare`): all our layers and attention swapped in, same greedy tokens."""
     r = subprocess.run([sys.executable, str(ROOT / "examples" / "generate.py"), "--compare", "--new-tokens", "12"],
@@ -205,8 +240,6 @@ def test_demo_generates_the_same_tokens(kernel):
 ])
 def test_example_script_runs_offline(kernel, tmp_path, script, args, expected):
     """examples/*.py as a user runs them, offline, with an empty Hugging Face cache (run_notebook.py: test_notebook.py)."""
-    import os
-
     env = {k: v for k, v in os.environ.items() if k != "LOCAL_KERNELS"}
     env.update(HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
     r = subprocess.run([sys.executable, str(ROOT / "examples" / script), *[a.format(tmp=tmp_path) for a in args]],
