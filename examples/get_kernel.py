@@ -27,7 +27,7 @@ def get_kernel():
 
     if any((ROOT / "build").glob("torch*/metadata.json")) and f"{REPO_ID}=" not in os.environ.get("LOCAL_KERNELS", ""):
         os.environ["LOCAL_KERNELS"] = ":".join(filter(None, [os.environ.get("LOCAL_KERNELS"), f"{REPO_ID}={ROOT}"]))
-    # backend="cpu" without a GPU: torch built for CUDA (PyPI's default wheel) would make kernels look for a CUDA variant
+    # backend="cpu" without a GPU: torch built for CUDA (PyPI's default) would make kernels look for a CUDA variant
     return kernels.get_kernel(REPO_ID, version=1, backend=None if torch.cuda.is_available() else "cpu")
 
 

@@ -214,7 +214,8 @@ def compile_extension(config: dict, backend: str, ops_name: str, archs: list[str
     from torch.utils import cpp_extension
 
     sources = compiled_sources(config["torch"]["src"])
-    cxx_flags = ["-O3", f"-std={cxx_standard()}", f"-D{backend.upper()}_KERNEL"] + config["torch"].get("cxx-flags", [])
+    std = f"-std={cxx_standard()}"
+    cxx_flags = ["-O3", std, f"-D{backend.upper()}_KERNEL"] + config["torch"].get("cxx-flags", [])
     cuda_flags: list[str] = []
     for k in kernels_for(config, backend):
         sources += compiled_sources(k["src"])
@@ -222,7 +223,7 @@ def compile_extension(config: dict, backend: str, ops_name: str, archs: list[str
         cuda_flags += k.get("cuda-flags", [])
     if backend == "cuda":
         os.environ["TORCH_CUDA_ARCH_LIST"] = ";".join(archs)
-        cuda_flags = ["-O3", f"-std={cxx_standard()}", "-DCUDA_KERNEL", "--use_fast_math", "-lineinfo"] + cuda_flags
+        cuda_flags = ["-O3", std, "-DCUDA_KERNEL", "--use_fast_math", "-lineinfo"] + cuda_flags
 
     build_dir = ROOT / "build" / ".ninja" / backend
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -301,9 +302,10 @@ def check_cuda(config: dict, arch: str = "90a", resource_usage: bool = False) ->
     out_dir = ROOT / "build" / ".check"
     out_dir.mkdir(parents=True, exist_ok=True)
     failures = []
+    std = f"-std={cxx_standard()}"
     cu_sources = [s for k in kernels_for(config, "cuda") for s in compiled_sources(k["src"]) if s.endswith(".cu")]
     for src in cu_sources:
-        cmd = [nvcc, "-c", src, "-o", str(out_dir / (Path(src).stem + ".o")), f"-std={cxx_standard()}", "-O3",
+        cmd = [nvcc, "-c", src, "-o", str(out_dir / (Path(src).stem + ".o")), std, "-O3",
                "--use_fast_math", "-DCUDA_KERNEL", f"-gencode=arch=compute_{arch},code=sm_{arch}",
                "-D_GLIBCXX_USE_CXX11_ABI=1", "--expt-relaxed-constexpr"] + inc_flags
         if resource_usage:
@@ -315,7 +317,7 @@ def check_cuda(config: dict, arch: str = "90a", resource_usage: bool = False) ->
         if r.returncode:
             failures.append(src)
     for src in compiled_sources(config["torch"]["src"]):
-        cmd = ["g++", "-fsyntax-only", f"-std={cxx_standard()}", "-DCUDA_KERNEL", "-DTORCH_EXTENSION_NAME=check", src] + inc_flags
+        cmd = ["g++", "-fsyntax-only", std, "-DCUDA_KERNEL", "-DTORCH_EXTENSION_NAME=check", src] + inc_flags
         print("g++ -fsyntax-only", Path(src).relative_to(ROOT), "(CUDA variant)", flush=True)
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode:
