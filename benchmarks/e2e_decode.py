@@ -135,14 +135,17 @@ def decode_routes(kernel, model, batch: int, args, device) -> dict:
 
 def ab_routes(kernel, model, prompt, batch, n, args, device) -> dict:
     """The DecodeRunner (N = n) with one change undone at a time, in this process: the rotary + KV-write fusion off
-    (``_RunnerCache.fuse_rotary``), the MXFP4 experts back on the checkpoint's bytes (``use_kernel_words(False)``;
+    (``_RunnerCache.fuse_rotary``), the post-attention residual add outside the norm (``fuse_residual`` on each
+    decoder layer of the fused route), the MXFP4 experts back on the checkpoint's bytes (``use_kernel_words(False)``;
     MXFP4 only), and each ``--ab-env`` variable set (a kernel switch read at launch). Each is restored after its
     run; ``--ab-only`` picks among them."""
     from importlib import import_module
 
     decode = import_module(kernel.__name__ + ".integrations.decode")
     experts = [m for m in model.modules() if isinstance(m, kernel.layers.MoeExpertsLayout)]
-    variants = {"unfused_rotary": (lambda on: setattr(decode._RunnerCache, "fuse_rotary", not on))}
+    variants = {"unfused_rotary": (lambda on: setattr(decode._RunnerCache, "fuse_rotary", not on)),
+                "unfused_residual": (lambda on: [setattr(layer, "fuse_residual", not on)
+                                                 for layer in model.model.layers])}
     if args.mxfp4:
         variants["checkpoint_bytes"] = lambda on: [m.use_kernel_words(not on) for m in experts]
     for kv in args.ab_env:
@@ -426,11 +429,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--cb-profile", action="store_true",
                         help="ours' continuous batching once more under torch.profiler (cb_profile: GPU busy, kernels)")
     parser.add_argument("--ab", action="store_true",
-                        help="also the runner with the rotary fusion off / MXFP4 on the checkpoint's bytes (ab_routes)")
+                        help="also the runner with the rotary fusion off / the residual add unfused / MXFP4 on the "
+                             "checkpoint's bytes (ab_routes)")
     parser.add_argument("--ab-env", nargs="*", default=[], metavar="NAME=VALUE",
                         help="with --ab: also the runner with this environment variable set (a kernel switch)")
     parser.add_argument("--ab-only", nargs="*", default=None,
-                        help="with --ab: only these variants (unfused_rotary, checkpoint_bytes, env_NAME=VALUE)")
+                        help="with --ab: only these variants (unfused_rotary, unfused_residual, checkpoint_bytes, "
+                             "env_NAME=VALUE)")
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     kernel = load_kernel()

@@ -76,10 +76,27 @@ def test_from_pretrained_runs_every_layer(kernel, device, fused):
 
 
 def test_fused_and_unfused_agree_bit_for_bit(kernel, device):
+    """The fused route (NormMoeMLP, and the decoder layer's forward that adds the attention's output to the residual
+    inside fused_add_rms_norm) gives the unfused route's logits to the bit, with one add fewer per layer."""
     reference = _reference(device)
     ids = torch.randint(1, reference.config.vocab_size, (3, 17), device=device)
-    fused = _logits(with_our_kernels(reference, fused=True, dtype=OURS_DTYPE[device]), ids)
-    assert torch.equal(fused, _logits(with_our_kernels(reference, fused=False, dtype=OURS_DTYPE[device]), ids))
+    fused_model = with_our_kernels(reference, fused=True, dtype=OURS_DTYPE[device])
+    unfused_model = with_our_kernels(reference, fused=False, dtype=OURS_DTYPE[device])
+    assert type(fused_model.model.layers[0]).forward.__qualname__ == "DecoderLayer.forward"  # (a load of its own)
+    counts = {}
+    for name, model in (("fused", fused_model), ("unfused", unfused_model)):
+        with record_ops() as names:
+            counts[name] = _logits(model, ids), sum(n.startswith("aten.add.Tensor") for n in names), names
+    (fused, fused_adds, fused_names), (unfused, unfused_adds, _) = counts["fused"], counts["unfused"]
+    assert torch.equal(fused, unfused)
+    layers_ = reference.config.num_hidden_layers
+    assert sum(n.startswith(f"{kernel.__name__}.fused_add_rms_norm.") for n in fused_names) == layers_
+    assert unfused_adds - fused_adds == layers_, (fused_adds, unfused_adds)
+    for layer in fused_model.model.layers:  # the switch the decode benchmark's A/B uses
+        layer.fuse_residual = False
+    with record_ops() as names:
+        assert torch.equal(_logits(fused_model, ids), unfused)
+    assert sum(n.startswith("aten.add.Tensor") for n in names) == unfused_adds
 
 
 def test_from_pretrained_greedy_identical(kernel, device):

@@ -13,6 +13,7 @@ parameters under the checkpoint's own names, so weights load straight into it.
 | MoeMLP       | GptOssMLP (5.22-5.24 hub name "MegaBlocksMoeMLP")  | router, experts                        |
 | NormMoeMLP   | post_attention_layernorm + mlp of a decoder layer  | router, experts, post_attention_layernorm |
 | Attention    | GptOssAttention (it calls our rotary itself)       | q_proj, k_proj, v_proj, o_proj, sinks  |
+| DecoderLayer | GptOssDecoderLayer's forward, with NormMoeMLP (from_pretrained's fused route) | its children's |
 | RotaryPosEmb | the function apply_rotary_pos_emb ("rotary_pos_emb"), for models other than GPT-OSS's routes | none |
 
 Which layouts a model gets, and how: ``integrations`` (``kernel_config()``, ``from_pretrained()``).
@@ -28,7 +29,7 @@ from .attention.projection import multi_linear
 from .attention.rotary import rotary_pos_emb as _rotary_pos_emb
 from .moe.block import expert_format, experts_forward, moe_block
 from .moe.fp8 import padded_width
-from .norm import rms_norm
+from .norm import fused_add_rms_norm, rms_norm
 from .quant.fp8_act import rms_norm_quant_fp8
 from .quant.mxfp4 import mxfp4_checkpoint_blocks, mxfp4_kernel_words
 
@@ -88,21 +89,70 @@ class NormMoeMLP(nn.Module):
     has_backward = False
 
     def forward(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        b, s, h = hidden_states.shape
-        norm = self.post_attention_layernorm
-        x = hidden_states.reshape(-1, h)
-        if (x.is_cuda and getattr(self, "fuse_norm_quant", True) and expert_format(self.experts) == "fp8"
-                and not getattr(self.experts, "_is_hooked", False)):
-            # FP8 experts: the norm writes the e4m3 rows the experts' GEMM 1 reads (and the bf16 rows the router
-            # reads) from one read of the residual stream. Unfused (fuse_norm_quant = False): rms_norm, then the
-            # experts op quantizes the normed rows in a second pass (the same values).
-            q, scale, normed = rms_norm_quant_fp8(x, norm.weight, norm.variance_epsilon, padded_width(h),
-                                                  write_normed=True)
-            out, scores = moe_block(normed, self.router, self.experts, hidden_fp8=(q, scale))
-        else:
+        out, scores, _ = _norm_moe(self, hidden_states)
+        return out, scores
+
+
+def _norm_moe(mlp: nn.Module, hidden_states: torch.Tensor, residual: torch.Tensor | None = None) -> tuple:
+    """NormMoeMLP's work on ``hidden_states`` (B, S, H): ``(out, router scores, new residual)``. With ``residual``
+    the norm's kernel adds it first (rounded to the activations' dtype, as ``residual + hidden_states`` is) and
+    returns the sum as the new residual; without, that is None."""
+    b, s, h = hidden_states.shape
+    norm = mlp.post_attention_layernorm
+    x = hidden_states.reshape(-1, h)
+    r = residual.reshape(-1, h) if residual is not None else None
+    new_residual = None
+    if (x.is_cuda and getattr(mlp, "fuse_norm_quant", True) and expert_format(mlp.experts) == "fp8"
+            and not getattr(mlp.experts, "_is_hooked", False)):
+        # FP8 experts: the norm writes the e4m3 rows the experts' GEMM 1 reads (and the bf16 rows the router
+        # reads) from one read of the residual stream. Unfused (fuse_norm_quant = False): rms_norm, then the
+        # experts op quantizes the normed rows in a second pass (the same values).
+        q, scale, normed, *added = rms_norm_quant_fp8(x, norm.weight, norm.variance_epsilon, padded_width(h), r,
+                                                      write_normed=True)
+        out, scores = moe_block(normed, mlp.router, mlp.experts, hidden_fp8=(q, scale))
+        new_residual = added[0] if added else None
+    else:
+        if r is None:
             normed = rms_norm(x, norm.weight, norm.variance_epsilon)
-            out, scores = moe_block(normed, self.router, self.experts)
-        return out.reshape(b, s, h), scores
+        else:
+            normed, new_residual = fused_add_rms_norm(x, r, norm.weight, norm.variance_epsilon)
+        out, scores = moe_block(normed, mlp.router, mlp.experts)
+    return (out.reshape(b, s, h), scores,
+            new_residual.reshape(b, s, h) if new_residual is not None else None)
+
+
+class DecoderLayer(nn.Module):
+    """GptOssDecoderLayer's forward where its ``mlp`` is NormMoeMLP (our ``from_pretrained`` with ``fused=True``; its
+    ``post_attention_layernorm`` is then an identity): the residual add after the attention goes into the norm's
+    kernel (``fused_add_rms_norm``; ``rms_norm_quant_fp8`` with its residual for FP8 experts), one launch fewer per
+    layer, the same values as transformers' forward. The children are called as modules (their hooks run)."""
+
+    input_layernorm: nn.Module
+    self_attn: nn.Module
+    mlp: nn.Module
+
+    can_torch_compile = True
+    has_backward = False
+
+    def forward(self, hidden_states, attention_mask=None, position_ids=None, cache=None, past_key_values=None,
+                use_cache=False, position_embeddings=None, **kwargs):
+        # the cache under the name it came by (transformers 5.25 passes cache=, 5.22-5.24 past_key_values=)
+        held = {"cache": cache} if cache is not None else {}
+        if past_key_values is not None:
+            held["past_key_values"] = past_key_values
+        attn, _ = self.self_attn(hidden_states=self.input_layernorm(hidden_states), attention_mask=attention_mask,
+                                 position_ids=position_ids, use_cache=use_cache,
+                                 position_embeddings=position_embeddings, **held, **kwargs)
+        mlp = self.mlp
+        # unfused: a hook on the module (e.g. a tensor-parallel plan's) must see its call; `fuse_residual = False` on
+        # the layer measures the fusion (benchmarks/e2e_decode.py --ab)
+        if (not getattr(self, "fuse_residual", True) or mlp._forward_hooks or mlp._forward_pre_hooks
+                or getattr(mlp, "_is_hooked", False)):
+            residual = hidden_states + attn
+            out, _ = mlp(residual)
+        else:
+            out, _, residual = _norm_moe(mlp, attn, hidden_states)
+        return residual + out
 
 
 class RotaryPosEmb(nn.Module):

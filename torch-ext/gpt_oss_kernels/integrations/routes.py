@@ -286,8 +286,11 @@ def _patches(fused: bool) -> dict:
     patches = {pattern: _layout(layer) for pattern, layer in _REPLACED.items()}
     if fused:
         children = [path.rsplit(".", 1)[1] for _, path in _FUSION_KEY]
-        patches["^GptOssDecoderLayer$"] = make_parent_class_for_kernel_fusion(
-            modeling_gpt_oss.GptOssDecoderLayer, children, _layout(_FUSED_LAYER))
+        fused_layer = make_parent_class_for_kernel_fusion(modeling_gpt_oss.GptOssDecoderLayer, children,
+                                                          _layout(_FUSED_LAYER))
+        # and the decoder layer's forward that takes the post-attention residual add into the norm's kernel
+        patches["^GptOssDecoderLayer$"] = type(fused_layer.__name__, (fused_layer,),
+                                               {"forward": layers.DecoderLayer.forward})
     else:
         patches.update({pattern: _layout(layer) for pattern, layer in _UNFUSED_MLP.items()})
     return patches
