@@ -95,11 +95,11 @@ def compare(args, dtype: torch.dtype) -> None:
 def load_kernel():
     """This checkout's build when there is one, else the Hub's."""
     import kernels
-    from tiny_gpt_oss import BUILD_DIR, REPO_ID
+    import tiny_gpt_oss
 
-    if any(BUILD_DIR.glob("torch*/metadata.json")):
-        return kernels.get_local_kernel(BUILD_DIR, backend=None if torch.cuda.is_available() else "cpu")
-    return kernels.get_kernel(REPO_ID, version=1, backend=None if torch.cuda.is_available() else "cpu")
+    if any(tiny_gpt_oss.BUILD_DIR.glob("torch*/metadata.json")):
+        return tiny_gpt_oss.load_kernel()
+    return kernels.get_kernel(tiny_gpt_oss.REPO_ID, version=1, backend=None if torch.cuda.is_available() else "cpu")
 
 
 def chat(args, dtype: torch.dtype, tmp: str) -> None:

@@ -125,7 +125,8 @@ class DecoderLayer(nn.Module):
     """GptOssDecoderLayer's forward where its ``mlp`` is NormMoeMLP (our ``from_pretrained`` with ``fused=True``; its
     ``post_attention_layernorm`` is then an identity): the residual add after the attention goes into the norm's
     kernel (``fused_add_rms_norm``; ``rms_norm_quant_fp8`` with its residual for FP8 experts), one launch fewer per
-    layer, the same values as transformers' forward. The children are called as modules (their hooks run)."""
+    layer, the same values as transformers' forward. The norm and the attention are called as modules; the ``mlp``
+    module too (after a separate add) where it carries a hook, since its fused work bypasses its call."""
 
     input_layernorm: nn.Module
     self_attn: nn.Module
